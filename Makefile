@@ -1,0 +1,52 @@
+# fiqa developer commands. The two set-up commands: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN := PATH="$(abspath $(BIN)):$$PATH"
+export NO_ALBUMENTATIONS_UPDATE := 1
+export OPENCV_LOG_LEVEL := ERROR
+
+.PHONY: help setup demo test test-full bench lint format params
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/fiqa: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/fiqa  ## create .venv and install fiqa with its dev tools
+
+demo: setup  ## build the demo raw data and run the whole DVC pipeline on it
+	$(RUN) fiqa demo-data --out data/raw
+	$(RUN) dvc commit --force --quiet data.dvc   # records the hash of the (deterministic) build
+	$(RUN) dvc repro
+	@echo
+	@echo "Results:"
+	@echo "  labels         data/labels/labels.parquet (report: data/labels/report.json)"
+	@echo "  quality model  models/quality.ckpt, models/quality.onnx"
+	@echo "  evaluation     metrics/eval.json, reports/eval.md, reports/edc_*.png"
+	@echo "  EDC plots      dvc plots show   (writes dvc_plots/index.html)"
+	@echo "  W&B runs       wandb/ (offline; 'wandb sync wandb/offline-run-*' to upload)"
+
+test: setup  ## run the test suite (fast and slow tests, no GPU)
+	$(RUN) pytest -m "not gpu" -q
+
+test-full: setup  ## every test, GPU ones included when a GPU is present
+	$(RUN) pytest -q
+
+bench: setup  ## print the benchmark figures
+	$(RUN) python benchmarks/edc_speed.py
+	$(RUN) python benchmarks/serfiq_cost.py
+
+lint: setup  ## ruff check + format check
+	$(RUN) ruff check src tests benchmarks train.py
+	$(RUN) ruff format --check src tests benchmarks train.py
+
+format: setup  ## apply ruff format and safe fixes
+	$(RUN) ruff check --fix src tests benchmarks train.py
+	$(RUN) ruff format src tests benchmarks train.py
+
+params: setup  ## regenerate params.yaml from conf/ (as DVC composes it)
+	$(RUN) python -m fiqa.params
