@@ -1,0 +1,294 @@
+"""EDC curve, fixed FMR threshold and pAUC: hand-computed cases and a brute-force reference."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from fiqa.eval.edc import (
+    EDCCurve,
+    curve_values,
+    edc_curve,
+    fmr_threshold,
+    oracle_curve,
+    pair_quality,
+    pauc,
+    random_baseline,
+)
+
+# Tiny case. Impostors (10): at fmr=0.25 at most 2 false matches (2/10 <= 0.25 < 3/10).
+# t = 0.50 -> #{imp >= 0.50} = 2 (0.50, 0.60), FMR 0.2; t = 0.45 would give 3 -> 0.3 > 0.25.
+TINY_IMPOSTOR = [0.10, 0.20, 0.25, 0.30, 0.30, 0.35, 0.40, 0.45, 0.50, 0.60]
+# Genuine pairs: errors are scores < 0.5 (p0, p2); p5 = 0.50 is a match (>= t). FNMR(0) = 2/6.
+#   pair   p0    p1    p2    p3    p4    p5
+TINY_SCORES = [0.30, 0.70, 0.45, 0.80, 0.90, 0.50]
+TINY_QUALITY = [0.4, 0.1, 0.6, 0.4, 0.8, 0.6]
+# Quality groups ascending: 0.1 {p1}, 0.4 {p0 err, p3}, 0.6 {p2 err, p5}, 0.8 {p4}.
+#   k=0: discard 0      -> x = 0,   FNMR = 2/6
+#   k=1: discard p1     -> x = 1/6, FNMR = 2/5
+#   k=2: + p0, p3       -> x = 3/6, FNMR = 1/3  (p2 of p2, p5, p4)
+#   k=3: + p2, p5       -> x = 5/6, FNMR = 0/1
+#   k=4: + p4           -> x = 1,   FNMR = 0 (empty remainder, by definition)
+TINY_FRACTIONS = [0.0, 1 / 6, 3 / 6, 5 / 6, 1.0]
+TINY_FNMR = [2 / 6, 2 / 5, 1 / 3, 0.0, 0.0]
+
+
+def tiny_curve() -> EDCCurve:
+    return edc_curve(TINY_SCORES, TINY_QUALITY, TINY_IMPOSTOR, fmr=0.25)
+
+
+def brute_threshold(impostor: np.ndarray, fmr: float) -> float:
+    """Smallest candidate t with #{imp >= t} / N <= fmr, by a plain loop over candidates."""
+    candidates = [*sorted(set(impostor.tolist())), np.nextafter(impostor.max(), np.inf)]
+    for t in candidates:
+        if np.count_nonzero(impostor >= t) / impostor.size <= fmr:
+            return float(t)
+    raise AssertionError("the last candidate always qualifies")
+
+
+def brute_edc(
+    scores: np.ndarray, quality: np.ndarray, impostor: np.ndarray, fmr: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-step reference: discard every pair with quality <= each distinct value in turn."""
+    t = brute_threshold(impostor, fmr)
+    fractions, fnmr = [0.0], [np.count_nonzero(scores < t) / scores.size]
+    for q in sorted(set(quality.tolist())):
+        keep = quality > q
+        fractions.append(1.0 - np.count_nonzero(keep) / scores.size)
+        remaining = scores[keep]
+        fnmr.append(np.count_nonzero(remaining < t) / remaining.size if remaining.size else 0.0)
+    return np.array(fractions), np.array(fnmr), t
+
+
+def test_tiny_case_threshold_and_curve_by_hand() -> None:
+    curve = tiny_curve()
+    assert curve.threshold == 0.50
+    assert (curve.fmr, curve.n_genuine, curve.n_impostor) == (0.25, 6, 10)
+    np.testing.assert_allclose(curve.fractions, TINY_FRACTIONS, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(curve.fnmr, TINY_FNMR, rtol=0, atol=1e-15)
+    assert curve.fractions.dtype == np.float64
+
+
+def test_tiny_case_pauc_by_hand() -> None:
+    curve = tiny_curve()
+    # limit 0.2 falls inside the step [1/6, 1/2): 1/3 * 1/6 + 2/5 * (0.2 - 1/6) = 31/450.
+    assert pauc(curve, 0.2, normalise=False) == pytest.approx(31 / 450, rel=1e-12)
+    # normalised by FNMR(0) * limit = 1/3 * 0.2 = 1/15 -> 31/30 (worse than random).
+    assert pauc(curve, 0.2) == pytest.approx(31 / 30, rel=1e-12)
+    # limit 0.3, still inside that step: 1/18 + 2/5 * (0.3 - 1/6) = 1/18 + 4/75 = 49/450.
+    assert pauc(curve, 0.3, normalise=False) == pytest.approx(49 / 450, rel=1e-12)
+    assert pauc(curve, 0.3) == pytest.approx((49 / 450) / (0.1), rel=1e-12)
+    # limit on a boundary (1/2): 1/18 + 2/5 * 1/3 = 17/90.
+    assert pauc(curve, 0.5, normalise=False) == pytest.approx(17 / 90, rel=1e-12)
+    # full range: 17/90 + 1/3 * 1/3 + 0 * 1/6 = 0.3; normalised 0.3 / (1/3) = 0.9.
+    assert pauc(curve, 1.0, normalise=False) == pytest.approx(0.3, rel=1e-12)
+    assert pauc(curve, 1.0) == pytest.approx(0.9, rel=1e-12)
+
+
+def test_curve_values_is_right_continuous_step() -> None:
+    grid = [0.0, 0.1, 1 / 6, 0.2, 0.5, 0.9, 1.0]
+    values = curve_values(tiny_curve(), grid)
+    np.testing.assert_allclose(values, [2 / 6, 2 / 6, 2 / 5, 2 / 5, 1 / 3, 0.0, 0.0], atol=1e-15)
+    with pytest.raises(ValueError, match="grid"):
+        curve_values(tiny_curve(), [0.5, 1.5])
+
+
+def test_tied_qualities_are_discarded_together() -> None:
+    # One quality for all pairs: a single group, nothing can be discarded partially.
+    curve = edc_curve([0.1, 0.9, 0.2, 0.8], [0.5] * 4, TINY_IMPOSTOR, fmr=0.25)
+    np.testing.assert_array_equal(curve.fractions, [0.0, 1.0])
+    np.testing.assert_array_equal(curve.fnmr, [0.5, 0.0])
+    # -0.0 and 0.0 are the same quality.
+    curve = edc_curve([0.1, 0.9, 0.7], [-0.0, 0.0, 1.0], TINY_IMPOSTOR, fmr=0.25)
+    np.testing.assert_allclose(curve.fractions, [0.0, 2 / 3, 1.0])
+
+
+def test_permutation_invariance_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(0.6, 0.2, 500), 2)
+    quality = np.round(rng.random(500), 1)
+    impostor = np.round(rng.normal(0.0, 0.2, 2000), 2)
+    reference = edc_curve(scores, quality, impostor, fmr=1e-2)
+    for _ in range(5):
+        perm, perm_imp = rng.permutation(500), rng.permutation(2000)
+        shuffled = edc_curve(scores[perm], quality[perm], impostor[perm_imp], fmr=1e-2)
+        np.testing.assert_array_equal(shuffled.fractions, reference.fractions)
+        np.testing.assert_array_equal(shuffled.fnmr, reference.fnmr)
+        assert shuffled.threshold == reference.threshold
+
+
+def test_threshold_never_exceeds_target_fmr_with_tied_impostors() -> None:
+    # Allowed 2 false matches of 5 (2/5 <= 0.4); the tie block {0.3 x3} cannot be split, so
+    # t moves just above it and the achieved FMR is 0, not 3/5.
+    imp = np.array([0.1, 0.2, 0.3, 0.3, 0.3])
+    assert fmr_threshold(imp, 0.4) == np.nextafter(0.3, np.inf)
+    # [0.1, 0.2, 0.3, 0.3, 0.4]: t = 0.4 gives 1/5 <= 0.4; t = 0.3 would give 3/5.
+    assert fmr_threshold([0.1, 0.2, 0.3, 0.3, 0.4], 0.4) == 0.4
+    # Exactly on target: t = 0.3 gives 3/5 = 0.6 <= 0.6; t = 0.2 gives 4/5.
+    assert fmr_threshold([0.1, 0.2, 0.3, 0.3, 0.4], 0.6) == 0.3
+    # fmr * N < 1: no false match allowed -> just above the maximum.
+    assert fmr_threshold([0.1, 0.5, 0.2], 1e-3) == np.nextafter(0.5, np.inf)
+
+
+def test_threshold_matches_brute_force_on_random_ties() -> None:
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        imp = np.round(rng.normal(0, 1, rng.integers(1, 300)), 1)
+        fmr = float(rng.choice([1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9]))
+        t = fmr_threshold(imp, fmr)
+        assert t == brute_threshold(imp, fmr), trial
+        assert np.count_nonzero(imp >= t) / imp.size <= fmr
+
+
+def test_threshold_survives_rounding_of_fmr_times_n() -> None:
+    imp = np.arange(22, dtype=np.float64)
+    # 15/22 * 22 rounds below 15, yet 15 false matches meet the target: t = 7 (15 scores >= 7).
+    assert fmr_threshold(imp, 15 / 22) == 7.0 == brute_threshold(imp, 15 / 22)
+    # Just below 5/6, fmr * 6 rounds up to 5.0, yet only 4 false matches are allowed: t = 2.
+    below = float(np.nextafter(5 / 6, 0.0))
+    assert below * 6 == 5.0
+    assert fmr_threshold(imp[:6], below) == 2.0 == brute_threshold(imp[:6], below)
+
+
+def test_threshold_is_fixed_once_not_recomputed_after_discarding() -> None:
+    # The high impostor score 0.9 comes from a low-quality pair. At fmr=0.2 over all 5
+    # impostors one false match is allowed -> t = 0.9 (t = 0.4 would give 2/5).
+    impostor = np.array([0.1, 0.2, 0.3, 0.4, 0.9])
+    impostor_quality = np.array([0.5, 0.6, 0.7, 0.8, 0.1])
+    scores = np.array([0.5, 0.6, 0.95, 0.97])
+    quality = np.array([0.1, 0.5, 0.6, 0.7])
+    curve = edc_curve(scores, quality, impostor, fmr=0.2)
+    assert curve.threshold == 0.9
+    # After discarding q=0.1: remaining [0.6, 0.95, 0.97] at t=0.9 -> FNMR 1/3.
+    assert curve.fractions[1] == 0.25
+    assert curve.fnmr[1] == pytest.approx(1 / 3, rel=1e-15)
+    # The CR-FIQA/MagFace variant would drop the q=0.1 impostor too and recompute t on
+    # [0.1, 0.2, 0.3, 0.4] (1/4 > 0.2 -> t just above 0.4), giving FNMR 0: a different curve.
+    recomputed_t = fmr_threshold(impostor[impostor_quality > 0.1], 0.2)
+    assert recomputed_t == np.nextafter(0.4, np.inf)
+    assert np.count_nonzero(scores[quality > 0.1] < recomputed_t) == 0
+
+
+def test_matches_brute_force_reference_on_random_data_with_ties() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        n = int(rng.integers(1, 400))
+        scores = np.round(rng.normal(0.5, 0.25, n), 2)
+        quality = np.round(rng.random(n), 1)
+        impostor = np.round(rng.normal(0.1, 0.2, int(rng.integers(1, 1000))), 2)
+        fmr = float(rng.choice([1e-3, 1e-2, 0.1]))
+        curve = edc_curve(scores, quality, impostor, fmr)
+        fractions, fnmr, t = brute_edc(scores, quality, impostor, fmr)
+        assert curve.threshold == t
+        np.testing.assert_allclose(curve.fractions, fractions, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(curve.fnmr, fnmr, rtol=0, atol=1e-12)
+        # pAUC against a plain loop over steps.
+        for limit in (0.2, 0.3, 0.55):
+            area = sum(
+                f * max(0.0, min(hi, limit) - min(lo, limit))
+                for lo, hi, f in zip(fractions[:-1], fractions[1:], fnmr[:-1], strict=True)
+            )
+            assert pauc(curve, limit, normalise=False) == pytest.approx(area, abs=1e-12)
+
+
+def test_random_baseline_normalises_to_exactly_one() -> None:
+    curve = tiny_curve()
+    baseline = random_baseline(curve)
+    np.testing.assert_array_equal(baseline.fractions, [0.0, 1.0])
+    np.testing.assert_array_equal(baseline.fnmr, [1 / 3, 1 / 3])
+    assert baseline.threshold == curve.threshold
+    for limit in (0.2, 0.3, 0.25, 0.7, 1.0):
+        assert pauc(baseline, limit) == 1.0
+        assert pauc(baseline, limit, normalise=False) == pytest.approx(limit / 3, rel=1e-15)
+    assert pauc(random_baseline(0.07), 0.3) == 1.0
+    with pytest.raises(ValueError, match="FNMR"):
+        random_baseline(1.5)
+
+
+def test_random_quality_averages_to_normalised_one() -> None:
+    # Expected FNMR after random discarding is FNMR(0), so the mean normalised pAUC is ~1.
+    rng = np.random.default_rng(3)
+    scores = rng.normal(0.6, 0.2, 2000)
+    impostor = rng.normal(0.0, 0.15, 5000)
+    values = [pauc(edc_curve(scores, rng.random(2000), impostor, 1e-3), 0.2) for _ in range(200)]
+    assert abs(np.mean(values) - 1.0) < 0.02
+
+
+def test_oracle_is_lowest_for_distinct_scores() -> None:
+    rng = np.random.default_rng(4)
+    scores = rng.normal(0.5, 0.25, 1000)  # continuous: distinct almost surely
+    impostor = rng.normal(0.0, 0.2, 5000)
+    oracle = oracle_curve(scores, impostor, 1e-2)
+    grid = np.linspace(0.0, 0.99, 200)
+    for quality in (rng.random(1000), scores + rng.normal(0, 0.1, 1000), -scores):
+        other = edc_curve(scores, quality, impostor, 1e-2)
+        assert np.all(curve_values(oracle, grid) <= curve_values(other, grid) + 1e-15)
+        for limit in (0.2, 0.3):
+            assert pauc(oracle, limit) <= pauc(other, limit)
+    # The oracle discards exactly the errors first: FNMR reaches 0 at x = FNMR(0).
+    assert curve_values(oracle, oracle.fnmr[0]) == 0.0
+
+
+def test_zero_fnmr_rule(caplog: pytest.LogCaptureFixture) -> None:
+    curve = edc_curve([0.8, 0.9, 0.7], [0.1, 0.2, 0.3], TINY_IMPOSTOR, fmr=0.25)
+    assert curve.fnmr[0] == 0.0
+    assert pauc(curve, 0.2, normalise=False) == 0.0
+    with caplog.at_level(logging.WARNING, logger="fiqa.eval.edc"):
+        assert math.isnan(pauc(curve, 0.2))
+    assert "FNMR(0) is 0" in caplog.text
+
+
+def test_pair_quality_rules() -> None:
+    qa, qb = [0.2, 0.9, 0.5], [0.4, 0.3, 0.5]
+    np.testing.assert_array_equal(pair_quality(qa, qb), [0.2, 0.3, 0.5])
+    np.testing.assert_allclose(pair_quality(qa, qb, how="mean"), [0.3, 0.6, 0.5])
+    np.testing.assert_allclose(pair_quality(qa, qb, how="product"), [0.08, 0.27, 0.25])
+    with pytest.raises(ValueError, match="how must be one of"):
+        pair_quality(qa, qb, how="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="differ in length"):
+        pair_quality(qa, qb[:2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"genuine_pair_quality": [0.1, 0.2]}, "genuine_pair_quality has 2 values"),
+        ({"genuine_scores": [], "genuine_pair_quality": []}, "genuine_scores is empty"),
+        ({"impostor_scores": []}, "impostor_scores is empty"),
+        ({"genuine_scores": [0.1, np.nan, 0.3]}, "genuine_scores has a non-finite value"),
+        ({"genuine_pair_quality": [0.1, 0.2, np.inf]}, "genuine_pair_quality has a non-finite"),
+        ({"impostor_scores": [0.1, np.nan]}, "impostor_scores has a non-finite"),
+        ({"genuine_scores": [[0.1, 0.2, 0.3]]}, "genuine_scores must be a 1-D"),
+        ({"fmr": 0.0}, "fmr must lie in"),
+        ({"fmr": 1.0}, "fmr must lie in"),
+        ({"fmr": float("nan")}, "fmr must lie in"),
+    ],
+)
+def test_edc_curve_input_validation(kwargs: dict, message: str) -> None:
+    args = {
+        "genuine_scores": [0.1, 0.2, 0.3],
+        "genuine_pair_quality": [0.5, 0.6, 0.7],
+        "impostor_scores": [0.0, 0.1],
+        "fmr": 0.1,
+    }
+    with pytest.raises(ValueError, match=message):
+        edc_curve(**(args | kwargs))
+
+
+@pytest.mark.parametrize("limit", [0.0, -0.1, 1.01, float("nan")])
+def test_pauc_rejects_bad_limit(limit: float) -> None:
+    with pytest.raises(ValueError, match="limit must lie in"):
+        pauc(tiny_curve(), limit)
+
+
+def test_edc_curve_object_validates_its_shape() -> None:
+    with pytest.raises(ValueError, match="rise strictly"):
+        EDCCurve(np.array([0.0, 0.5, 0.5, 1.0]), np.zeros(4), 0.5, 0.1, 4, 10)
+    with pytest.raises(ValueError, match="equal length"):
+        EDCCurve(np.array([0.0, 1.0]), np.zeros(3), 0.5, 0.1, 4, 10)
+    curve = tiny_curve()
+    with pytest.raises(ValueError, match="read-only"):
+        curve.fnmr[0] = 0.0
