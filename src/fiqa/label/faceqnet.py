@@ -1,0 +1,93 @@
+"""FaceQnet-style labels (Hernandez-Ortega et al., ICB 2019; Galbally, NIST-EAB 2021).
+
+Quality ground truth = comparison score of each sample against a "perfect" reference image of the
+same identity, averaged over several FR systems. With L2-normalised embeddings e and the
+identity's reference r, FaceQnet's code uses the Euclidean distance, z-normalised over the set,
+mapped to (0, 1):
+
+    d_i = ||e_i - e_r(i)||_2,   z_i = (d_i - mean(d)) / std(d),   q_i = 1 / (1 + exp(z_i))
+
+The reference is taken from a given list (e.g. FaceQnet's VGGFace2 templates file) or chosen per
+identity by an ICAO-style proxy: sharpness, frontal pose, uniform illumination and face size.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PROXY_CRITERIA = ("sharpness", "frontality", "illumination", "face_size")
+
+
+def icao_proxy(faces: np.ndarray, landmarks: np.ndarray) -> pd.DataFrame:
+    """ICAO-style proxy criteria per face (higher = better for every column).
+
+    Args:
+        faces: aligned uint8 faces (n, H, W, 3).
+        landmarks: (n, 5, 2) landmarks in source-image pixels (eyes, nose, mouth corners).
+    """
+    gray = faces.astype(np.float32).mean(axis=-1)
+    sharp = np.array([cv2.Laplacian(g, cv2.CV_32F).var() for g in gray])
+    eyes_mid = landmarks[:, :2].mean(axis=1)
+    iod = np.linalg.norm(landmarks[:, 1] - landmarks[:, 0], axis=1)
+    # Nose offset from the eye midline, relative to the inter-ocular distance (yaw/roll proxy).
+    asym = np.abs(landmarks[:, 2, 0] - eyes_mid[:, 0]) / np.maximum(iod, 1e-6)
+    half = gray.shape[2] // 2
+    left, right = gray[:, :, :half].mean(axis=(1, 2)), gray[:, :, half:].mean(axis=(1, 2))
+    exposure = np.abs(gray.mean(axis=(1, 2)) - 127.5) / 127.5
+    illumination = 1.0 - np.abs(left - right) / 255.0 - exposure
+    return pd.DataFrame(
+        {"sharpness": sharp, "frontality": -asym, "illumination": illumination, "face_size": iod}
+    )
+
+
+def select_reference_images(identities: pd.Series, proxy: pd.DataFrame) -> np.ndarray:
+    """Per sample, the row index of its identity's reference: the best mean within-identity rank
+    over the proxy criteria (ties -> the first row)."""
+    ranks = proxy.groupby(identities.values).rank(pct=True).mean(axis=1)
+    best = ranks.groupby(identities.values).idxmax()
+    return identities.map(best).to_numpy(dtype=np.int64)
+
+
+def references_from_list(
+    identities: pd.Series, paths: pd.Series, ref_list: pd.DataFrame
+) -> np.ndarray:
+    """Per sample, the row index of the reference given in ``ref_list`` (columns identity, path)."""
+    missing_cols = {"identity", "path"} - set(ref_list.columns)
+    if missing_cols:
+        raise ValueError(
+            f"label.methods.faceqnet.reference_list lacks columns {sorted(missing_cols)}"
+        )
+    row_of_path = pd.Series(np.arange(len(paths)), index=paths.values)
+    ref_rows = ref_list.set_index("identity")["path"].map(row_of_path)
+    lacking = sorted(set(identities) - set(ref_rows.dropna().index))
+    if lacking:
+        raise ValueError(
+            f"reference_list has no usable reference for {len(lacking)} identities "
+            f"(first: {lacking[:5]}); every identity needs one aligned reference image"
+        )
+    return identities.map(ref_rows).to_numpy(dtype=np.int64)
+
+
+def faceqnet_from_distances(distances: np.ndarray) -> np.ndarray:
+    """q = 1 / (1 + exp(z)) with z the z-normalised distance to the reference."""
+    d = np.asarray(distances, dtype=np.float64)
+    std = d.std()
+    z = (d - d.mean()) / std if std > 0 else np.zeros_like(d)
+    return 1.0 / (1.0 + np.exp(z))
+
+
+def faceqnet_scores(embeddings: list[np.ndarray], reference_rows: np.ndarray) -> np.ndarray:
+    """FaceQnet labels averaged over FR models (one L2-normalised (n, d) array per model)."""
+    if not embeddings:
+        raise ValueError("faceqnet needs at least one FR model (label.fr_models is empty)")
+    per_model = [
+        faceqnet_from_distances(np.linalg.norm(e.astype(np.float64) - e[reference_rows], axis=1))
+        for e in embeddings
+    ]
+    return np.mean(per_model, axis=0)

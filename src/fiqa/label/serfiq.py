@@ -1,0 +1,63 @@
+"""SER-FIQ (Terhoerst et al., CVPR 2020): quality = robustness of the embedding under dropout.
+
+For a face, m stochastic embeddings x_1..x_m are drawn with dropout active ONLY in the last layer
+(the backbone runs once; the m passes reuse its features). With the x_i L2-normalised,
+
+    q = 2 * sigmoid(-d) = 2 / (1 + exp(d)),   d = mean_{i<j} ||x_i - x_j||_2
+
+so q is in (0, 1] and q = 1 when every pass gives the same embedding. The SER-FIQ repository also
+offers a calibration q' = 1 / (1 + exp(-a (q - r))) with a = 130, r = 0.88.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fiqa.fr import FRModel
+
+CALIBRATION_A = 130.0
+CALIBRATION_R = 0.88
+
+
+def serfiq_from_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
+    """SER-FIQ score from stochastic embeddings of shape (n, m, d) (normalised here).
+
+    The mean pairwise distance uses ||a - b|| = sqrt(2 - 2 a.b) for unit vectors, from the
+    (m, m) Gram matrix of each face: O(n m^2 d), no (m^2, d) difference tensor.
+    """
+    if embeddings.ndim != 3 or embeddings.shape[1] < 2:
+        raise ValueError(f"expected (n, m >= 2, d) embeddings, got {tuple(embeddings.shape)}")
+    x = F.normalize(embeddings.double(), dim=-1)
+    gram = x @ x.transpose(1, 2)
+    m = x.shape[1]
+    iu = torch.triu_indices(m, m, offset=1)
+    dist = torch.sqrt(torch.clamp(2.0 - 2.0 * gram[:, iu[0], iu[1]], min=0.0))
+    return 2.0 * torch.sigmoid(-dist.mean(dim=1))
+
+
+def calibrate(q: np.ndarray, a: float = CALIBRATION_A, r: float = CALIBRATION_R) -> np.ndarray:
+    """The SER-FIQ repository's calibration 1 / (1 + exp(-a (q - r)))."""
+    return 1.0 / (1.0 + np.exp(-a * (np.asarray(q, dtype=np.float64) - r)))
+
+
+@torch.inference_mode()
+def serfiq_scores(
+    model: FRModel,
+    features: torch.Tensor,
+    passes: int = 100,
+    dropout: float = 0.5,
+    seed: int = 0,
+    calibrated: bool = False,
+) -> np.ndarray:
+    """SER-FIQ quality from backbone ``features`` (``model.features(faces)``): ``passes``
+    stochastic head passes, the backbone is not run again."""
+    if passes < 2:
+        raise ValueError(f"label.methods.serfiq.passes must be >= 2, got {passes}")
+    if not 0.0 < dropout < 1.0:
+        raise ValueError(f"label.methods.serfiq.dropout must be in (0, 1), got {dropout}")
+    torch.manual_seed(seed)
+    stochastic = torch.stack([model.head(features, dropout=dropout) for _ in range(passes)], dim=1)
+    q = serfiq_from_embeddings(stochastic).cpu().numpy()
+    return calibrate(q) if calibrated else q
