@@ -1,0 +1,253 @@
+"""Data module for the quality regressor: prepared faces joined with a labels table.
+
+Train/val come from the manifest ``split`` column (identity-disjoint, made by prepare).
+Augmentations are geometry-neutral (horizontal flip, small integer shift / small scale):
+blur, noise or compression would change the true quality without changing the label.
+
+Determinism: the train sampler draws the permutation and one augmentation seed per sample
+from a seeded generator in the main process, and each sample's augmentation is seeded with
+its own seed, so a given ``seed`` gives the same batches whatever ``num_workers`` is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fiqa.data.prepared import PreparedFaces
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A
+import cv2
+
+log = logging.getLogger(__name__)
+
+FACE_SIZE = 112
+SPLITS = ("train", "val")
+
+
+def geometry_neutral_augmentation(shift_px: int = 4, scale: float = 0.05) -> A.Compose:
+    """Horizontal flip plus a small integer shift / scale, borders reflected (no fill colour).
+
+    Args:
+        shift_px: Largest shift in pixels (integer shifts copy pixels exactly).
+        scale: Largest relative zoom; 0 disables zooming (no interpolation at all).
+    """
+    transforms: list[A.BasicTransform] = [A.HorizontalFlip(p=0.5)]
+    if shift_px > 0 or scale > 0:
+        transforms.append(
+            A.Affine(
+                translate_px=(-shift_px, shift_px),
+                scale=(1.0 - scale, 1.0 + scale),
+                interpolation=cv2.INTER_LINEAR,
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=0.5,
+            )
+        )
+    compose = A.Compose(transforms)
+    seed_augmentation(compose, 0)
+    return compose
+
+
+def seed_augmentation(transform: A.Compose, seed: int) -> None:
+    """Seed a Compose with ONE shared random stream.
+
+    ``Compose.set_random_seed`` gives every child the same seed, which makes their random
+    draws identical (e.g. flip whenever shift): a shared generator keeps them independent.
+    """
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and random from the worker's torch seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class SeededShuffleSampler(Sampler[tuple[int, int]]):
+    """Shuffles with its own generator; yields ``(index, augmentation_seed)`` pairs."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=self.generator).tolist()
+        return iter(zip(order, seeds, strict=True))
+
+
+class LabelledFaces(Dataset):
+    """Rows of a labelled manifest -> {"image", "quality", "sample_id"} samples."""
+
+    def __init__(
+        self, prepared: PreparedFaces, table: pd.DataFrame, transform: A.Compose | None
+    ) -> None:
+        self.prepared = prepared
+        self.shards = table["shard"].to_numpy()
+        self.offsets = table["offset"].to_numpy(np.int64)
+        self.labels = table["label"].to_numpy(np.float32)
+        self.sample_ids = table["sample_id"].to_numpy(np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, aug_seed = key if isinstance(key, tuple) else (key, None)
+        face = np.asarray(self.prepared.shard(self.shards[index])[self.offsets[index]])
+        if self.transform is not None:
+            if aug_seed is not None:
+                seed_augmentation(self.transform, aug_seed)
+            face = self.transform(image=face)["image"]
+        image = torch.from_numpy(np.ascontiguousarray(face.transpose(2, 0, 1))).float()
+        return {
+            "image": image,
+            "quality": torch.tensor(self.labels[index]),
+            "sample_id": torch.tensor(self.sample_ids[index]),
+        }
+
+
+def join_labels(manifest: pd.DataFrame, labels: pd.DataFrame, label_column: str) -> pd.DataFrame:
+    """Train/val manifest rows with their label in column ``label``; errors name bad ids."""
+    if "sample_id" not in labels.columns or label_column not in labels.columns:
+        raise ValueError(
+            f"labels table needs columns 'sample_id' and {label_column!r}; "
+            f"it has {list(labels.columns)}"
+        )
+    if labels["sample_id"].duplicated().any():
+        dup = labels.loc[labels["sample_id"].duplicated(), "sample_id"].head(10).tolist()
+        raise ValueError(f"labels table has duplicate sample_ids, e.g. {dup}")
+    rows = manifest[manifest["split"].isin(SPLITS)]
+    missing = rows.loc[~rows["sample_id"].isin(labels["sample_id"]), "sample_id"]
+    if len(missing):
+        raise ValueError(
+            f"{len(missing)} train/val sample(s) of the manifest have no label, e.g. "
+            f"sample_ids {missing.head(10).tolist()}: re-run the label stage on this prepared set"
+        )
+    table = rows.merge(
+        labels[["sample_id", label_column]].rename(columns={label_column: "label"}),
+        on="sample_id",
+        how="left",
+        validate="one_to_one",
+    )
+    finite = np.isfinite(table["label"].to_numpy(np.float64))
+    if not finite.all():
+        bad = table.loc[~finite, "sample_id"].head(10).tolist()
+        raise ValueError(f"non-finite {label_column!r} labels for sample_ids {bad}")
+    return table.reset_index(drop=True)
+
+
+class QualityDataModule(pl.LightningDataModule):
+    """Prepared faces + quality labels as train/val DataLoaders of dict batches.
+
+    Args:
+        prepared_dir: Prepared directory (manifest + face shards).
+        labels_path: Labels parquet with ``sample_id`` and ``label_column``.
+        batch_size: Batch size of both loaders.
+        num_workers: DataLoader workers.
+        seed: Seed of the train shuffle and augmentations.
+        augment: Apply the geometry-neutral train augmentation.
+        label_column: Column of the labels table to regress.
+        aug_shift_px: Largest augmentation shift in pixels.
+        aug_scale: Largest augmentation relative zoom.
+    """
+
+    def __init__(
+        self,
+        prepared_dir: str | Path,
+        labels_path: str | Path,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        augment: bool = True,
+        label_column: str = "quality",
+        aug_shift_px: int = 4,
+        aug_scale: float = 0.05,
+    ) -> None:
+        super().__init__()
+        self.prepared_dir = Path(prepared_dir)
+        self.labels_path = Path(labels_path)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.augment = augment
+        self.label_column = label_column
+        self.aug_shift_px = aug_shift_px
+        self.aug_scale = aug_scale
+        self.table: pd.DataFrame | None = None
+        self.prepared: PreparedFaces | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the manifest and labels, join them, check the face size."""
+        if self.table is not None:
+            return
+        self.prepared = PreparedFaces(self.prepared_dir)
+        if not self.labels_path.is_file():
+            raise FileNotFoundError(f"{self.labels_path} not found: run the label stage first")
+        labels = pd.read_parquet(self.labels_path)
+        try:
+            self.table = join_labels(self.prepared.manifest, labels, self.label_column)
+        except ValueError as err:
+            raise ValueError(f"{self.labels_path}: {err}") from err
+        for split in SPLITS:
+            if not (self.table["split"] == split).any():
+                raise ValueError(f"{self.prepared_dir}: no {split!r} rows in the manifest")
+        first = self.prepared.shard(self.table["shard"].iloc[0])
+        if tuple(first.shape[1:]) != (FACE_SIZE, FACE_SIZE, 3):
+            raise ValueError(
+                f"{self.prepared_dir}: faces are {first.shape[1:]}, the regressor expects "
+                f"({FACE_SIZE}, {FACE_SIZE}, 3) aligned faces"
+            )
+        counts = self.table["split"].value_counts().to_dict()
+        log.info("quality data: %s samples per split from %s", counts, self.prepared_dir)
+
+    def _split(self, split: str) -> pd.DataFrame:
+        if self.table is None:
+            self.setup()
+        assert self.table is not None
+        return self.table[self.table["split"] == split].reset_index(drop=True)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            worker_init_fn=seed_worker,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented train split (seeded; independent of ``num_workers``)."""
+        table = self._split("train")
+        transform = (
+            geometry_neutral_augmentation(self.aug_shift_px, self.aug_scale)
+            if self.augment
+            else None
+        )
+        dataset = LabelledFaces(self.prepared, table, transform)
+        return self._loader(dataset, SeededShuffleSampler(len(dataset), self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation split in manifest order, no augmentation."""
+        return self._loader(LabelledFaces(self.prepared, self._split("val"), None), None)
+
+    def val_dataframe(self) -> pd.DataFrame:
+        """Validation rows: sample_id, identity, path, shard, offset and ``label``."""
+        return self._split("val")[["sample_id", "identity", "path", "shard", "offset", "label"]]

@@ -1,0 +1,164 @@
+"""ONNX export of the quality regressor and the ckpt/ONNX scorer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from fiqa.train import export as export_mod
+from fiqa.train.export import ExportMismatchError, export_onnx
+from fiqa.train.module import QualityRegressor
+from fiqa.train.scoring import NOT_ALIGNED, QualityScorer
+
+# Frozen-backbone fits: Lightning notes the eval-mode BatchNorm layers; that is intended.
+pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
+
+
+def random_faces(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[QualityRegressor, Path, Path]:
+    """A briefly fitted regressor, its checkpoint and its ONNX export.
+
+    The fixture uses the legacy TorchScript exporter (~2 s); the default dynamo exporter
+    (~10 s) is checked by the slow test below with the same assertions.
+    """
+    root = tmp_path_factory.mktemp("quality-model")
+    pl.seed_everything(0, verbose=False)
+    model = QualityRegressor(head="mlp", head_hidden=16, freeze="backbone", lr=1e-2)
+    faces = torch.from_numpy(random_faces(4, 0)).permute(0, 3, 1, 2).float()
+    samples = [
+        {"image": faces[i], "quality": torch.tensor(i / 4), "sample_id": torch.tensor(i)}
+        for i in range(4)
+    ]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, train_dataloaders=DataLoader(samples, batch_size=4))
+    ckpt = root / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    model.eval()
+    report = export_onnx(model, root / "model.onnx", dynamo=False)
+    assert report["max_abs_diff"] <= 1e-4 and report["exporter"] == "torchscript"
+    return model, ckpt, Path(report["path"])
+
+
+def check_onnx_file(model: QualityRegressor, onnx_path: Path) -> None:
+    """One self-contained file, named input/output, dynamic batch, matches torch."""
+    others = [p.name for p in onnx_path.parent.iterdir() if p.suffix != ".ckpt"]
+    assert others == [onnx_path.name]  # no external-data or temporary files
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    assert not any(
+        init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer
+    )
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert "RGB 0..255" in meta["fiqa.input"] and '"head": "mlp"' in meta["fiqa.hparams"]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["faces"]
+    assert [o.name for o in session.get_outputs()] == ["quality"]
+    for n in (1, 5):
+        faces = torch.rand(n, 3, 112, 112) * 255
+        (got,) = session.run(None, {"faces": faces.numpy()})
+        with torch.no_grad():
+            expected = model(faces).numpy()
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_export_is_single_file_with_dynamic_batch(
+    trained: tuple[QualityRegressor, Path, Path],
+) -> None:
+    model, _, onnx_path = trained
+    check_onnx_file(model, onnx_path)
+    assert not model.training  # export restored the mode it found
+
+
+@pytest.mark.slow
+def test_dynamo_export_is_single_file_with_dynamic_batch(
+    trained: tuple[QualityRegressor, Path, Path], tmp_path: Path
+) -> None:
+    model = trained[0]
+    model.train()
+    report = export_onnx(model, tmp_path / "dynamo.onnx")
+    assert report["exporter"] == "dynamo" and report["max_abs_diff"] <= 1e-4
+    assert model.training  # export restored the mode it found
+    model.eval()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamo.onnx"]
+    check_onnx_file(model, tmp_path / "dynamo.onnx")
+
+
+def test_export_mismatch_leaves_no_file(
+    trained: tuple[QualityRegressor, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = trained[0]
+    monkeypatch.setattr(export_mod, "compare_with_torch", lambda *args, **kwargs: 0.5)
+    target = tmp_path / "bad.onnx"
+    with pytest.raises(ExportMismatchError, match=r"max abs diff vs torch 0\.5 > atol"):
+        export_onnx(model, target, dynamo=False)  # legacy exporter: faster, same contract
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scorer_ckpt_and_onnx_agree(trained: tuple[QualityRegressor, Path, Path]) -> None:
+    model, ckpt, onnx_path = trained
+    faces = random_faces(7, 1)
+    from_ckpt = QualityScorer.from_path(ckpt).score(faces, batch_size=3)
+    from_onnx = QualityScorer.from_path(onnx_path).score(faces, batch_size=3)
+    assert from_ckpt.dtype == np.float32 and from_ckpt.shape == (7,)
+    np.testing.assert_allclose(from_ckpt, from_onnx, rtol=0, atol=1e-4)
+    with torch.no_grad():
+        direct = model(torch.from_numpy(faces).permute(0, 3, 1, 2).float()).numpy()
+    np.testing.assert_allclose(from_ckpt, direct, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"uint8 \(N, 112, 112, 3\)"):
+        QualityScorer.from_path(onnx_path).score(faces[:, :100])
+
+
+def test_score_files_records_failures(
+    trained: tuple[QualityRegressor, Path, Path], tmp_path: Path
+) -> None:
+    onnx_path = trained[2]
+    faces = random_faces(3, 2)
+    paths = []
+    for i, face in enumerate(faces):
+        paths.append(tmp_path / f"good{i}.png")
+        Image.fromarray(face).save(paths[-1])
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    Image.fromarray(random_faces(1, 3)[0, :100, :90]).save(tmp_path / "small.png")
+    order = [paths[0], tmp_path / "broken.jpg", paths[1], tmp_path / "small.png", paths[2]]
+    order.append(tmp_path / "missing.png")
+
+    scorer = QualityScorer.from_path(onnx_path)
+    table = scorer.score_files(order, batch_size=2)
+    assert list(table.columns) == ["path", "quality", "failure"]
+    assert table["path"].tolist() == [str(p) for p in order]
+    failure = table["failure"].tolist()
+    assert failure[0] is None and failure[2] is None and failure[4] is None
+    assert failure[3] == NOT_ALIGNED
+    assert isinstance(failure[1], str) and isinstance(failure[5], str)
+    assert all(math.isnan(q) for q in table["quality"].iloc[[1, 3, 5]])
+    np.testing.assert_allclose(
+        table["quality"].iloc[[0, 2, 4]].to_numpy(), scorer.score(faces), rtol=0, atol=1e-6
+    )
+
+
+def test_from_path_rejects_unknown_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run the train stage"):
+        QualityScorer.from_path(tmp_path / "absent.onnx")
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"expected a \.ckpt or \.onnx"):
+        QualityScorer.from_path(tmp_path / "model.pt")
