@@ -43,7 +43,9 @@ def shard_name(index: int) -> str:
 def write_shard(directory: Path, index: int, faces: np.ndarray) -> str:
     """Write one shard atomically and return its file name."""
     if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[-1] != 3:
-        raise ValueError(f"shard {index}: expected uint8 (n, H, W, 3), got {faces.dtype} {faces.shape}")
+        raise ValueError(
+            f"shard {index}: expected uint8 (n, H, W, 3), got {faces.dtype} {faces.shape}"
+        )
     name = shard_name(index)
     with atomic_path(directory / name) as tmp, open(tmp, "wb") as fh:
         np.save(fh, faces)
@@ -93,7 +95,9 @@ class PreparedFaces:
 
     def faces(self, rows: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Aligned faces of the given manifest rows (all when None), in that order."""
-        sel = self.manifest if rows is None else self.manifest.iloc[np.asarray(rows, dtype=np.int64)]
+        sel = (
+            self.manifest if rows is None else self.manifest.iloc[np.asarray(rows, dtype=np.int64)]
+        )
         if len(sel) == 0:
             return np.zeros((0, 112, 112, 3), np.uint8)
         out = None

@@ -1,0 +1,97 @@
+"""Markdown/HTML tables of evaluation results (rows = methods, columns = benchmark x FR model)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from fiqa.atomic import write_text_atomic
+
+
+def _rows(results: dict, metric: str) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Columns "benchmark/fr" and {method: {column: value}} for one metric."""
+    columns, table = [], {}
+    for bench, per_fr in results.items():
+        for fr, per_method in per_fr.items():
+            column = f"{bench}/{fr}"
+            columns.append(column)
+            for method, m in per_method.items():
+                table.setdefault(method, {})[column] = m[metric]
+    return columns, table
+
+
+def eval_markdown(results: dict, metric: str) -> str:
+    """One markdown table of ``metric``; the best (lowest) non-oracle value per column in bold."""
+    columns, table = _rows(results, metric)
+    best = {
+        c: min(v[c] for name, v in table.items() if name != "oracle" and c in v) for c in columns
+    }
+    lines = [f"| method | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    for method, values in table.items():
+        cells = []
+        for c in columns:
+            v = values.get(c)
+            text = "" if v is None else f"{v:.4f}"
+            cells.append(
+                f"**{text}**" if v is not None and v == best[c] and method != "oracle" else text
+            )
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def write_eval_markdown(results: dict, path: Path, limits: list[float]) -> None:
+    """reports/eval.md: one table per discard limit (normalised pAUC; lower is better)."""
+    parts = ["# EDC evaluation", "", "Normalised pAUC (1.0 = random quality, lower is better)."]
+    for lim in limits:
+        parts += ["", f"## pAUC@{lim:g}", "", eval_markdown(results, f"pauc@{lim:g}")]
+    write_text_atomic(path, "\n".join(parts) + "\n")
+
+
+def write_comparison(eval_files: list[Path], out_stem: Path) -> tuple[Path, Path]:
+    """Compare several eval.json files: a markdown and an HTML table per metric."""
+    merged: dict = {}
+    for path in eval_files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+        run = path.parent.parent.name if path.parent.name == "metrics" else path.stem
+        for bench, per_fr in json.loads(path.read_text()).items():
+            for fr, per_method in per_fr.items():
+                merged.setdefault(f"{run}:{bench}", {})[fr] = per_method
+    metrics = sorted(
+        {
+            k
+            for b in merged.values()
+            for f in b.values()
+            for m in f.values()
+            for k in m
+            if k.startswith("pauc@")
+        }
+    )
+    md_parts = ["# fiqa evaluation comparison", ""]
+    html_parts = ["<html><head><meta charset='utf-8'><title>fiqa comparison</title></head><body>"]
+    for metric in metrics:
+        table = eval_markdown(merged, metric)
+        md_parts += [f"## {metric}", "", table, ""]
+        html_parts.append(f"<h2>{html.escape(metric)}</h2>" + _markdown_table_to_html(table))
+    html_parts.append("</body></html>")
+    md, page = out_stem.with_suffix(".md"), out_stem.with_suffix(".html")
+    write_text_atomic(md, "\n".join(md_parts))
+    write_text_atomic(page, "\n".join(html_parts))
+    return md, page
+
+
+def _markdown_table_to_html(table: str) -> str:
+    lines = [
+        line.strip("|").split("|") for line in table.splitlines() if not line.startswith("|---")
+    ]
+    out = ["<table border='1' cellspacing='0' cellpadding='4'>"]
+    for i, cells in enumerate(lines):
+        tag = "th" if i == 0 else "td"
+        row = "".join(
+            f"<{tag}>{'<b>' + html.escape(c.strip().strip('*')) + '</b>' if c.strip().startswith('**') else html.escape(c.strip())}</{tag}>"
+            for c in cells
+        )
+        out.append(f"<tr>{row}</tr>")
+    out.append("</table>")
+    return "".join(out)
