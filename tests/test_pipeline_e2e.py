@@ -1,0 +1,148 @@
+"""End to end: the real DVC pipeline on a small demo in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fiqa.params import compose_params
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def sh(repo: Path, *cmd: str, env: dict[str, str]) -> str:
+    """Run a command in ``repo``; fail the test with its output when it fails."""
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-6000:]}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
+    """A git repo with fiqa's pipeline files, a small demo, and one full `dvc repro`."""
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    repo.mkdir()
+    for name in ["conf", ".dvc", "dvc.yaml", ".dvcignore", ".gitignore", "train.py", "data.dvc"]:
+        src = REPO_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("cache", "tmp"))
+        else:
+            shutil.copy2(src, repo / name)
+    # Seconds instead of minutes: the smoke preset (few SER-FIQ passes, 2 short epochs).
+    config = repo / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("  - debug: null", "  - debug: smoke"))
+    (repo / "params.yaml").write_text(compose_params(repo / "conf"))
+
+    home = repo.parent / "home"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "WANDB_MODE": "offline",  # real offline W&B runs, kept inside the temp dir
+        "WANDB_DIR": str(home),
+        "WANDB_CACHE_DIR": str(home),
+        "WANDB_CONFIG_DIR": str(home),
+        "WANDB_DATA_DIR": str(home),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    sh(repo, "git", "init", "-q", env=env)
+    sh(repo, "fiqa", "demo-data", "--out", "data/raw", "--portrait-images", "8",
+       "--lfw-identities", "6", "--lfw-images", "5", env=env)  # fmt: skip
+    sh(repo, "dvc", "commit", "-f", "-q", "data.dvc", env=env)
+    sh(repo, "git", "add", "-A", env=env)
+    sh(repo, "git", "commit", "-qm", "pipeline", env=env)
+    log = sh(repo, "dvc", "repro", env=env)
+    return repo, env, log
+
+
+@pytest.mark.slow
+def test_repro_writes_every_stage_output(pipeline_repo):
+    repo, _, log = pipeline_repo
+    for stage in ["prepare", "label", "train", "evaluate"]:
+        assert f"Running stage '{stage}'" in log
+    manifest = pd.read_parquet(repo / "data/prepared/manifest.parquet")
+    failures = pd.read_parquet(repo / "data/prepared/failures.parquet")
+    assert set(failures["reason"]) >= {"truncated", "not_an_image"}  # bad files: rows, no crash
+    assert len(manifest) + len(failures) == len(pd.read_csv(repo / "data/raw/metadata.csv"))
+    labels = pd.read_parquet(repo / "data/labels/labels.parquet")
+    assert {"path", "identity", "quality", "faceqnet", "serfiq"} <= set(labels.columns)
+    assert labels["quality"].equals(labels["faceqnet"])
+    assert json.loads((repo / "data/labels/labels.json").read_text())["fr_models"]["sface"][
+        "sha256"
+    ]
+    assert (repo / "models/quality.ckpt").is_file() and (repo / "models/quality.onnx").is_file()
+    results = json.loads((repo / "metrics/eval.json").read_text())
+    methods = results["demo_val"]["sface"]
+    assert set(methods) == {"model", "faceqnet", "serfiq", "random", "oracle"}
+    assert methods["random"]["pauc@0.3"] == pytest.approx(1.0)
+    assert methods["oracle"]["pauc@0.3"] <= methods["model"]["pauc@0.3"]
+    assert (repo / "plots/edc/demo_val__sface.json").is_file()
+    assert (repo / "reports/edc_demo_val__sface.png").is_file()
+    runs = list((repo.parent / "home" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 4, runs  # one offline W&B run per stage
+
+
+@pytest.mark.slow
+def test_status_clean_and_second_repro_is_a_no_op(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    assert "up to date" in sh(repo, "dvc", "status", env=env)
+    again = sh(repo, "dvc", "repro", env=env)
+    assert "Running stage" not in again
+
+
+@pytest.mark.slow
+def test_score_command_on_aligned_faces(pipeline_repo, tmp_path):
+    repo, env, _ = pipeline_repo
+    shard = np.load(repo / "data/prepared/faces-00000.npy")
+    for i in range(3):
+        Image.fromarray(shard[i]).save(tmp_path / f"face{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "scores.csv"
+    sh(
+        repo,
+        "fiqa",
+        "score",
+        "--checkpoint",
+        "models/quality.ckpt",
+        str(tmp_path),
+        "--out",
+        str(out),
+        env=env,
+    )
+    scores = pd.read_csv(out)
+    assert len(scores) == 4
+    assert scores["quality"].notna().sum() == 3
+    assert scores.loc[scores["path"].str.endswith("broken.jpg"), "failure"].notna().all()
+
+
+@pytest.mark.slow
+def test_multirun_sweep_over_learning_rates(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    log = sh(repo, sys.executable, "train.py", "-m", "model.lr=1e-3,3e-4", "debug=fdr", env=env)
+    assert "#0 : model.lr=0.001" in log and "#1 : model.lr=0.0003" in log
+
+
+@pytest.mark.slow
+def test_exp_run_with_other_label_method_reruns_from_label(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    sh(repo, "git", "add", "-A", env=env)
+    sh(repo, "git", "commit", "-qm", "results", env=env)
+    log = sh(repo, "dvc", "exp", "run", "-S", "label=serfiq", env=env)
+    assert "Running stage 'prepare'" not in log
+    for stage in ["label", "train", "evaluate"]:
+        assert f"Running stage '{stage}'" in log
+    labels = pd.read_parquet(repo / "data/labels/labels.parquet")
+    assert labels["quality"].equals(labels["serfiq"])
