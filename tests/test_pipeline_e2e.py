@@ -33,15 +33,19 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     """A git repo with fiqa's pipeline files, a small demo, and one full `dvc repro`."""
     repo = tmp_path_factory.mktemp("e2e") / "repo"
     repo.mkdir()
-    for name in ["conf", ".dvc", "dvc.yaml", ".dvcignore", ".gitignore", "train.py", "data.dvc"]:
+    for name in ["src", "conf", ".dvc", "dvc.yaml", ".dvcignore", ".gitignore", "train.py", "data.dvc"]:
         src = REPO_ROOT / name
         if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("cache", "tmp"))
+            ignore = shutil.ignore_patterns("cache", "tmp", "__pycache__", "*.egg-info")
+            shutil.copytree(src, repo / name, ignore=ignore)
         else:
             shutil.copy2(src, repo / name)
     # Seconds instead of minutes: the smoke preset (few SER-FIQ passes, 2 short epochs).
     config = repo / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("  - debug: null", "  - debug: smoke"))
+    # The small demo's 2 validation identities make no recognition errors: evaluate all pairs.
+    eval_cfg = repo / "conf" / "eval" / "default.yaml"
+    eval_cfg.write_text(eval_cfg.read_text().replace("split: val ", "split: all "))
     (repo / "params.yaml").write_text(compose_params(repo / "conf"))
 
     home = repo.parent / "home"
@@ -85,13 +89,14 @@ def test_repro_writes_every_stage_output(pipeline_repo):
     ]
     assert (repo / "models/quality.ckpt").is_file() and (repo / "models/quality.onnx").is_file()
     results = json.loads((repo / "metrics/eval.json").read_text())
-    methods = results["demo_val"]["sface"]
+    methods = results["demo_all"]["sface"]
     assert set(methods) == {"model", "faceqnet", "serfiq", "random", "oracle"}
+    assert methods["random"]["fnmr@0"] > 0
     assert methods["random"]["pauc@0.3"] == pytest.approx(1.0)
     assert methods["oracle"]["pauc@0.3"] <= methods["model"]["pauc@0.3"]
-    assert (repo / "plots/edc/demo_val__sface.json").is_file()
-    assert (repo / "reports/edc_demo_val__sface.png").is_file()
-    runs = list((repo.parent / "home" / "wandb").glob("offline-run-*"))
+    assert (repo / "plots/edc/demo_all__sface.json").is_file()
+    assert (repo / "reports/edc_demo_all__sface.png").is_file()
+    runs = list((repo / "wandb").glob("offline-run-*"))  # run files under paths.root
     assert len(runs) == 4, runs  # one offline W&B run per stage
 
 
