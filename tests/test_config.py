@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
+from fiqa.config import ConfigError, validate_config
 from fiqa.params import compose_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +80,31 @@ def test_dvc_yaml_params_exist_in_params_yaml():
         for key in stage.params:
             assert OmegaConf.select(params, key) is not None, f"stage {name}: param {key} missing"
     assert Path(REPO_ROOT / "data.dvc").is_file()
+
+
+def test_default_config_matches_the_typed_schemas():
+    validate_config(compose_default())
+    validate_config(OmegaConf.load(REPO_ROOT / "params.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.lr=fast", "model.lr"),
+        ("label.methods.serfiq.passes=many", "label.methods.serfiq.passes"),
+        ("train.batch_size=0.5", "train.batch_size"),
+        ("eval.split=test", "eval.split='test'; choose one of val, train, all"),
+    ],
+)
+def test_wrong_types_and_values_fail_naming_the_key(override: str, message: str):
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_default([override]))
+    assert message in str(err.value)
+
+
+def test_missing_key_is_named():
+    cfg = compose_default()
+    with open_dict(cfg):
+        del cfg.prepare["shard_size"]
+    with pytest.raises(ConfigError, match=r"prepare\.shard_size"):
+        validate_config(cfg)

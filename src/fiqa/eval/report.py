@@ -54,7 +54,9 @@ def write_comparison(eval_files: list[Path], out_stem: Path) -> tuple[Path, Path
     for path in eval_files:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found")
-        run = path.parent.parent.name if path.parent.name == "metrics" else path.stem
+        # <run>/metrics/eval.json -> "<run>"; any other file -> its stem
+        resolved = path.resolve()
+        run = resolved.parent.parent.name if resolved.parent.name == "metrics" else path.stem
         for bench, per_fr in json.loads(path.read_text()).items():
             for fr, per_method in per_fr.items():
                 merged.setdefault(f"{run}:{bench}", {})[fr] = per_method

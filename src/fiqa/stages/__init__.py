@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from fiqa.config import validate_config
+
 STAGES = ("prepare", "label", "train", "evaluate")
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ def run_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
     """Run ``stage`` on a composed config, with the process-wide settings every stage needs."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    validate_config(cfg)
     result = stage_function(stage)(cfg)
     log.info("%s finished: %s", stage, {k: round(v, 4) for k, v in result.items()})
     return result

@@ -24,6 +24,8 @@ from fiqa.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
+SCORE_CHUNK = 1024  # faces read from the shards at a time when scoring with the trained model
+
 
 def _method_qualities(
     cfg: DictConfig, prepared: PreparedFaces, rows: np.ndarray
@@ -35,8 +37,9 @@ def _method_qualities(
         if method == "model":
             from fiqa.train.scoring import QualityScorer
 
-            onnx = Path(cfg.paths.models) / "quality.onnx"
-            qualities[method] = QualityScorer.from_path(onnx).score(prepared.faces(rows))
+            scorer = QualityScorer.from_path(Path(cfg.paths.models) / "quality.onnx")
+            chunks = [rows[i : i + SCORE_CHUNK] for i in range(0, len(rows), SCORE_CHUNK)]
+            qualities[method] = np.concatenate([scorer.score(prepared.faces(c)) for c in chunks])
         elif method in labels.columns:
             qualities[method] = labels.loc[sample_ids, method].to_numpy(dtype=np.float64)
         else:

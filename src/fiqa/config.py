@@ -1,0 +1,169 @@
+"""Typed schemas of the composed config: a wrong type or value fails at stage start.
+
+Hydra's struct mode already rejects unknown keys (``model.lrr=1``); merging the composed config
+into these dataclasses also rejects wrong types (``model.lr=fast``) and missing keys, naming
+the key. The schemas hold types only: every value comes from ``conf/``. ``trainer`` is passed
+to ``pytorch_lightning.Trainer`` as is and validated there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """The composed config does not match its schema; the message names the key."""
+
+
+@dataclass
+class PathsConfig:
+    root: str = MISSING
+    raw: str = MISSING
+    prepared: str = MISSING
+    labels: str = MISSING
+    models: str = MISSING
+    metrics: str = MISSING
+    plots: str = MISSING
+    reports: str = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    format: str = MISSING
+    root: str = MISSING
+    metadata: str | None = MISSING
+
+
+@dataclass
+class FRConfig:
+    name: str = MISSING
+    weights: str | None = MISSING
+    batch_size: int = MISSING
+    flip: bool = MISSING
+
+
+@dataclass
+class PrepareConfig:
+    detector: str = MISSING
+    score_threshold: float = MISSING
+    pad_ratio: float = MISSING
+    template: str = MISSING
+    val_fraction: float = MISSING
+    shard_size: int = MISSING
+    max_failure_rate: float = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class FaceQnetParams:
+    reference: str = MISSING
+    reference_list: str | None = MISSING
+
+
+@dataclass
+class SerFiqParams:
+    passes: int = MISSING
+    dropout: float = MISSING
+    calibrate: bool = MISSING
+
+
+@dataclass
+class LabelMethods:
+    faceqnet: FaceQnetParams = MISSING
+    serfiq: SerFiqParams = MISSING
+
+
+@dataclass
+class LabelConfig:
+    target: str = MISSING
+    fr_models: list[str] = MISSING
+    seed: int = MISSING
+    methods: LabelMethods = MISSING
+
+
+@dataclass
+class RegressorConfig:
+    name: str = MISSING
+    backbone: str = MISSING
+    pretrained: bool = MISSING
+    head: str = MISSING
+    head_hidden: int = MISSING
+    loss: str = MISSING
+    lr: float = MISSING
+    backbone_lr: float = MISSING
+    weight_decay: float = MISSING
+    scheduler: str = MISSING
+    freeze: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = MISSING
+    num_workers: int = MISSING
+    augment: bool = MISSING
+    seed: int = MISSING
+    onnx_max_abs_diff: float = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = MISSING
+    project: str = MISSING
+    entity: str | None = MISSING
+    mode: str = MISSING
+
+
+@dataclass
+class EvalConfig:
+    benchmark: str = MISSING
+    split: str = MISSING
+    fr_models: list[str] = MISSING
+    methods: list[str] = MISSING
+    fmr: float = MISSING
+    discard_limits: list[float] = MISSING
+    pair_quality: str = MISSING
+
+
+SCHEMAS: dict[str, type] = {
+    "paths": PathsConfig,
+    "data": DataConfig,
+    "fr": FRConfig,
+    "prepare": PrepareConfig,
+    "label": LabelConfig,
+    "model": RegressorConfig,
+    "train": TrainConfig,
+    "logger": LoggerConfig,
+    "eval": EvalConfig,
+}
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "logger.backend": ("wandb", "csv", "none"),
+    "eval.split": ("val", "train", "all"),
+}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every schema'd group of ``cfg`` (types, missing keys, closed choices)."""
+    try:
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config key {err.full_key}: {str(err.msg).splitlines()[0]}") from None
+    for key, schema in SCHEMAS.items():
+        if key not in cfg:
+            raise ConfigError(f"config group {key!r} is missing")
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
+        except OmegaConfBaseException as err:
+            reason = str(err.msg).splitlines()[0]
+            raise ConfigError(f"invalid config key {key}.{err.full_key}: {reason}") from None
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"config keys missing: {', '.join(f'{key}.{m}' for m in missing)}")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}; choose one of {', '.join(map(str, allowed))}")
