@@ -33,7 +33,16 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     """A git repo with fiqa's pipeline files, a small demo, and one full `dvc repro`."""
     repo = tmp_path_factory.mktemp("e2e") / "repo"
     repo.mkdir()
-    for name in ["src", "conf", ".dvc", "dvc.yaml", ".dvcignore", ".gitignore", "train.py", "data.dvc"]:
+    for name in [
+        "src",
+        "conf",
+        ".dvc",
+        "dvc.yaml",
+        ".dvcignore",
+        ".gitignore",
+        "train.py",
+        "data.dvc",
+    ]:
         src = REPO_ROOT / name
         if src.is_dir():
             ignore = shutil.ignore_patterns("cache", "tmp", "__pycache__", "*.egg-info")
