@@ -1,0 +1,185 @@
+"""insightface MS-Celeb-1M layout on top of RecordIO: identity ranges, ``property``, writer.
+
+Record 0 has label (a, b): images are keys 1..a-1, keys a..b-1 hold each identity's (start, end)
+key range; ``property`` reads ``num_classes,height,width``. Images are aligned 112x112 JPEGs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from fiqa.atomic import write_text_atomic
+from fiqa.data.recordio import (
+    RecordHeader,
+    RecordIOError,
+    RecordIOReader,
+    RecordIOWriter,
+    pack_record,
+    unpack_record,
+)
+
+log = logging.getLogger(__name__)
+
+
+def read_property(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """``num_classes,h,w`` from an insightface ``property`` file."""
+    text = Path(path).read_text(encoding="utf-8").strip()
+    try:
+        n, h, w = (int(f) for f in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"{path}: expected 'num_classes,height,width', got {text[:60]!r}"
+        ) from None
+    return n, h, w
+
+
+def write_property(path: str | os.PathLike[str], num_classes: int, h: int, w: int) -> None:
+    """Write an insightface ``property`` file atomically."""
+    write_text_atomic(path, f"{num_classes},{h},{w}\n")
+
+
+def _label(header: RecordHeader) -> float:
+    return header.label if isinstance(header.label, float) else header.label[0]
+
+
+def _ms1m_layout(reader: RecordIOReader) -> tuple[int, int] | None:
+    """(a, b) from record 0 when it is an insightface header record, else None."""
+    if 0 not in reader:
+        return None
+    try:
+        header, image = unpack_record(reader.read(0))
+    except RecordIOError:
+        return None  # every record is then read as an image, and this one reported
+    if header.flag < 2 or image:
+        return None
+    a, b = int(header.label[0]), int(header.label[1])
+    return (a, b) if 1 <= a <= b else None
+
+
+def ms1m_index(
+    reader: RecordIOReader, property_path: str | os.PathLike[str] | None = None
+) -> pd.DataFrame:
+    """One row per image record: ``key``, ``offset``, ``identity`` (the int label as str).
+
+    Uses record 0's identity ranges when present (one read per identity plus its first image);
+    otherwise reads every record's label. Damaged records become ``attrs["damaged"]`` entries
+    (key or offset, reason); a ``property`` file (default: next to the .rec) declaring another
+    number of identities is logged and returned as ``attrs["property_mismatch"]``.
+    """
+    damaged = list(reader.damaged)
+    keys: list[int] = []
+    names: list[str] = []
+
+    def label_key(key: int) -> str | None:
+        try:
+            header, image = unpack_record(reader.read(key))
+            return str(int(_label(header))) if image else None  # empty: header/range record
+        except (RecordIOError, KeyError, ValueError, OverflowError) as err:
+            damaged.append((key, getattr(err, "reason", type(err).__name__)))
+            return None
+
+    layout = _ms1m_layout(reader)
+    if layout is None:
+        todo = reader.keys
+    else:
+        a, b = layout
+        covered = np.zeros(a, dtype=bool)
+        for rkey in range(a, b):
+            try:
+                start, end = (int(v) for v in unpack_record(reader.read(rkey))[0].label[:2])
+            except (RecordIOError, KeyError, TypeError, ValueError) as err:
+                damaged.append((rkey, getattr(err, "reason", "bad_range")))
+                continue
+            name = None
+            for key in range(max(start, 1), min(end, a)):
+                name = name or label_key(key)  # the first readable image names the identity
+                if name is not None:
+                    keys.append(key)
+                    names.append(name)
+                covered[key] = True
+        todo = [k for k in range(1, a) if not covered[k]]  # images of damaged range records
+    for key in tqdm(todo, desc="ms1m index", unit="rec", mininterval=2, disable=len(todo) < 1e5):
+        if (name := label_key(key)) is not None:
+            keys.append(key)
+            names.append(name)
+    offsets = reader._offsets[np.searchsorted(reader._keys, np.asarray(keys, dtype=np.int64))]
+    df = pd.DataFrame({"key": keys, "offset": offsets, "identity": names}).astype(
+        {"key": "int64", "offset": "int64", "identity": str}
+    )
+    df = df.sort_values("key", ignore_index=True)
+    df.attrs["damaged"] = damaged
+    df.attrs["property_mismatch"] = _check_property(reader, property_path, df)
+    return df
+
+
+def _check_property(
+    reader: RecordIOReader, path: str | os.PathLike[str] | None, df: pd.DataFrame
+) -> dict[str, Any] | None:
+    prop = Path(path) if path is not None else reader.rec_path.parent / "property"
+    if path is None and not prop.is_file():
+        return None
+    found = int(df["identity"].nunique())
+    try:
+        declared = read_property(prop)[0]
+    except (OSError, ValueError) as err:
+        log.warning("cannot check identities against %s: %s", prop, err)
+        return {"path": str(prop), "declared": None, "found": found, "error": str(err)}
+    if declared == found:
+        return None
+    log.warning("%s declares %d identities; %s holds %d", prop, declared, reader.rec_path, found)
+    return {"path": str(prop), "declared": declared, "found": found}
+
+
+def write_ms1m(
+    out_dir: str | os.PathLike[str],
+    images: Iterable[tuple[int, bytes]],
+    image_size: tuple[int, int] | None = None,
+) -> None:
+    """Write an insightface-style ``train.rec``/``train.idx``/``property`` into ``out_dir``.
+
+    Images are grouped by identity (identities in order of first appearance, images in input
+    order). insightface training expects labels 0..K-1; keys and labels must stay below 2**24
+    (they are stored as float32). ``image_size`` (h, w) defaults to the first image's size.
+    """
+    groups: dict[int, list[bytes]] = {}
+    for label, data in images:
+        groups.setdefault(int(label), []).append(bytes(data))
+    if not groups:
+        raise ValueError(f"write_ms1m({out_dir}): no images given")
+    if sorted(groups) != list(range(len(groups))):
+        log.warning(
+            "identity labels are not 0..%d; insightface training expects them", len(groups) - 1
+        )
+    out = Path(out_dir)
+    a = 1 + sum(len(v) for v in groups.values())
+    with RecordIOWriter(out / "train.rec", out / "train.idx") as writer:
+        writer.write(0, pack_record(RecordHeader(2, (a, a + len(groups))), b""))
+        key, ranges = 1, []
+        for rkey, (label, blobs) in enumerate(groups.items(), start=a):
+            start = key
+            for data in blobs:
+                writer.write(key, pack_record(RecordHeader(0, float(label), key), data))
+                key += 1
+            ranges.append((rkey, start, key))
+        for rkey, start, end in ranges:
+            writer.write(rkey, pack_record(RecordHeader(2, (start, end), rkey), b""))
+    if image_size is None:
+        image_size = _image_size(next(iter(groups.values()))[0])
+    write_property(out / "property", len(groups), *image_size)
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("write_ms1m: the first image does not decode; pass image_size=(h, w)")
+    return int(image.shape[0]), int(image.shape[1])
