@@ -59,7 +59,14 @@ def test_config_has_every_design_group():
 def test_every_group_option_composes(override: str):
     cfg = compose_default([override])
     OmegaConf.resolve(cfg)
-    assert "root" in cfg.data
+    assert "root" in cfg.data.keys()  # every dataset config has data.root ("???" = required)
+
+
+@pytest.mark.parametrize("data", ["vggface2", "ms1m"])
+def test_real_datasets_require_their_root(data: str):
+    with pytest.raises(ConfigError, match=r"data\.root"):
+        validate_config(compose_default([f"data={data}"]))
+    validate_config(compose_default([f"data={data}", "data.root=/datasets/x"]))
 
 
 def test_typo_in_override_fails_with_the_key_name():

@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from fiqa.data.prepared import PreparedFaces
 from fiqa.params import compose_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -120,9 +120,9 @@ def test_status_clean_and_second_repro_is_a_no_op(pipeline_repo):
 @pytest.mark.slow
 def test_score_command_on_aligned_faces(pipeline_repo, tmp_path):
     repo, env, _ = pipeline_repo
-    shard = np.load(repo / "data/prepared/faces-00000.npy")
-    for i in range(3):
-        Image.fromarray(shard[i]).save(tmp_path / f"face{i}.png")
+    faces = PreparedFaces(repo / "data/prepared").faces([0, 1, 2])
+    for i, face in enumerate(faces):
+        Image.fromarray(face).save(tmp_path / f"face{i}.png")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "scores.csv"
     sh(

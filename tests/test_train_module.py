@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from scipy import stats
 
-from fiqa.data.prepared import MANIFEST, write_shard, write_table
+from fiqa.data.prepared import MANIFEST, PreparedFaces, write_shard, write_table
 from fiqa.train.datamodule import (
     QualityDataModule,
     geometry_neutral_augmentation,
@@ -52,6 +52,7 @@ def make_prepared(root: Path, n_ids: int = 6, per_id: int = 4, seed: int = 0) ->
                     "split": "val" if ident >= n_ids - 2 else "train",
                     "shard": "",
                     "offset": 0,
+                    "nbytes": 0,
                     "landmarks": [0.0] * 10,
                     "det_score": 1.0,
                     "detector": "given",
@@ -62,9 +63,10 @@ def make_prepared(root: Path, n_ids: int = 6, per_id: int = 4, seed: int = 0) ->
                            "quality": 1.0 - k / per_id})  # fmt: skip
     half = len(faces) // 2
     for index, chunk in enumerate((faces[:half], faces[half:])):
-        name = write_shard(prepared, index, np.stack(chunk))
-        for offset, row in enumerate(manifest[index * half : index * half + len(chunk)]):
-            row["shard"], row["offset"] = name, offset
+        name, spans = write_shard(prepared, index, np.stack(chunk))
+        rows = manifest[index * half : index * half + len(chunk)]
+        for row, (offset, nbytes) in zip(rows, spans, strict=True):
+            row["shard"], row["offset"], row["nbytes"] = name, offset, nbytes
     write_table(prepared / MANIFEST, pd.DataFrame(manifest))
     write_table(root / "labels.parquet", pd.DataFrame(labels))
     return root / "labels.parquet"
@@ -268,7 +270,7 @@ def test_augmentation_is_geometry_neutral(labelled: tuple[Path, Path]) -> None:
     transform = geometry_neutral_augmentation(shift_px=4, scale=0.0)
     names = {type(t).__name__ for t in transform.transforms}
     assert names == {"HorizontalFlip", "Affine"}
-    face = np.asarray(np.load(labelled[0] / "faces-00000.npy", mmap_mode="r")[1])
+    face = PreparedFaces(labelled[0]).face(1)
     original_values = set(np.unique(face).tolist())
     flips = shifts = 0
     for seed in range(40):

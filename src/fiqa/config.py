@@ -37,6 +37,12 @@ class DataConfig:
     format: str = MISSING
     root: str = MISSING
     metadata: str | None = MISSING
+    # Format-specific keys (None where a format does not use them).
+    subsets: list[str] | None = None  # vggface2
+    use_landmarks: bool | None = None  # vggface2
+    references: str | None = None  # vggface2: FaceQnet reference list
+    rec: str | None = None  # ms1m
+    idx: str | None = None  # ms1m
 
 
 @dataclass
@@ -52,7 +58,10 @@ class PrepareConfig:
     detector: str = MISSING
     score_threshold: float = MISSING
     pad_ratio: float = MISSING
+    face_selection: str = MISSING
     template: str = MISSING
+    templates: dict[str, Any] = MISSING
+    num_workers: int = MISSING
     val_fraction: float = MISSING
     shard_size: int = MISSING
     max_failure_rate: float = MISSING

@@ -83,6 +83,21 @@ register_template(
 )
 
 
+# SphereFace / CosFace crops: the same geometry on a 96-wide canvas (x shifted by 8 px).
+register_template(
+    "sphereface_112x96",
+    (96, 112),
+    ALIGNMENT_TEMPLATES["arcface_112"].points - np.array([8.0, 0.0]),
+)
+# FaceQnet-style loose crop: ArcFace geometry at 224 px with the face at 80% of the ArcFace
+# scale around the crop centre, keeping hair, ears and background context like a loose box.
+register_template(
+    "faceqnet_224",
+    (224, 224),
+    (ALIGNMENT_TEMPLATES["arcface_112"].points - 56.0) * 2.0 * 0.8 + 112.0,
+)
+
+
 def get_template(name: str) -> AlignmentTemplate:
     """Look up a registered template by name.
 

@@ -99,6 +99,7 @@ class LabelledFaces(Dataset):
         self.prepared = prepared
         self.shards = table["shard"].to_numpy()
         self.offsets = table["offset"].to_numpy(np.int64)
+        self.nbytes = table["nbytes"].to_numpy(np.int64)
         self.labels = table["label"].to_numpy(np.float32)
         self.sample_ids = table["sample_id"].to_numpy(np.int64)
         self.transform = transform
@@ -108,7 +109,7 @@ class LabelledFaces(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         index, aug_seed = key if isinstance(key, tuple) else (key, None)
-        face = np.asarray(self.prepared.shard(self.shards[index])[self.offsets[index]])
+        face = self.prepared.face_at(self.shards[index], self.offsets[index], self.nbytes[index])
         if self.transform is not None:
             if aug_seed is not None:
                 seed_augmentation(self.transform, aug_seed)
@@ -206,10 +207,11 @@ class QualityDataModule(pl.LightningDataModule):
         for split in SPLITS:
             if not (self.table["split"] == split).any():
                 raise ValueError(f"{self.prepared_dir}: no {split!r} rows in the manifest")
-        first = self.prepared.shard(self.table["shard"].iloc[0])
-        if tuple(first.shape[1:]) != (FACE_SIZE, FACE_SIZE, 3):
+        first = self.table.iloc[0]
+        shape = self.prepared.face_at(first["shard"], first["offset"], first["nbytes"]).shape
+        if tuple(shape) != (FACE_SIZE, FACE_SIZE, 3):
             raise ValueError(
-                f"{self.prepared_dir}: faces are {first.shape[1:]}, the regressor expects "
+                f"{self.prepared_dir}: faces are {shape}, the regressor expects "
                 f"({FACE_SIZE}, {FACE_SIZE}, 3) aligned faces"
             )
         counts = self.table["split"].value_counts().to_dict()

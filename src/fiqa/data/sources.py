@@ -1,0 +1,127 @@
+"""Dataset readers behind one interface: a source table plus a picklable byte loader.
+
+Source table columns: ``path`` (relative to ``data.root``), ``identity``, optional
+``landmarks`` (10 floats in source pixels, ArcFace order, or None: detect), optional ``box``
+(x, y, w, h or None: picks the matching detection), plus dataset extras kept in the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from fiqa.data.folder import list_identity_folder
+from fiqa.data.images import ImageReadError
+
+FORMATS = ("folder", "vggface2", "ms1m")
+
+
+class FileBytes:
+    """Reads ``root / row["path"]`` (picklable, for DataLoader workers)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __call__(self, row: dict[str, Any]) -> bytes:
+        path = self.root / row["path"]
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ImageReadError(path, "missing") from None
+        except OSError as err:
+            raise ImageReadError(path, "unreadable", str(err)) from None
+
+
+class RecordBytes:
+    """Reads the image bytes of the RecordIO record at ``row["rec_offset"]`` (picklable)."""
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None) -> None:
+        from fiqa.data.recordio import RecordIOReader
+
+        self.rec_path = Path(rec_path)
+        self.reader = RecordIOReader(rec_path, idx_path)
+
+    def __call__(self, row: dict[str, Any]) -> bytes:
+        from fiqa.data.recordio import RecordIOError, unpack_record
+
+        try:
+            _, image = unpack_record(self.reader.read_at(int(row["rec_offset"])))
+        except RecordIOError as err:
+            raise ImageReadError(self.rec_path, err.reason, f"offset {row['rec_offset']}") from None
+        return image
+
+
+@dataclass
+class Source:
+    """What prepare needs from a dataset."""
+
+    table: pd.DataFrame
+    read_bytes: FileBytes | RecordBytes
+    pre_aligned: bool = False  # images are already aligned to the configured template
+    damaged: list[tuple[str, str]] | None = None  # (path, reason) found while indexing
+
+
+def read_source(data: DictConfig) -> Source:
+    """The source table and byte loader of ``data.format`` at ``data.root``."""
+    root = Path(data.root)
+    if data.format not in FORMATS:
+        raise ValueError(f"data.format={data.format!r}; choose one of {', '.join(FORMATS)}")
+    if data.format == "ms1m":
+        source = _ms1m(root, data)
+    elif data.format == "vggface2":
+        from fiqa.data.vggface2 import read_vggface2
+
+        table = read_vggface2(
+            root,
+            subsets=tuple(data.subsets),
+            landmarks=bool(data.use_landmarks),
+            references=data.get("references"),
+        )
+        source = Source(table, FileBytes(root))
+    else:
+        source = Source(list_identity_folder(root), FileBytes(root))
+    if data.get("metadata"):
+        source.table = _join_metadata(source.table, root / data.metadata)
+    if source.table.empty:
+        raise ValueError(f"data.root {root} ({data.format}) holds no images")
+    return source
+
+
+def _ms1m(root: Path, data: DictConfig) -> Source:
+    from fiqa.data.ms1m import ms1m_index
+    from fiqa.data.recordio import RecordIOReader
+
+    rec = root / data.rec
+    if not rec.is_file():
+        raise FileNotFoundError(f"data.rec: {rec} not found (insightface train.rec)")
+    idx = root / data.idx if data.get("idx") else None
+    index = ms1m_index(RecordIOReader(rec, idx))
+    mismatch = index.attrs.get("property_mismatch")
+    if mismatch:
+        raise ValueError(
+            f"{mismatch['path']} declares {mismatch['declared']} identities but {rec} holds "
+            f"{mismatch['found']}: the files do not belong together"
+        )
+    table = pd.DataFrame(
+        {
+            "path": [f"{data.rec}#{k}" for k in index["key"]],
+            "identity": index["identity"].astype(str),
+            "rec_offset": index["offset"].astype("int64"),
+        }
+    )
+    damaged = [(f"{data.rec}@{where}", reason) for where, reason in index.attrs.get("damaged", [])]
+    return Source(table, RecordBytes(rec, idx), pre_aligned=True, damaged=damaged)
+
+
+def _join_metadata(table: pd.DataFrame, meta_path: Path) -> pd.DataFrame:
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"data.metadata file {meta_path} not found")
+    meta = pd.read_csv(meta_path)
+    if "path" not in meta.columns:
+        raise ValueError(f"{meta_path} has no 'path' column")
+    extra = [c for c in meta.columns if c not in table.columns]
+    return table.merge(meta[["path", *extra]], on="path", how="left")

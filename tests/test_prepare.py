@@ -1,0 +1,169 @@
+"""The prepare stage: outputs, workers, resume after a kill, failure bound, templates, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+import fiqa.stages.prepare as prepare_stage
+from fiqa.data.align import get_template
+from fiqa.data.detect import YuNetDetector
+from fiqa.data.prepared import PreparedFaces
+from fiqa.stages import StageError, run_stage
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def make_dataset(root: Path) -> None:
+    """3 identities of jittered astronaut/coffee-free faces plus every kind of bad file."""
+    face = skimage.data.astronaut()[:300, 100:400]
+    rng = np.random.default_rng(0)
+    for ident in range(3):
+        folder = root / f"id{ident}"
+        folder.mkdir(parents=True)
+        for k in range(4):
+            angle, scale = rng.uniform(-8, 8), rng.uniform(0.9, 1.1)
+            m = cv2.getRotationMatrix2D((150, 150), angle, scale)
+            img = cv2.warpAffine(face, m, (300, 300), borderMode=cv2.BORDER_REFLECT)
+            Image.fromarray(img).save(folder / f"{k}.jpg", quality=90)
+    bad = root / "id0"
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.jpg").write_text("not an image")
+    good = (root / "id1" / "0.jpg").read_bytes()
+    (bad / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    Image.fromarray(skimage.data.astronaut()).convert("RGBA").save(bad / "alpha.png")
+    Image.fromarray(skimage.data.astronaut()).convert("L").save(bad / "gray.jpg")
+    Image.fromarray(skimage.data.astronaut()).convert("CMYK").save(bad / "cmyk.jpg")
+    cv2.imwrite(
+        str(bad / "deep.png"), (skimage.data.astronaut()[:, :, ::-1].astype(np.uint16) * 257)
+    )
+    Image.fromarray(skimage.data.rocket()).save(root / "id2" / "no_face.jpg")
+    (root / "id3").mkdir()
+    Image.fromarray(face).save(root / "id3" / "single.jpg")  # an identity with one image
+
+
+def config(root: Path, *overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "data=folder",
+                f"data.root={root / 'raw'}",
+                f"paths.root={root}",
+                "logger=none",
+                "prepare.shard_size=5",
+                "prepare.num_workers=0",
+                "prepare.max_failure_rate=0.5",
+                *overrides,
+            ],
+        )
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.name != "summary.json"  # holds timings
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("prep")
+    make_dataset(root / "raw")
+    run_stage("prepare", config(root))
+    return root, digest(root / "data" / "prepared")
+
+
+def test_outputs_manifest_failures_and_landmarks_on_template(reference):
+    root, _ = reference
+    prepared = PreparedFaces(root / "data" / "prepared")
+    m, f = prepared.manifest, prepared.failures
+    reasons = dict(zip(f["path"], f["reason"], strict=True))
+    assert reasons["id0/empty.jpg"] == "empty_file"
+    assert reasons["id0/notes.jpg"] == "not_an_image"
+    assert reasons["id0/truncated.jpg"] == "truncated"
+    assert reasons["id2/no_face.jpg"] == "no_face"
+    # alpha, grayscale, CMYK and 16-bit images are decoded and aligned, not failures
+    assert {"id0/alpha.png", "id0/gray.jpg", "id0/cmyk.jpg", "id0/deep.png"} <= set(m["path"])
+    assert "id3/single.jpg" in set(m["path"])
+    assert len(m) + len(f) == 12 + 7 + 1 + 1
+    assert m["sample_id"].tolist() == list(range(len(m)))
+    assert set(m.groupby("identity")["split"].nunique()) == {1}  # identity-disjoint
+    assert (m["template"] == "arcface_112").all() and (m["detector"] == "yunet_2023mar").all()
+    # Re-detected landmarks on aligned crops sit near the template (eyes not swapped).
+    template = get_template("arcface_112").points
+    detector = YuNetDetector()
+    errors = []
+    for face in prepared.faces(np.arange(0, len(m), 4)):
+        found = detector.detect(face)
+        assert found is not None
+        errors.append(np.abs(found.landmarks[:2] - template[:2]).max())
+    assert np.median(errors) < 6.0
+
+
+def test_workers_give_identical_output(reference, tmp_path):
+    _, expected = reference
+    make_dataset(tmp_path / "raw")
+    run_stage("prepare", config(tmp_path, "prepare.num_workers=2"))
+    assert digest(tmp_path / "data" / "prepared") == expected
+
+
+def test_killed_run_resumes_to_identical_output(reference, tmp_path, monkeypatch):
+    _, expected = reference
+    make_dataset(tmp_path / "raw")
+    real_finish, calls = prepare_stage._finish_shard, []
+
+    def finish_then_die(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after two finished shards
+        calls.append(args[1])
+        real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_stage, "_finish_shard", finish_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("prepare", config(tmp_path))
+    assert not (tmp_path / "data" / "prepared").exists()
+    monkeypatch.setattr(prepare_stage, "_finish_shard", real_finish)
+    summary = run_stage("prepare", config(tmp_path))
+    assert summary["prepare/resumed_shards"] == 2.0
+    assert digest(tmp_path / "data" / "prepared") == expected
+    assert not (tmp_path / "data" / "prepared.partial").exists()
+
+
+def test_failure_bound_keeps_previous_output(reference, tmp_path):
+    _, expected = reference
+    make_dataset(tmp_path / "raw")
+    run_stage("prepare", config(tmp_path))
+    with pytest.raises(
+        StageError, match=r"4/21 inputs failed .* above prepare.max_failure_rate=0.1"
+    ):
+        run_stage("prepare", config(tmp_path, "prepare.max_failure_rate=0.1", "prepare.seed=1"))
+    assert digest(tmp_path / "data" / "prepared") == expected  # nothing already written is lost
+
+
+def test_config_template_and_empty_dataset(tmp_path):
+    make_dataset(tmp_path / "raw")
+    run_stage("prepare", config(tmp_path, "prepare.template=sphereface_112x96"))
+    prepared = PreparedFaces(tmp_path / "data" / "prepared")
+    assert prepared.face(0).shape == (112, 96, 3)
+    points = "[[38,52],[74,52],[56,72],[42,92],[71,92]]"
+    run_stage(
+        "prepare",
+        config(
+            tmp_path,
+            f"+prepare.templates.mine={{size:[112,112],points:{points}}}",
+            "prepare.template=mine",
+        ),
+    )
+    assert (PreparedFaces(tmp_path / "data" / "prepared").manifest["template"] == "mine").all()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises((StageError, ValueError), match="holds no"):
+        run_stage("prepare", config(tmp_path, f"data.root={tmp_path / 'empty'}"))

@@ -1,0 +1,120 @@
+"""`fiqa prepare` on the VGGFace2 and MS1M RecordIO formats, with their bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from fiqa.data.align import align_face
+from fiqa.data.detect import YuNetDetector
+from fiqa.data.ms1m import write_ms1m
+from fiqa.data.prepared import PreparedFaces
+from fiqa.stages import StageError, run_stage
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def config(root: Path, data: str, *overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                f"data={data}",
+                f"data.root={root / 'raw'}",
+                f"paths.root={root}",
+                "logger=none",
+                "prepare.num_workers=0",
+                "prepare.max_failure_rate=0.5",
+                *overrides,
+            ],
+        )
+
+
+def jittered_faces(n: int) -> list[np.ndarray]:
+    face = skimage.data.astronaut()[:300, 100:400]
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(n):
+        m = cv2.getRotationMatrix2D((150, 150), rng.uniform(-8, 8), rng.uniform(0.9, 1.1))
+        out.append(cv2.warpAffine(face, m, (300, 300), borderMode=cv2.BORDER_REFLECT))
+    return out
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def aligned_jpegs() -> list[bytes]:
+    detector = YuNetDetector()
+    return [jpeg(align_face(img, detector.detect(img).landmarks)) for img in jittered_faces(6)]
+
+
+def test_ms1m_recordio_keeps_the_original_bytes(tmp_path, aligned_jpegs):
+    labels = [0, 0, 0, 1, 1, 2]
+    write_ms1m(tmp_path / "raw", zip(labels, aligned_jpegs, strict=True))
+    summary = run_stage("prepare", config(tmp_path, "ms1m"))
+    prepared = PreparedFaces(tmp_path / "data" / "prepared")
+    m = prepared.manifest
+    assert summary["prepare/aligned"] == 6 and prepared.failures.empty
+    assert m["path"].tolist() == [f"train.rec#{k}" for k in range(1, 7)]
+    assert m["identity"].tolist() == ["0", "0", "0", "1", "1", "2"]
+    assert (m["detector"] == "pre_aligned").all()
+    shard = (tmp_path / "data" / "prepared" / m["shard"][0]).read_bytes()
+    assert shard[m["offset"][4] : m["offset"][4] + m["nbytes"][4]] == aligned_jpegs[4]
+
+
+def test_ms1m_damage_and_mismatched_property(tmp_path, aligned_jpegs):
+    small = jpeg(np.zeros((64, 64, 3), np.uint8))  # not 112x112: not an aligned face
+    write_ms1m(tmp_path / "raw", zip([0, 0, 1, 1], [*aligned_jpegs[:3], small], strict=True))
+    rec = tmp_path / "raw" / "train.rec"
+    (tmp_path / "raw" / "train.idx").unlink()  # missing index: rebuilt by scanning
+    run_stage("prepare", config(tmp_path, "ms1m"))
+    failures = PreparedFaces(tmp_path / "data" / "prepared").failures
+    assert failures["reason"].tolist() == ["wrong_size"]
+    (tmp_path / "raw" / "property").write_text("7,112,112")
+    with pytest.raises(StageError, match="declares 7 identities"):
+        run_stage("prepare", config(tmp_path, "ms1m"))
+    (tmp_path / "raw" / "property").write_text("2,112,112")
+    data = rec.read_bytes()
+    rec.write_bytes(data[:-10])  # truncated last record
+    (tmp_path / "raw" / "train.idx").unlink(missing_ok=True)
+    run_stage("prepare", config(tmp_path, "ms1m"))
+    failures = PreparedFaces(tmp_path / "data" / "prepared").failures
+    assert "truncated" in set(failures["reason"])
+
+
+def test_vggface2_layout_uses_given_landmarks_and_detects_missing_ones(tmp_path):
+    detector = YuNetDetector()
+    raw = tmp_path / "raw"
+    landmark_rows, bb_rows = [], []
+    for k, img in enumerate(jittered_faces(4)):
+        ident = f"n00000{k % 2 + 1}"
+        name = f"{k:04d}_01"
+        (raw / "train" / ident).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(raw / "train" / ident / f"{name}.jpg", quality=95)
+        found = detector.detect(img)
+        if k != 3:  # the last face has no landmark row: prepare must detect it
+            points = ",".join(f"{v:.3f}" for v in found.landmarks.reshape(-1))
+            landmark_rows.append(f'"{ident}/{name}",{points}')
+        bb_rows.append(f'"{ident}/{name}",' + ",".join(f"{v:.1f}" for v in found.box))
+    (raw / "train" / "n000002" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    meta = raw / "bb_landmark"
+    meta.mkdir()
+    header = "NAME_ID," + ",".join(f"P{i}{a}" for i in range(1, 6) for a in "XY")
+    (meta / "loose_landmark_train.csv").write_text("\n".join([header, *landmark_rows]) + "\n")
+    (meta / "loose_bb_train.csv").write_text("\n".join(["NAME_ID,X,Y,W,H", *bb_rows]) + "\n")
+    run_stage("prepare", config(tmp_path, "vggface2"))
+    prepared = PreparedFaces(tmp_path / "data" / "prepared")
+    m = prepared.manifest.set_index("path")
+    assert m.loc["train/n000001/0000_01.jpg", "detector"] == "given"
+    assert m.loc["train/n000002/0003_01.jpg", "detector"] == "yunet_2023mar"
+    assert m.loc["train/n000002/0003_01.jpg", "landmark_issue"] == "missing"
+    assert prepared.failures["path"].tolist() == ["train/n000002/broken.jpg"]
+    assert set(m["subset"]) == {"train"}
