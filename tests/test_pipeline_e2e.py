@@ -53,7 +53,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     config = repo / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("  - debug: null", "  - debug: smoke"))
     # The small demo's 2 validation identities make no recognition errors: evaluate all pairs.
-    eval_cfg = repo / "conf" / "eval" / "default.yaml"
+    eval_cfg = repo / "conf" / "eval" / "benchmark" / "prepared.yaml"
     eval_cfg.write_text(eval_cfg.read_text().replace("split: val ", "split: all "))
     (repo / "params.yaml").write_text(compose_params(repo / "conf"))
 
@@ -140,6 +140,17 @@ def test_score_command_on_aligned_faces(pipeline_repo, tmp_path):
     assert len(scores) == 4
     assert scores["quality"].notna().sum() == 3
     assert scores.loc[scores["path"].str.endswith("broken.jpg"), "failure"].notna().all()
+
+
+@pytest.mark.slow
+def test_evaluate_trained_model_on_an_external_folder_benchmark(pipeline_repo, tmp_path):
+    repo, env, _ = pipeline_repo
+    out = [f"paths.{k}={tmp_path / k}" for k in ("metrics", "plots", "reports")]
+    benchmark = ["eval/benchmark=folder", "eval.benchmark.root=data/raw", "eval.benchmark.name=raw"]
+    sh(repo, "fiqa", "evaluate", *benchmark, "eval.benchmark.impostors=300", *out, env=env)
+    methods = json.loads((tmp_path / "metrics" / "eval.json").read_text())["raw"]["sface"]
+    assert {"model", "serfiq", "random", "oracle"} <= set(methods)  # faceqnet: prepared set only
+    assert methods["model"]["n_impostor"] <= 300
 
 
 @pytest.mark.slow

@@ -129,8 +129,7 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    benchmark: str = MISSING
-    split: str = MISSING
+    benchmark: dict[str, Any] = MISSING  # format + its keys (conf/eval/benchmark/)
     fr_models: list[str] = MISSING
     methods: list[str] = MISSING
     fmr: float = MISSING
@@ -151,7 +150,7 @@ SCHEMAS: dict[str, type] = {
 }
 CHOICES: dict[str, tuple[Any, ...]] = {
     "logger.backend": ("wandb", "csv", "none"),
-    "eval.split": ("val", "train", "all"),
+    "eval.benchmark.format": ("prepared", "bin", "pairs_txt", "folder"),
 }
 
 

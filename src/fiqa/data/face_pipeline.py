@@ -82,12 +82,23 @@ class FaceAligner:
         self.detector = YuNetDetector(score_threshold=score_threshold, pad_ratio=pad_ratio)
 
     def __call__(self, index: int, row: dict[str, Any], data: bytes) -> FaceResult:
+        """Decode ``data`` and align it; the face is returned PNG-encoded (or as given when
+        the input was already aligned, keeping its original bytes)."""
         image = decode_image(data, source=str(row["path"]))
+        face, result = self.align(index, row, image)
+        if face is not None:
+            result.data = data if self.pre_aligned else encode_face(face)
+        return result
+
+    def align(
+        self, index: int, row: dict[str, Any], image: np.ndarray
+    ) -> tuple[np.ndarray | None, FaceResult]:
+        """Align a decoded RGB image: (aligned face or None, result without encoded data)."""
         if self.pre_aligned:
             if (image.shape[1], image.shape[0]) != self.size:
-                return FaceResult(index, reason="wrong_size")
+                return None, FaceResult(index, reason="wrong_size")
             points = get_template(self.template).points.reshape(-1).tolist()
-            return FaceResult(index, data, None, points, 1.0, "pre_aligned")
+            return image, FaceResult(index, None, None, points, 1.0, "pre_aligned")
         given = row.get("landmarks")
         if given is not None and not (isinstance(given, float) and np.isnan(given)):
             landmarks = np.asarray(given, dtype=np.float64).reshape(5, 2)
@@ -97,18 +108,16 @@ class FaceAligner:
                 self.detector.detect_all(image), image.shape, row.get("box"), self.selection
             )
             if found is None:
-                return FaceResult(index, reason="no_face")
+                return None, FaceResult(index, reason="no_face")
             landmarks = np.asarray(found.landmarks, dtype=np.float64)
             score, detector = float(found.score), self.detector.name
         if (
             not np.isfinite(landmarks).all()
             or np.linalg.norm(landmarks[1] - landmarks[0]) < MIN_EYE_DISTANCE
         ):
-            return FaceResult(index, reason="bad_landmarks")
+            return None, FaceResult(index, reason="bad_landmarks")
         face = align_face(image, landmarks, template=self.template)
-        return FaceResult(
-            index, encode_face(face), None, landmarks.reshape(-1).tolist(), score, detector
-        )
+        return face, FaceResult(index, None, None, landmarks.reshape(-1).tolist(), score, detector)
 
 
 class PrepareDataset(Dataset):

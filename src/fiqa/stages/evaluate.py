@@ -11,54 +11,85 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from fiqa.atomic import write_json_atomic
-from fiqa.data.prepared import PreparedFaces
 from fiqa.eval.edc import EDCCurve, edc_curve, oracle_curve, pair_quality, pauc, random_baseline
 from fiqa.eval.figures import PLOT_GRID, plot_edc, sampled_curves
-from fiqa.eval.pairs import all_pairs, pair_scores
+from fiqa.eval.pairs import pair_scores
 from fiqa.eval.report import write_eval_markdown
+from fiqa.eval.sets import EvalSet, load_eval_set
 from fiqa.fr import load_fr_model
-from fiqa.label.embeddings import embed_prepared, load_embeddings
+from fiqa.label.serfiq import serfiq_scores
 from fiqa.stages import StageError
-from fiqa.stages.label import LABELS, fr_config
+from fiqa.stages.label import METHODS, fr_config
 from fiqa.tracking import stage_run
+from fiqa.train.scoring import QualityScorer
 
 log = logging.getLogger(__name__)
 
-SCORE_CHUNK = 1024  # faces read from the shards at a time when scoring with the trained model
+CHUNK = 1024  # faces decoded at a time (memory stays flat in the benchmark size)
 
 
-def _method_qualities(
-    cfg: DictConfig, prepared: PreparedFaces, rows: np.ndarray
-) -> dict[str, np.ndarray]:
-    labels = pd.read_parquet(Path(cfg.paths.labels) / LABELS).set_index("sample_id")
-    sample_ids = prepared.manifest["sample_id"].to_numpy()[rows]
+def _chunks(n: int) -> list[np.ndarray]:
+    return [np.arange(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
+
+
+def _method_qualities(cfg: DictConfig, data: EvalSet) -> dict[str, np.ndarray]:
+    """Per-face quality of every method in ``eval.methods`` (skipping, with a warning, label
+    methods that only exist for the prepared set)."""
     qualities = {}
     for method in cfg.eval.methods:
         if method == "model":
-            from fiqa.train.scoring import QualityScorer
-
             scorer = QualityScorer.from_path(Path(cfg.paths.models) / "quality.onnx")
-            chunks = [rows[i : i + SCORE_CHUNK] for i in range(0, len(rows), SCORE_CHUNK)]
-            qualities[method] = np.concatenate([scorer.score(prepared.faces(c)) for c in chunks])
-        elif method in labels.columns:
-            qualities[method] = labels.loc[sample_ids, method].to_numpy(dtype=np.float64)
+            qualities[method] = np.concatenate(
+                [scorer.score(data.faces(c)) for c in _chunks(data.n)]
+            )
+        elif method in data.label_qualities:
+            qualities[method] = data.label_qualities[method]
+        elif method == "serfiq":
+            qualities[method] = _serfiq_direct(cfg, data)
+        elif method in METHODS:
+            log.warning(
+                "eval.methods: %r needs the labels of the prepared set; skipped on %s",
+                method,
+                data.name,
+            )
         else:
             raise StageError(
-                f"eval.methods: {method!r} is neither 'model' nor a column of the labels table "
-                f"({', '.join(c for c in labels.columns if c not in ('path', 'identity', 'split'))})"
+                f"eval.methods: unknown method {method!r}; use model, {', '.join(METHODS)}"
             )
+    if not qualities:
+        raise StageError(
+            f"eval.methods={list(cfg.eval.methods)} leaves no method to evaluate on {data.name}"
+        )
     return qualities
 
 
-def _embeddings(
-    cfg: DictConfig, name: str, prepared: PreparedFaces, rows: np.ndarray
-) -> np.ndarray:
-    """Reuse the label stage's cached embeddings when present, else embed now."""
-    try:
-        return load_embeddings(Path(cfg.paths.labels) / "embeddings", name)[rows]
-    except FileNotFoundError:
+def _serfiq_direct(cfg: DictConfig, data: EvalSet) -> np.ndarray:
+    """SER-FIQ computed on the evaluation faces, averaged over ``label.fr_models``."""
+    params = cfg.label.methods.serfiq
+    per_model = []
+    for name in cfg.label.fr_models:
         model = load_fr_model(fr_config(cfg, name))
-        return embed_prepared(model, prepared, batch_size=cfg.fr.batch_size)[rows]
+        per_model.append(
+            np.concatenate(
+                [
+                    serfiq_scores(model, model.features(data.faces(c)), params.passes, params.dropout,
+                                  cfg.label.seed, params.calibrate)
+                    for c in _chunks(data.n)
+                ]
+            )
+        )  # fmt: skip
+    return np.mean(per_model, axis=0)
+
+
+def _embeddings(cfg: DictConfig, name: str, data: EvalSet) -> np.ndarray:
+    """The label stage's cached embeddings when they cover this set, else embed now."""
+    cached = data.cached_embeddings(name)
+    if cached is not None:
+        return cached
+    model = load_fr_model(fr_config(cfg, name))
+    return np.concatenate(
+        [model.embed(data.faces(c), batch_size=cfg.fr.batch_size) for c in _chunks(data.n)]
+    )
 
 
 def _curve_metrics(curve: EDCCurve, limits: list[float]) -> dict[str, float]:
@@ -76,29 +107,23 @@ def _curve_metrics(curve: EDCCurve, limits: list[float]) -> dict[str, float]:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Write metrics/eval.json, plots/edc/<benchmark>__<fr>.json, reports/ figures and table."""
     e = cfg.eval
-    if e.benchmark != "prepared":
-        raise StageError(f"eval.benchmark={e.benchmark!r} is not supported yet (use 'prepared')")
-    prepared = PreparedFaces(cfg.paths.prepared)
-    manifest = prepared.manifest
-    rows = (
-        np.arange(len(manifest))
-        if e.split == "all"
-        else np.flatnonzero(manifest["split"] == e.split)
-    )
-    if len(rows) < 2:
-        raise StageError(f"eval.split={e.split!r} selects {len(rows)} faces; need at least 2")
-    bench = f"{cfg.data.name}_{e.split}"
-    pairs = all_pairs(manifest["identity"].to_numpy()[rows])
+    try:
+        data = load_eval_set(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        raise StageError(f"evaluate: {err}") from err
+    pairs = data.pairs
     if not pairs.genuine.any() or pairs.genuine.all():
-        raise StageError(f"{bench}: needs both genuine and impostor pairs")
-    qualities = _method_qualities(cfg, prepared, rows)
+        raise StageError(
+            f"{data.name}: needs both genuine and impostor pairs, got {len(pairs)} pairs"
+        )
+    qualities = _method_qualities(cfg, data)
     limits = [float(x) for x in e.discard_limits]
-    results: dict = {bench: {}}
-    summary: dict[str, float] = {}
+    results: dict = {data.name: {}}
+    summary: dict[str, float] = {f"eval/{data.name}/dropped_images": float(data.n_dropped)}
 
     with stage_run(cfg, "evaluate") as run_:
         for fr_name in e.fr_models:
-            scores = pair_scores(_embeddings(cfg, fr_name, prepared, rows), pairs)
+            scores = pair_scores(_embeddings(cfg, fr_name, data), pairs)
             genuine, impostor = scores[pairs.genuine], scores[~pairs.genuine]
             curves = {
                 name: edc_curve(
@@ -112,20 +137,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
             curves["random"] = random_baseline(next(iter(curves.values())))
             curves["oracle"] = oracle_curve(genuine, impostor, fmr=e.fmr)
             metrics = {name: _curve_metrics(c, limits) for name, c in curves.items()}
-            results[bench][fr_name] = metrics
+            results[data.name][fr_name] = metrics
             for name, m in metrics.items():
                 summary |= {
-                    f"eval/{bench}/{fr_name}/{name}/{k}": float(m[k])
+                    f"eval/{data.name}/{fr_name}/{name}/{k}": float(m[k])
                     for k in m
                     if k.startswith("pauc@")
                 }
 
-            stem = f"{bench}__{fr_name}"
+            stem = f"{data.name}__{fr_name}"
             write_json_atomic(
                 Path(cfg.paths.plots) / "edc" / f"{stem}.json", sampled_curves(curves)
             )
             paucs = {name: m[f"pauc@{limits[-1]:g}"] for name, m in metrics.items()}
-            title = f"EDC {bench}, {fr_name}, FMR={e.fmr:g}"
+            title = f"EDC {data.name}, {fr_name}, FMR={e.fmr:g}"
             plot_edc(curves, paucs, title, Path(cfg.paths.reports) / f"edc_{stem}.png")
             if run_ is not None:
                 _log_wandb(run_, stem, curves, metrics)
