@@ -59,15 +59,7 @@ def test_config_has_every_design_group():
 def test_every_group_option_composes(override: str):
     cfg = compose_default([override])
     OmegaConf.resolve(cfg)
-    # keys(): `in` on a DictConfig is False for a "???" (required) value
-    assert "root" in cfg.data.keys()  # noqa: SIM118
-
-
-@pytest.mark.parametrize("data", ["vggface2", "ms1m"])
-def test_real_datasets_require_their_root(data: str):
-    with pytest.raises(ConfigError, match=r"data\.root"):
-        validate_config(compose_default([f"data={data}"]))
-    validate_config(compose_default([f"data={data}", "data.root=/datasets/x"]))
+    assert "root" in cfg.data
 
 
 def test_typo_in_override_fails_with_the_key_name():
