@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
-from fiqa.config import ConfigError, validate_config
+from fiqa.config import ConfigError, compose_config, validate_config
 from fiqa.params import compose_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +33,7 @@ def options(group: str) -> list[str]:
 
 
 def compose_default(overrides: list[str] | None = None):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides or [])
+    return compose_config(overrides)
 
 
 def test_params_yaml_equals_composed_default_config():

@@ -10,14 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from fiqa.config import compose_config
 from fiqa.data.align import align_face
 from fiqa.data.detect import YuNetDetector
 from fiqa.stages import run_stage
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def faces_of_two_people(n: int) -> list[tuple[str, np.ndarray]]:
@@ -39,17 +37,15 @@ def faces_of_two_people(n: int) -> list[tuple[str, np.ndarray]]:
 
 
 def config(root: Path, *overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                f"paths.root={root}",
-                "logger=none",
-                "eval.methods=[serfiq,faceqnet]",  # faceqnet needs prepared labels: skipped
-                "label.methods.serfiq.passes=4",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        [
+            f"paths.root={root}",
+            "logger=none",
+            "eval.methods=[serfiq,faceqnet]",  # faceqnet needs prepared labels: skipped
+            "label.methods.serfiq.passes=4",
+            *overrides,
+        ]
+    )
 
 
 def test_bin_benchmark(tmp_path: Path):

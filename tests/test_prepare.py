@@ -9,16 +9,14 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import fiqa.stages.prepare as prepare_stage
+from fiqa.config import compose_config
 from fiqa.data.align import get_template
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.prepared import PreparedFaces
 from fiqa.stages import StageError, run_stage
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def make_dataset(root: Path) -> None:
@@ -50,20 +48,18 @@ def make_dataset(root: Path) -> None:
 
 
 def config(root: Path, *overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                "data=folder",
-                f"data.root={root / 'raw'}",
-                f"paths.root={root}",
-                "logger=none",
-                "prepare.shard_size=5",
-                "prepare.num_workers=0",
-                "prepare.max_failure_rate=0.5",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        [
+            "data=folder",
+            f"data.root={root / 'raw'}",
+            f"paths.root={root}",
+            "logger=none",
+            "prepare.shard_size=5",
+            "prepare.num_workers=0",
+            "prepare.max_failure_rate=0.5",
+            *overrides,
+        ]
+    )
 
 
 def digest(directory: Path) -> dict[str, str]:

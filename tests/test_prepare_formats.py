@@ -8,32 +8,28 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from fiqa.config import compose_config
 from fiqa.data.align import align_face
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.ms1m import write_ms1m
 from fiqa.data.prepared import PreparedFaces
 from fiqa.stages import StageError, run_stage
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 def config(root: Path, data: str, *overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                f"data={data}",
-                f"data.root={root / 'raw'}",
-                f"paths.root={root}",
-                "logger=none",
-                "prepare.num_workers=0",
-                "prepare.max_failure_rate=0.5",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        [
+            f"data={data}",
+            f"data.root={root / 'raw'}",
+            f"paths.root={root}",
+            "logger=none",
+            "prepare.num_workers=0",
+            "prepare.max_failure_rate=0.5",
+            *overrides,
+        ]
+    )
 
 
 def jittered_faces(n: int) -> list[np.ndarray]:

@@ -8,7 +8,9 @@ to ``pytorch_lightning.Trainer`` as is and validated there.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -17,6 +19,31 @@ from omegaconf.errors import OmegaConfBaseException
 
 class ConfigError(ValueError):
     """The composed config does not match its schema; the message names the key."""
+
+
+# src/fiqa/config.py -> repository root (editable install)
+_REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def config_dir() -> Path:
+    """The config tree: ``$FIQA_CONFIG_DIR``, else ``./conf``, else the repository's ``conf/``."""
+    for candidate in (os.environ.get("FIQA_CONFIG_DIR"), "conf", _REPO_CONF):
+        if candidate and (Path(candidate) / "config.yaml").is_file():
+            return Path(candidate).resolve()
+    raise FileNotFoundError(
+        "no Hydra config tree found: run from the fiqa repository root or set FIQA_CONFIG_DIR"
+    )
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The composed config with Hydra ``overrides``, outside any Hydra app (tests, notebooks).
+
+    >>> cfg = compose_config(["data=folder", "data.root=/data/faces", "logger=none"])
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides or []))
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,20 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from fiqa.config import config_dir
 from fiqa.stages import run_stage
-
-# src/fiqa/cli/hydra_entry.py -> repository root (editable install)
-_REPO_CONF = Path(__file__).resolve().parents[3] / "conf"
-
-
-def config_dir() -> Path:
-    """The config tree: ``$FIQA_CONFIG_DIR``, else ``./conf``, else the repository's ``conf/``."""
-    for candidate in (os.environ.get("FIQA_CONFIG_DIR"), "conf", _REPO_CONF):
-        if candidate and (Path(candidate) / "config.yaml").is_file():
-            return Path(candidate).resolve()
-    raise FileNotFoundError(
-        "no Hydra config tree found: run from the fiqa repository root or set FIQA_CONFIG_DIR"
-    )
 
 
 def redirect_multirun_outputs(cfg: DictConfig) -> None:
