@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import skimage.data
 from PIL import Image
@@ -106,7 +107,8 @@ def test_vggface2_layout_uses_given_landmarks_and_detects_missing_ones(tmp_path)
     header = "NAME_ID," + ",".join(f"P{i}{a}" for i in range(1, 6) for a in "XY")
     (meta / "loose_landmark_train.csv").write_text("\n".join([header, *landmark_rows]) + "\n")
     (meta / "loose_bb_train.csv").write_text("\n".join(["NAME_ID,X,Y,W,H", *bb_rows]) + "\n")
-    run_stage("prepare", config(tmp_path, "vggface2"))
+    (raw / "references.txt").write_text("n000001/0002_01.jpg\nn000002/0001_01.jpg\n")
+    run_stage("prepare", config(tmp_path, "vggface2", f"data.references={raw / 'references.txt'}"))
     prepared = PreparedFaces(tmp_path / "data" / "prepared")
     m = prepared.manifest.set_index("path")
     assert m.loc["train/n000001/0000_01.jpg", "detector"] == "given"
@@ -114,3 +116,15 @@ def test_vggface2_layout_uses_given_landmarks_and_detects_missing_ones(tmp_path)
     assert m.loc["train/n000002/0003_01.jpg", "landmark_issue"] == "missing"
     assert prepared.failures["path"].tolist() == ["train/n000002/broken.jpg"]
     assert set(m["subset"]) == {"train"}
+    assert m.index[m["is_reference"]].tolist() == [
+        "train/n000001/0002_01.jpg",
+        "train/n000002/0001_01.jpg",
+    ]
+
+    # FaceQnet labels against the dataset's reference images: each reference is its
+    # identity's best-quality sample (distance 0 to itself).
+    overrides = ["label.methods.faceqnet.reference=manifest", "label.methods.serfiq.passes=4"]
+    run_stage("label", config(tmp_path, "vggface2", *overrides))
+    labels = pd.read_parquet(tmp_path / "data" / "labels" / "labels.parquet").set_index("path")
+    best = labels.groupby("identity")["faceqnet"].idxmax().sort_values().tolist()
+    assert best == ["train/n000001/0002_01.jpg", "train/n000002/0001_01.jpg"]

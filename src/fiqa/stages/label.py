@@ -47,6 +47,15 @@ def _faceqnet(
     if params.reference == "list":
         ref_list = pd.read_csv(params.reference_list)
         refs = references_from_list(manifest["identity"], manifest["path"], ref_list)
+    elif params.reference == "manifest":  # e.g. data=vggface2 with data.references
+        if "is_reference" not in manifest.columns:
+            raise StageError(
+                "label.methods.faceqnet.reference=manifest needs an is_reference column (data.references)"
+            )
+        ref_list = manifest.loc[
+            manifest["is_reference"].fillna(False).astype(bool), ["identity", "path"]
+        ]
+        refs = references_from_list(manifest["identity"], manifest["path"], ref_list)
     elif params.reference == "proxy":
         landmarks = np.stack(manifest["landmarks"].to_numpy()).reshape(-1, 5, 2)
         proxy = pd.concat(
@@ -56,7 +65,7 @@ def _faceqnet(
         refs = select_reference_images(manifest["identity"], proxy)
     else:
         raise StageError(
-            f"label.methods.faceqnet.reference must be proxy|list, got {params.reference!r}"
+            f"label.methods.faceqnet.reference must be proxy|list|manifest, got {params.reference!r}"
         )
     return faceqnet_scores(list(embeddings.values()), refs)
 
