@@ -25,7 +25,7 @@ from fiqa.train.scoring import QualityScorer
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024  # faces decoded at a time (memory stays flat in the benchmark size)
+CHUNK = 1024  # faces decoded and scored or embedded at a time
 
 
 def _chunks(n: int) -> list[np.ndarray]:
