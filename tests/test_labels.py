@@ -122,9 +122,12 @@ def test_label_report_and_checks():
     report = label_report(table, ["m1", "m2"])
     assert report["spearman_between_methods"]["m1"]["m2"] == pytest.approx(-1.0)
     assert report["spearman_vs_severity"] == {"m1": pytest.approx(-1.0), "m2": pytest.approx(1.0)}
-    check_labels(table, ["m1", "m2"], {"a", "b"})
+    unit = {"m1": (0.0, 1.0), "m2": (0.0, 1.0)}
+    check_labels(table, unit, {"a", "b"})
     with pytest.raises(ValueError, match="lost 1 identities"):
-        check_labels(table, ["m1"], {"a", "b", "c"})
+        check_labels(table, unit, {"a", "b", "c"})
+    with pytest.raises(ValueError, match=r"'m1': 2 values not finite in \[0.0, 0.5\]"):
+        check_labels(table, {"m1": (0.0, 0.5)}, {"a", "b"})
     table.loc[0, "m1"] = np.nan
     with pytest.raises(ValueError, match="not finite in"):
-        check_labels(table, ["m1"], {"a", "b"})
+        check_labels(table, unit, {"a", "b"})

@@ -109,9 +109,30 @@ class SerFiqParams:
 
 
 @dataclass
+class CrFiqaParams:
+    chunk_rows: int | None = MISSING
+
+
+@dataclass
+class SddFiqaParams:
+    samples: int = MISSING
+    repeats: int = MISSING
+
+
+@dataclass
 class LabelMethods:
-    faceqnet: FaceQnetParams = MISSING
-    serfiq: SerFiqParams = MISSING
+    """Methods computed by the label stage; one left out (None) is not computed."""
+
+    faceqnet: FaceQnetParams | None = None
+    serfiq: SerFiqParams | None = None
+    crfiqa: CrFiqaParams | None = None
+    sddfiqa: SddFiqaParams | None = None
+
+
+@dataclass
+class EdiffiqaParams:
+    eps: float = MISSING
+    top: float = MISSING
 
 
 @dataclass
@@ -119,6 +140,8 @@ class LabelConfig:
     target: str = MISSING
     fr_models: list[str] = MISSING
     seed: int = MISSING
+    correction: str = MISSING
+    ediffiqa: EdiffiqaParams = MISSING
     methods: LabelMethods = MISSING
 
 
@@ -178,6 +201,8 @@ SCHEMAS: dict[str, type] = {
 CHOICES: dict[str, tuple[Any, ...]] = {
     "logger.backend": ("wandb", "csv", "none"),
     "eval.benchmark.format": ("prepared", "bin", "pairs_txt", "folder"),
+    "label.target": ("faceqnet", "serfiq", "crfiqa", "sddfiqa"),
+    "label.correction": ("none", "ediffiqa"),
 }
 
 

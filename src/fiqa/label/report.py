@@ -33,15 +33,18 @@ def label_report(table: pd.DataFrame, methods: list[str]) -> dict:
     return report
 
 
-def check_labels(table: pd.DataFrame, methods: list[str], identities: set[str]) -> None:
-    """Validity checks: finite values in [0, 1] and no identity silently dropped."""
-    for m in methods:
-        values = table[m].to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values) | (values < 0.0) | (values > 1.0)
+def check_labels(
+    table: pd.DataFrame, ranges: dict[str, tuple[float, float]], identities: set[str]
+) -> None:
+    """Validity checks: every column of ``ranges`` finite and inside its (low, high) range, and
+    no identity silently dropped."""
+    for column, (low, high) in ranges.items():
+        values = table[column].to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values) | (values < low) | (values > high)
         if bad.any():
             rows = table.loc[bad, "path"].head(5).tolist()
             raise ValueError(
-                f"label {m!r}: {int(bad.sum())} values not finite in [0, 1], e.g. {rows}"
+                f"label {column!r}: {int(bad.sum())} values not finite in [{low}, {high}], e.g. {rows}"
             )
     dropped = identities - set(table["identity"])
     if dropped:

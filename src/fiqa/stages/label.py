@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fiqa.atomic import atomic_dir, write_json_atomic
 from fiqa.data.prepared import PreparedFaces
-from fiqa.fr import load_fr_model
+from fiqa.fr import FRModel, load_fr_model
+from fiqa.label.correction import ediffiqa_correct
+from fiqa.label.crfiqa import crfiqa_scores
 from fiqa.label.embeddings import embed_prepared, iter_face_chunks, save_embeddings
 from fiqa.label.faceqnet import (
     faceqnet_scores,
@@ -23,6 +27,7 @@ from fiqa.label.faceqnet import (
     select_reference_images,
 )
 from fiqa.label.report import check_labels, label_report
+from fiqa.label.sddfiqa import sddfiqa_scores
 from fiqa.label.serfiq import serfiq_scores
 from fiqa.provenance import code_version
 from fiqa.stages import StageError
@@ -30,8 +35,34 @@ from fiqa.tracking import stage_run
 
 log = logging.getLogger(__name__)
 
-METHODS = ("faceqnet", "serfiq")
 LABELS = "labels.parquet"
+# Expected value range of each method's raw score (checked on every run).
+RANGES: dict[str, tuple[float, float]] = {
+    "faceqnet": (0.0, 1.0),
+    "serfiq": (0.0, 1.0),
+    "crfiqa": (-np.inf, np.inf),  # CCS / (NNCCS + 1 + eps): finite, unbounded in principle
+    "sddfiqa": (0.0, 100.0),
+}
+METHODS = tuple(RANGES)
+
+
+@dataclass
+class LabelContext:
+    """What every label method may use: the prepared set, FR models and their embeddings."""
+
+    cfg: DictConfig
+    prepared: PreparedFaces
+    models: dict[str, FRModel]
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    serfiq: dict[str, np.ndarray] = field(default_factory=dict)  # filled in the embedding pass
+
+    @property
+    def identities(self) -> np.ndarray:
+        return self.prepared.manifest["identity"].to_numpy()
+
+    def per_model(self, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``fn(embeddings)`` averaged over the FR models of ``label.fr_models``."""
+        return np.mean([fn(e) for e in self.embeddings.values()], axis=0)
 
 
 def fr_config(cfg: DictConfig, name: str) -> DictConfig | str:
@@ -39,11 +70,9 @@ def fr_config(cfg: DictConfig, name: str) -> DictConfig | str:
     return cfg.fr if cfg.fr.name == name else name
 
 
-def _faceqnet(
-    cfg: DictConfig, prepared: PreparedFaces, embeddings: dict[str, np.ndarray]
-) -> np.ndarray:
-    params = cfg.label.methods.faceqnet
-    manifest = prepared.manifest
+def _faceqnet(ctx: LabelContext) -> np.ndarray:
+    params = ctx.cfg.label.methods.faceqnet
+    manifest = ctx.prepared.manifest
     if params.reference == "list":
         ref_list = pd.read_csv(params.reference_list)
         refs = references_from_list(manifest["identity"], manifest["path"], ref_list)
@@ -59,7 +88,7 @@ def _faceqnet(
     elif params.reference == "proxy":
         landmarks = np.stack(manifest["landmarks"].to_numpy()).reshape(-1, 5, 2)
         proxy = pd.concat(
-            [icao_proxy(faces, landmarks[rows]) for rows, faces in iter_face_chunks(prepared)],
+            [icao_proxy(faces, landmarks[rows]) for rows, faces in iter_face_chunks(ctx.prepared)],
             ignore_index=True,
         )
         refs = select_reference_images(manifest["identity"], proxy)
@@ -67,52 +96,97 @@ def _faceqnet(
         raise StageError(
             f"label.methods.faceqnet.reference must be proxy|list|manifest, got {params.reference!r}"
         )
-    return faceqnet_scores(list(embeddings.values()), refs)
+    return faceqnet_scores(list(ctx.embeddings.values()), refs)
+
+
+def _crfiqa(ctx: LabelContext) -> np.ndarray:
+    chunk_rows = ctx.cfg.label.methods.crfiqa.chunk_rows
+    return ctx.per_model(lambda e: crfiqa_scores(e, ctx.identities, chunk_rows=chunk_rows))
+
+
+def _sddfiqa(ctx: LabelContext) -> np.ndarray:
+    p, seed = ctx.cfg.label.methods.sddfiqa, ctx.cfg.label.seed
+    return ctx.per_model(
+        lambda e: sddfiqa_scores(e, ctx.identities, m=p.samples, repeats=p.repeats, seed=seed)
+    )
+
+
+LABELERS: dict[str, Callable[[LabelContext], np.ndarray]] = {
+    "faceqnet": _faceqnet,
+    "serfiq": lambda ctx: np.mean(list(ctx.serfiq.values()), axis=0),
+    "crfiqa": _crfiqa,
+    "sddfiqa": _sddfiqa,
+}
+
+
+def _embed(ctx: LabelContext, with_serfiq: bool) -> None:
+    """Embed with every FR model; SER-FIQ shares each chunk's backbone pass."""
+    cfg = ctx.cfg
+    serfiq = cfg.label.methods.get("serfiq")
+    for name, model in ctx.models.items():
+        scores = np.empty(len(ctx.prepared))
+
+        def on_features(rows: slice, features: torch.Tensor, model=model, scores=scores) -> None:
+            scores[rows] = serfiq_scores(
+                model, features, serfiq.passes, serfiq.dropout, cfg.label.seed, serfiq.calibrate
+            )
+
+        ctx.embeddings[name] = embed_prepared(
+            model,
+            ctx.prepared,
+            cfg.fr.batch_size,
+            flip=bool(cfg.fr.flip),
+            on_features=on_features if with_serfiq else None,
+        )
+        if with_serfiq:
+            ctx.serfiq[name] = scores
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Write ``paths.labels``: labels.parquet, labels.json (provenance), report.json, embeddings."""
-    if cfg.label.target not in METHODS:
-        raise StageError(f"label.target={cfg.label.target!r}; choose one of {METHODS}")
+    lab = cfg.label
+    methods = [m for m in METHODS if lab.methods.get(m) is not None]
+    if lab.target not in methods:
+        raise StageError(f"label.target={lab.target!r} is not among the computed methods {methods}")
     prepared = PreparedFaces(cfg.paths.prepared)
     manifest = prepared.manifest
-    models = {name: load_fr_model(fr_config(cfg, name)) for name in cfg.label.fr_models}
-    flip = bool(cfg.fr.flip)
-    out_dir = Path(cfg.paths.labels)
+    models = {name: load_fr_model(fr_config(cfg, name)) for name in lab.fr_models}
+    ctx = LabelContext(cfg, prepared, models)
 
-    with stage_run(cfg, "label") as run_, atomic_dir(out_dir) as tmp:
-        serfiq = cfg.label.methods.serfiq
-        serfiq_per_model = np.empty((len(models), len(manifest)))
-        embeddings = {}
-        for i, (name, model) in enumerate(models.items()):
-
-            def on_features(rows: slice, features: torch.Tensor, i=i, model=model) -> None:
-                serfiq_per_model[i, rows] = serfiq_scores(
-                    model, features, serfiq.passes, serfiq.dropout, cfg.label.seed, serfiq.calibrate
-                )
-
-            embeddings[name] = embed_prepared(
-                model, prepared, cfg.fr.batch_size, flip=flip, on_features=on_features
-            )
+    with stage_run(cfg, "label") as run_, atomic_dir(Path(cfg.paths.labels)) as tmp:
+        _embed(ctx, with_serfiq="serfiq" in methods)
         for name, model in models.items():
-            save_embeddings(tmp / "embeddings", model, embeddings[name], flip)
+            save_embeddings(tmp / "embeddings", model, ctx.embeddings[name], bool(cfg.fr.flip))
         keep = ["sample_id", "path", "identity", "split"]
         keep += [c for c in ("degradation", "severity") if c in manifest.columns]
         table = manifest[keep].copy()
-        table["faceqnet"] = _faceqnet(cfg, prepared, embeddings)
-        table["serfiq"] = serfiq_per_model.mean(axis=0)
-        table["quality"] = table[cfg.label.target]
-        check_labels(table, [*METHODS, "quality"], set(manifest["identity"]))
+        for method in methods:
+            table[method] = LABELERS[method](ctx)
+        ranges = {m: RANGES[m] for m in methods}
+        table["quality"] = table[lab.target]
+        ranges["quality"] = RANGES[lab.target]
+        if lab.correction == "ediffiqa":
+            first = next(iter(ctx.embeddings.values()))
+            table["quality"] = ediffiqa_correct(
+                table[lab.target].to_numpy(),
+                first,
+                ctx.identities,
+                eps=lab.ediffiqa.eps,
+                top=lab.ediffiqa.top,
+            )
+            ranges["quality"] = (0.0, 1.0)
+        check_labels(table, ranges, set(manifest["identity"]))
 
         provenance = {
-            "target": cfg.label.target,
-            "methods": OmegaConf.to_container(cfg.label.methods, resolve=True),
+            "target": lab.target,
+            "correction": lab.correction,
+            "methods": OmegaConf.to_container(lab.methods, resolve=True),
             "fr_models": {
                 name: {"weights": m.info.weights_path, "sha256": m.info.weights_sha256}
                 for name, m in models.items()
             },
             "template": str(manifest["template"].iloc[0]),
-            "seed": int(cfg.label.seed),
+            "seed": int(lab.seed),
             **code_version(),
         }
         arrow = pa.Table.from_pandas(table, preserve_index=False)
@@ -124,10 +198,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         pq.write_table(arrow, tmp / LABELS)
         write_json_atomic(tmp / "labels.json", provenance)
-        report = label_report(table, list(METHODS))
+        report = label_report(table, methods)
         write_json_atomic(tmp / "report.json", report)
 
-        summary = {f"label/{m}_mean": report["methods"][m]["mean"] for m in METHODS}
+        summary = {f"label/{m}_mean": report["methods"][m]["mean"] for m in methods}
         for m, rho in report.get("spearman_vs_severity", {}).items():
             summary[f"label/{m}_spearman_vs_severity"] = rho
         summary["label/samples"] = float(len(table))
@@ -135,7 +209,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             import wandb
 
             run_.summary.update(summary)
-            for m in METHODS:
+            for m in methods:
                 run_.log({f"label/{m}_hist": wandb.Histogram(table[m].to_numpy())})
             run_.log({"label/table": wandb.Table(dataframe=table.drop(columns=["split"]))})
     return summary

@@ -1,0 +1,173 @@
+"""CR-FIQA (Boutros et al., CVPR 2023) offline labels: certainty ratio to the class centres.
+
+With L2-normalised embeddings e_i of identity y_i and unit class centres c_k (the normalised mean
+of the normalised embeddings of identity k, or given centres such as an FR head's weights):
+
+    CCS_i   = cos(e_i, c_{y_i})                    (class centre similarity)
+    NNCCS_i = max_{k != y_i} cos(e_i, c_k)         (nearest negative class centre similarity)
+    q_i     = CCS_i / (NNCCS_i + 1 + eps),   eps = 1e-9
+
+NNCCS is in [-1, 1], so the denominator is positive. At MS1M scale (5.8 M x 85 k) the N x K
+similarity matrix is never materialised: rows are processed in chunks of ``chunk_rows`` whose
+chunk x K block stays near 256 MB (float32), and the centres are accumulated chunk by chunk.
+Work is in float32 for float16/float32 embeddings and float64 for float64 ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-9
+BLOCK_ELEMENTS = 2**26  # chunk x K block of ~256 MB in float32
+CENTRE_CHUNK_ROWS = 65536
+
+
+def work_dtype(embeddings: np.ndarray) -> np.dtype:
+    """float64 for float64 input, float32 otherwise (float16 storage is widened, never narrowed)."""
+    return np.result_type(embeddings.dtype, np.float32)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` divided by their L2 norm (a zero row stays zero)."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, np.finfo(x.dtype).tiny)
+
+
+def factorise_identities(identities: np.ndarray | pd.Series) -> tuple[np.ndarray, int]:
+    """Integer codes 0..K-1 (order of first appearance) and K for any hashable labels."""
+    codes, uniques = pd.factorize(np.asarray(identities), use_na_sentinel=False)
+    return codes.astype(np.int64), len(uniques)
+
+
+def class_centres(
+    embeddings: np.ndarray, identities: np.ndarray | pd.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit class centres c_k = normalise(sum of normalised e_i with y_i = k) and the codes.
+
+    Sums are accumulated in float64 over row chunks (a per-chunk segment sum after sorting by
+    code), so memory is the (K, d) accumulator plus one chunk.
+
+    Returns:
+        ``(centres, codes)``: centres (K, d) in the work dtype, row k for the identity with
+        code k; codes (n,) int64 from ``factorise_identities``.
+    """
+    codes, k = factorise_identities(identities)
+    n, d = embeddings.shape
+    if len(codes) != n:
+        raise ValueError(f"{len(codes)} identities for {n} embeddings; expected one per row")
+    sums = np.zeros((k, d), np.float64)
+    for start in range(0, n, CENTRE_CHUNK_ROWS):
+        stop = min(start + CENTRE_CHUNK_ROWS, n)
+        x = l2_normalise(np.asarray(embeddings[start:stop], dtype=np.float64))
+        c = codes[start:stop]
+        by_code = np.argsort(c, kind="stable")
+        ids, first = np.unique(c[by_code], return_index=True)
+        sums[ids] += np.add.reduceat(x[by_code], first, axis=0)
+    return l2_normalise(sums).astype(work_dtype(embeddings)), codes
+
+
+def centre_similarities(
+    embeddings: np.ndarray,
+    codes: np.ndarray,
+    centres: np.ndarray,
+    chunk_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """CCS_i = cos(e_i, c_{y_i}) and NNCCS_i = max_{k != y_i} cos(e_i, c_k), chunked over rows.
+
+    Args:
+        embeddings: (n, d) embeddings (normalised again here per chunk).
+        codes: (n,) class index of each row into ``centres``.
+        centres: (K, d) unit centres, K >= 2.
+        chunk_rows: rows per chunk; default keeps the chunk x K block near 2**26 elements.
+
+    Returns:
+        ``(ccs, nnccs)``, both (n,) float64.
+    """
+    n, k = len(codes), len(centres)
+    rows = chunk_rows or max(1, BLOCK_ELEMENTS // k)
+    dtype = work_dtype(embeddings)
+    centres_t = np.ascontiguousarray(l2_normalise(centres.astype(dtype, copy=False)).T)
+    ccs, nnccs = np.empty(n), np.empty(n)
+    chunks = range(0, n, rows)
+    for start in tqdm(chunks, desc="crfiqa", unit="chunk", mininterval=2, disable=n < 100_000):
+        stop = min(start + rows, n)
+        sims = l2_normalise(np.asarray(embeddings[start:stop], dtype=dtype)) @ centres_t
+        local = np.arange(stop - start)
+        own = codes[start:stop]
+        ccs[start:stop] = sims[local, own]
+        sims[local, own] = -np.inf
+        nnccs[start:stop] = sims.max(axis=1)
+    return ccs, nnccs
+
+
+def crfiqa_from_similarities(ccs: np.ndarray, nnccs: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """q = CCS / (NNCCS + 1 + eps)."""
+    return np.asarray(ccs, np.float64) / (np.asarray(nnccs, np.float64) + 1.0 + eps)
+
+
+def crfiqa_scores(
+    embeddings: np.ndarray,
+    identities: np.ndarray | pd.Series,
+    centres: np.ndarray | None = None,
+    chunk_rows: int | None = None,
+) -> np.ndarray:
+    """CR-FIQA labels q_i = CCS_i / (NNCCS_i + 1 + eps), higher = better.
+
+    Args:
+        embeddings: (n, d) L2-normalised embeddings, float16/float32 (a ``np.memmap`` is read
+            chunk by chunk, never copied whole).
+        identities: (n,) identity labels. Any hashable labels when ``centres`` is None; with
+            ``centres`` they must be integer row indices into ``centres`` (the FR head's class
+            ids).
+        centres: optional (K, d) class centres, e.g. the FR head weights; default: the
+            normalised mean embedding of each identity (``class_centres``).
+        chunk_rows: rows per chunk of the chunk x K product; default ``max(1, 2**26 // K)``.
+
+    Returns:
+        (n,) float64 labels.
+
+    Raises:
+        ValueError: fewer than two classes (NNCCS is undefined), or identities that do not
+            index the given centres.
+    """
+    n, d = embeddings.shape
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"label.methods.crfiqa.chunk_rows must be >= 1 or null, got {chunk_rows}")
+    if centres is None:
+        centres, codes = class_centres(embeddings, identities)
+    else:
+        codes = _codes_for_centres(identities, centres, n, d)
+    if len(centres) < 2:
+        raise ValueError(
+            "CR-FIQA needs at least two identities: NNCCS (the nearest other class centre) is "
+            f"undefined for a dataset with {len(centres)} identity"
+        )
+    ccs, nnccs = centre_similarities(embeddings, codes, centres, chunk_rows)
+    return crfiqa_from_similarities(ccs, nnccs)
+
+
+def _codes_for_centres(
+    identities: np.ndarray | pd.Series, centres: np.ndarray, n: int, d: int
+) -> np.ndarray:
+    """Validate that ``identities`` are integer row indices into the (K, d) ``centres``."""
+    if centres.ndim != 2 or centres.shape[1] != d:
+        raise ValueError(f"centres have shape {centres.shape}; expected (K, {d})")
+    codes = np.asarray(identities)
+    if len(codes) != n:
+        raise ValueError(f"{len(codes)} identities for {n} embeddings; expected one per row")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(
+            f"with given centres, identities must be integer class ids, got dtype {codes.dtype}"
+        )
+    if n and (codes.min() < 0 or codes.max() >= len(centres)):
+        raise ValueError(
+            f"identity ids span [{codes.min()}, {codes.max()}] but only {len(centres)} centres "
+            "are given; pass the class ids the FR head was trained with"
+        )
+    return codes.astype(np.int64)

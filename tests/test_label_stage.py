@@ -1,0 +1,103 @@
+"""The label stage: every method as a target, determinism, correction, behaviour on real faces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.stats import spearmanr
+
+from fiqa.config import compose_config
+from fiqa.data.detect import YuNetDetector
+from fiqa.stages import run_stage
+
+BLUR_SIGMAS = [0.0, 1.5, 3.0, 4.5]  # Gaussian sigma in aligned-face (112 px) pixels
+TEMPLATE_EYE_DISTANCE = 35.24  # px between the eyes of the ArcFace 112x112 template
+
+
+def config(root: Path, *overrides: str):
+    return compose_config(
+        [
+            "data=folder",
+            f"data.root={root / 'raw'}",
+            f"paths.root={root}",
+            "logger=none",
+            "prepare.max_failure_rate=0.5",
+            "label.methods.serfiq.passes=20",
+            *overrides,
+        ]
+    )
+
+
+def blurred_dataset(root: Path, images: list[tuple[str, np.ndarray]]) -> pd.DataFrame:
+    """Every image at every blur strength, as root/raw/<identity>/<n>_<sigma>.jpg.
+
+    The blur is graded in aligned-face pixels: sigma in the photo = sigma * (the photo's eye
+    distance / the template's), so every face loses the same detail whatever its size.
+    """
+    detector = YuNetDetector()
+    rows = []
+    for k, (identity, image) in enumerate(images):
+        eyes = detector.detect(image).landmarks[:2]
+        scale = float(np.linalg.norm(eyes[1] - eyes[0])) / TEMPLATE_EYE_DISTANCE
+        for sigma in BLUR_SIGMAS:
+            out = cv2.GaussianBlur(image, (0, 0), sigma * scale) if sigma else image
+            path = Path(identity) / f"{k}_{sigma:g}.jpg"
+            (root / "raw" / identity).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(out).save(root / "raw" / path, quality=95)
+            rows.append({"path": path.as_posix(), "blur": sigma})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def real_faces(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Real photos of 13 people (../shared/data), each at 4 blur strengths, prepared."""
+    folder = shared_data / "faces" / "deepface_13ids"
+    ids = pd.read_csv(folder / "identities.csv")
+    picked = ids.groupby("identity").head(3)
+    images = [
+        (ident, np.asarray(Image.open(folder / "images" / f).convert("RGB")))
+        for f, ident in zip(picked["file"], picked["identity"], strict=True)
+    ]
+    root = tmp_path_factory.mktemp("real")
+    blur = blurred_dataset(root, images)
+    run_stage("prepare", config(root))
+    return root, blur
+
+
+@pytest.mark.parametrize("target", ["faceqnet", "serfiq", "crfiqa", "sddfiqa"])
+def test_every_method_ranks_blurrier_real_faces_lower(real_faces, target: str):
+    root, blur = real_faces
+    run_stage("label", config(root, f"label={target}"))
+    labels = pd.read_parquet(root / "data" / "labels" / "labels.parquet").merge(blur, on="path")
+    assert labels["quality"].equals(labels[target])
+    rho = spearmanr(labels[target], labels["blur"]).statistic
+    assert rho <= -0.5, f"{target}: Spearman against blur strength {rho:.2f}"
+
+
+def test_same_seed_same_table_and_ediffiqa_correction(real_faces):
+    root, _ = real_faces
+    path = root / "data" / "labels" / "labels.parquet"
+    run_stage("label", config(root, "label=sddfiqa"))
+    first = pd.read_parquet(path)
+    run_stage("label", config(root, "label=sddfiqa"))
+    pd.testing.assert_frame_equal(first, pd.read_parquet(path))
+    run_stage("label", config(root, "label=crfiqa", "label.correction=ediffiqa"))
+    corrected = pd.read_parquet(path)
+    assert corrected["quality"].between(0, 1).all()
+    assert not corrected["quality"].equals(corrected["crfiqa"])
+    # The correction only lowers labels (q' = clip(q - eps (1 - cos), 0, 1) on min-max labels).
+    base = corrected["crfiqa"]
+    normalised = (base - base.min()) / (base.max() - base.min())
+    assert (corrected["quality"] <= normalised + 1e-9).all()
+
+
+def test_target_must_be_computed(tmp_path):
+    from fiqa.stages import StageError
+
+    with pytest.raises(StageError, match="not among the computed methods"):
+        run_stage("label", config(tmp_path, "label=crfiqa", "~label.methods.crfiqa"))
