@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 
 from fiqa.config import compose_config
 from fiqa.data.detect import YuNetDetector
+from fiqa.label.fusion import fuse
 from fiqa.stages import run_stage
 
 BLUR_SIGMAS = [0.0, 1.5, 3.0, 4.5]  # Gaussian sigma in aligned-face (112 px) pixels
@@ -69,12 +70,16 @@ def real_faces(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     return root, blur
 
 
-@pytest.mark.parametrize("target", ["faceqnet", "serfiq", "crfiqa", "sddfiqa"])
+@pytest.mark.parametrize("target", ["faceqnet", "serfiq", "crfiqa", "sddfiqa", "fused"])
 def test_every_method_ranks_blurrier_real_faces_lower(real_faces, target: str):
     root, blur = real_faces
     run_stage("label", config(root, f"label={target}"))
     labels = pd.read_parquet(root / "data" / "labels" / "labels.parquet").merge(blur, on="path")
     assert labels["quality"].equals(labels[target])
+    if target == "fused":  # default: rank-normalised faceqnet and serfiq, weights 0.5 each
+        parts = {m: labels[m].to_numpy() for m in ("faceqnet", "serfiq")}
+        expected = fuse(parts, {"faceqnet": 0.5, "serfiq": 0.5}, how="rank")
+        np.testing.assert_allclose(labels["fused"], expected)
     rho = spearmanr(labels[target], labels["blur"]).statistic
     assert rho <= -0.5, f"{target}: Spearman against blur strength {rho:.2f}"
 
@@ -101,3 +106,11 @@ def test_target_must_be_computed(tmp_path):
 
     with pytest.raises(StageError, match="not among the computed methods"):
         run_stage("label", config(tmp_path, "label=crfiqa", "~label.methods.crfiqa"))
+
+
+def test_fused_weights_must_name_computed_methods(real_faces):
+    from fiqa.stages import StageError
+
+    root, _ = real_faces
+    with pytest.raises(StageError, match=r"label\.methods\.fused: .*magface"):
+        run_stage("label", config(root, "label=fused", "+label.methods.fused.weights.magface=1.0"))

@@ -120,6 +120,12 @@ class SddFiqaParams:
 
 
 @dataclass
+class FusedParams:
+    how: str = MISSING
+    weights: dict[str, float] = MISSING
+
+
+@dataclass
 class LabelMethods:
     """Methods computed by the label stage; one left out (None) is not computed."""
 
@@ -127,6 +133,7 @@ class LabelMethods:
     serfiq: SerFiqParams | None = None
     crfiqa: CrFiqaParams | None = None
     sddfiqa: SddFiqaParams | None = None
+    fused: FusedParams | None = None
 
 
 @dataclass
@@ -201,7 +208,7 @@ SCHEMAS: dict[str, type] = {
 CHOICES: dict[str, tuple[Any, ...]] = {
     "logger.backend": ("wandb", "csv", "none"),
     "eval.benchmark.format": ("prepared", "bin", "pairs_txt", "folder"),
-    "label.target": ("faceqnet", "serfiq", "crfiqa", "sddfiqa"),
+    "label.target": ("faceqnet", "serfiq", "crfiqa", "sddfiqa", "fused"),
     "label.correction": ("none", "ediffiqa"),
 }
 

@@ -26,6 +26,7 @@ from fiqa.label.faceqnet import (
     references_from_list,
     select_reference_images,
 )
+from fiqa.label.fusion import fuse
 from fiqa.label.report import check_labels, label_report
 from fiqa.label.sddfiqa import sddfiqa_scores
 from fiqa.label.serfiq import serfiq_scores
@@ -42,6 +43,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "serfiq": (0.0, 1.0),
     "crfiqa": (-np.inf, np.inf),  # CCS / (NNCCS + 1 + eps): finite, unbounded in principle
     "sddfiqa": (0.0, 100.0),
+    "fused": (0.0, 1.0),  # with how=none: the weighted mean of the raw columns' ranges
 }
 METHODS = tuple(RANGES)
 
@@ -55,6 +57,7 @@ class LabelContext:
     models: dict[str, FRModel]
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     serfiq: dict[str, np.ndarray] = field(default_factory=dict)  # filled in the embedding pass
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # methods computed so far
 
     @property
     def identities(self) -> np.ndarray:
@@ -111,11 +114,20 @@ def _sddfiqa(ctx: LabelContext) -> np.ndarray:
     )
 
 
+def _fused(ctx: LabelContext) -> np.ndarray:
+    p = ctx.cfg.label.methods.fused
+    try:
+        return fuse(ctx.columns, dict(p.weights), how=p.how)
+    except ValueError as err:
+        raise StageError(f"label.methods.fused: {err}") from err
+
+
 LABELERS: dict[str, Callable[[LabelContext], np.ndarray]] = {
     "faceqnet": _faceqnet,
     "serfiq": lambda ctx: np.mean(list(ctx.serfiq.values()), axis=0),
     "crfiqa": _crfiqa,
     "sddfiqa": _sddfiqa,
+    "fused": _fused,  # last: it combines the columns above
 }
 
 
@@ -161,10 +173,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         keep += [c for c in ("degradation", "severity") if c in manifest.columns]
         table = manifest[keep].copy()
         for method in methods:
-            table[method] = LABELERS[method](ctx)
+            table[method] = ctx.columns[method] = LABELERS[method](ctx)
         ranges = {m: RANGES[m] for m in methods}
+        if "fused" in methods and lab.methods.fused.how == "none":
+            ranges["fused"] = (-np.inf, np.inf)
         table["quality"] = table[lab.target]
-        ranges["quality"] = RANGES[lab.target]
+        ranges["quality"] = ranges[lab.target]
         if lab.correction == "ediffiqa":
             first = next(iter(ctx.embeddings.values()))
             table["quality"] = ediffiqa_correct(
