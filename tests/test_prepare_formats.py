@@ -14,7 +14,7 @@ from PIL import Image
 from fiqa.config import compose_config
 from fiqa.data.align import align_face
 from fiqa.data.detect import YuNetDetector
-from fiqa.data.ms1m import write_ms1m
+from fiqa.data.ms1m import export_prepared, write_ms1m
 from fiqa.data.prepared import PreparedFaces
 from fiqa.stages import StageError, run_stage
 
@@ -65,6 +65,18 @@ def test_ms1m_recordio_keeps_the_original_bytes(tmp_path, aligned_jpegs):
     assert (m["detector"] == "pre_aligned").all()
     shard = (tmp_path / "data" / "prepared" / m["shard"][0]).read_bytes()
     assert shard[m["offset"][4] : m["offset"][4] + m["nbytes"][4]] == aligned_jpegs[4]
+
+
+def test_prepared_set_exports_back_to_recordio(tmp_path, aligned_jpegs):
+    write_ms1m(tmp_path / "raw", zip([0, 0, 1, 1, 2, 2], aligned_jpegs, strict=True))
+    run_stage("prepare", config(tmp_path, "ms1m"))
+    assert export_prepared(tmp_path / "data" / "prepared", tmp_path / "export") == 6
+    again = tmp_path / "again"
+    run_stage("prepare", config(again, "ms1m", f"data.root={tmp_path / 'export'}"))
+    first = PreparedFaces(tmp_path / "data" / "prepared")
+    second = PreparedFaces(again / "data" / "prepared")
+    assert second.manifest["identity"].tolist() == ["0", "0", "1", "1", "2", "2"]
+    np.testing.assert_array_equal(first.faces(), second.faces())
 
 
 def test_ms1m_damage_and_mismatched_property(tmp_path, aligned_jpegs):

@@ -183,3 +183,25 @@ def _image_size(data: bytes) -> tuple[int, int]:
     if image is None:
         raise ValueError("write_ms1m: the first image does not decode; pass image_size=(h, w)")
     return int(image.shape[0]), int(image.shape[1])
+
+
+def export_prepared(prepared_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> int:
+    """Export a prepared set as insightface RecordIO (``train.rec``/``.idx``/``property``).
+
+    Identities get labels 0..K-1 in sorted order; each face keeps its stored bytes (PNG for
+    faces fiqa aligned, the original JPEG for pre-aligned input), which insightface's
+    OpenCV-based decoder reads. Returns the number of images written.
+    """
+    from fiqa.data.prepared import PreparedFaces
+
+    prepared = PreparedFaces(prepared_dir)
+    manifest = prepared.manifest
+    labels = {identity: k for k, identity in enumerate(sorted(manifest["identity"].unique()))}
+    rows = zip(
+        manifest["identity"], manifest["shard"], manifest["offset"], manifest["nbytes"], strict=True
+    )
+    write_ms1m(
+        out_dir,
+        ((labels[i], prepared.read_bytes(s, o, n)) for i, s, o, n in rows),
+    )
+    return len(manifest)

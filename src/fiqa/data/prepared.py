@@ -119,9 +119,13 @@ class PreparedFaces:
             self._shards[name] = np.memmap(self.directory / name, dtype=np.uint8, mode="r")
         return self._shards[name]
 
+    def read_bytes(self, shard: str, offset: int, nbytes: int) -> bytes:
+        """The encoded face stored at ``offset`` in ``shard``."""
+        return self._shard(shard)[int(offset) : int(offset) + int(nbytes)].tobytes()
+
     def face_at(self, shard: str, offset: int, nbytes: int) -> np.ndarray:
         """Decode the face stored at ``offset`` in ``shard`` as uint8 (H, W, 3) RGB."""
-        data = self._shard(shard)[int(offset) : int(offset) + int(nbytes)].tobytes()
+        data = self.read_bytes(shard, offset, nbytes)
         return decode_image(data, source=f"{self.directory / shard}@{offset}")
 
     def face(self, row: int) -> np.ndarray:
