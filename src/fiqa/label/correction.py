@@ -35,86 +35,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from fiqa.label.grouping import (
+    DEFAULT_CHUNK,
+    identity_codes,
+    identity_sums,
+    iter_row_chunks,
+    l2_normalise,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHUNK = 16384
-
-
-def identity_codes(identities: Sequence | np.ndarray | pd.Series, n: int) -> tuple[np.ndarray, int]:
-    """Integer codes 0..K-1 for ``n`` identity labels (any hashable values), and K.
-
-    Raises:
-        ValueError: if the length is not ``n`` or a label is missing (None/NaN).
-    """
-    ids = np.asarray(identities)
-    if ids.ndim != 1 or len(ids) != n:
-        raise ValueError(
-            f"identities must be 1-D with {n} entries (one per sample), got {ids.shape}"
-        )
-    codes, uniques = pd.factorize(ids)
-    if (codes < 0).any():
-        bad = np.flatnonzero(codes < 0)
-        raise ValueError(f"identities are missing for rows {bad[:10].tolist()}")
-    return codes.astype(np.int64), len(uniques)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` divided by their L2 norm, as float64 (all-zero rows stay zero)."""
-    x = np.array(x, dtype=np.float64)  # always a copy: normalised in place below
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
-    return np.divide(x, norms, out=x, where=norms > 0)
-
-
-def iter_row_chunks(
-    values: np.ndarray, chunk: int = DEFAULT_CHUNK, unit: bool = True
-) -> Iterator[tuple[slice, np.ndarray]]:
-    """(row slice, float64 block) over an (n, d) array or memmap, L2-normalised if ``unit``."""
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    for start in range(0, values.shape[0], chunk):
-        rows = slice(start, min(start + chunk, values.shape[0]))
-        block = values[rows]
-        yield rows, unit_rows(block) if unit else np.asarray(block, dtype=np.float64)
-
-
-def identity_sums(
-    values: np.ndarray,
-    codes: np.ndarray,
-    n_ids: int,
-    rows: np.ndarray | None = None,
-    unit: bool = True,
-    chunk: int = DEFAULT_CHUNK,
-) -> np.ndarray:
-    """Per-identity sum (K, d) of the (normalised if ``unit``) rows of ``values``.
-
-    Args:
-        values: (n, d) array or memmap.
-        codes: (n,) identity codes from :func:`identity_codes`.
-        n_ids: number of identities K.
-        rows: optional (n,) boolean mask of the rows to include.
-        unit: L2-normalise each row before summing.
-        chunk: rows read at a time.
-    """
-    sums = np.zeros((n_ids, values.shape[1]), dtype=np.float64)
-    for sl, block in iter_row_chunks(values, chunk, unit):
-        c = codes[sl]
-        if rows is not None:
-            block, c = block[rows[sl]], c[rows[sl]]
-        if len(c) == 0:
-            continue
-        # Sparse (identities in chunk) x (rows) indicator product: one pass, no (n, K) matrix.
-        uniq, inv = np.unique(c, return_inverse=True)
-        indicator = sp.csr_matrix(
-            (np.ones(len(c)), (inv, np.arange(len(c)))), shape=(len(uniq), len(c))
-        )
-        sums[uniq] += indicator @ block
-    return sums
 
 
 def top_quality_rows(
@@ -199,7 +133,7 @@ def ediffiqa_correct(
             n_ids,
             100 * top,
         )
-    centres = unit_rows(identity_sums(embeddings, codes, n_ids, rows=selected, chunk=chunk))
+    centres = l2_normalise(identity_sums(embeddings, codes, n_ids, rows=selected, chunk=chunk))
     cos = np.empty(n, dtype=np.float64)
     for sl, block in iter_row_chunks(embeddings, chunk):
         cos[sl] = np.einsum("ij,ij->i", block, centres[codes[sl]])

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from fiqa.label.grouping import identity_codes, identity_sums, l2_normalise, work_dtype
+
 log = logging.getLogger(__name__)
 
 EPS = 1e-9
@@ -28,47 +30,20 @@ BLOCK_ELEMENTS = 2**26  # chunk x K block of ~256 MB in float32
 CENTRE_CHUNK_ROWS = 65536
 
 
-def work_dtype(embeddings: np.ndarray) -> np.dtype:
-    """float64 for float64 input, float32 otherwise (float16 storage is widened, never narrowed)."""
-    return np.result_type(embeddings.dtype, np.float32)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` divided by their L2 norm (a zero row stays zero)."""
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, np.finfo(x.dtype).tiny)
-
-
-def factorise_identities(identities: np.ndarray | pd.Series) -> tuple[np.ndarray, int]:
-    """Integer codes 0..K-1 (order of first appearance) and K for any hashable labels."""
-    codes, uniques = pd.factorize(np.asarray(identities), use_na_sentinel=False)
-    return codes.astype(np.int64), len(uniques)
-
-
 def class_centres(
     embeddings: np.ndarray, identities: np.ndarray | pd.Series
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unit class centres c_k = normalise(sum of normalised e_i with y_i = k) and the codes.
 
-    Sums are accumulated in float64 over row chunks (a per-chunk segment sum after sorting by
-    code), so memory is the (K, d) accumulator plus one chunk.
+    Sums are accumulated in float64 over row chunks (``identity_sums``), so memory is the
+    (K, d) accumulator plus one chunk.
 
     Returns:
         ``(centres, codes)``: centres (K, d) in the work dtype, row k for the identity with
-        code k; codes (n,) int64 from ``factorise_identities``.
+        code k; codes (n,) int64 from ``identity_codes``.
     """
-    codes, k = factorise_identities(identities)
-    n, d = embeddings.shape
-    if len(codes) != n:
-        raise ValueError(f"{len(codes)} identities for {n} embeddings; expected one per row")
-    sums = np.zeros((k, d), np.float64)
-    for start in range(0, n, CENTRE_CHUNK_ROWS):
-        stop = min(start + CENTRE_CHUNK_ROWS, n)
-        x = l2_normalise(np.asarray(embeddings[start:stop], dtype=np.float64))
-        c = codes[start:stop]
-        by_code = np.argsort(c, kind="stable")
-        ids, first = np.unique(c[by_code], return_index=True)
-        sums[ids] += np.add.reduceat(x[by_code], first, axis=0)
+    codes, k = identity_codes(identities, len(embeddings))
+    sums = identity_sums(embeddings, codes, k, chunk=CENTRE_CHUNK_ROWS)
     return l2_normalise(sums).astype(work_dtype(embeddings)), codes
 
 

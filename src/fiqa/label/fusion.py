@@ -33,7 +33,7 @@ import pandas as pd
 from scipy.special import ndtr
 from scipy.stats import rankdata
 
-from fiqa.label.correction import (
+from fiqa.label.grouping import (
     DEFAULT_CHUNK,
     identity_codes,
     identity_sums,

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fiqa.label.crfiqa import factorise_identities, l2_normalise, work_dtype
+from fiqa.label.grouping import identity_codes, l2_normalise, work_dtype
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,8 @@ def sddfiqa_scores(
         raise ValueError(
             f"sddfiqa needs m, repeats, chunk_rows >= 1, got {m}, {repeats}, {chunk_rows}"
         )
-    codes, k = factorise_identities(identities)
     n = len(embeddings)
-    if len(codes) != n:
-        raise ValueError(f"{len(codes)} identities for {n} embeddings; expected one per row")
+    codes, k = identity_codes(identities, n)
     if k < 2:
         raise ValueError("SDD-FIQA needs at least two identities: the inter-class set is empty")
     sizes = np.bincount(codes, minlength=k)
