@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from fiqa.data.folder import list_identity_folder
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,24 @@ REFERENCE_COLUMNS = ("path", "file", "filename", "image", "reference", "name_id"
 _IMAGE_SUFFIX = r"(?i)\.(jpe?g|png|bmp|webp)$"  # a str, so pandas runs it in pyarrow
 
 
-def _list_subset(root: Path, subset: str) -> list[tuple[str, str, str]]:
-    """``(identity/file, identity, identity/stem)`` per regular file in ``root/subset/*/``."""
+def _list_subset(root: Path, subset: str) -> pd.DataFrame:
+    """``path`` (``subset/identity/file``), ``identity``, ``subset``, ``name_id``
+    (``identity/stem``) per regular file in ``root/subset/*/`` (empty when there is none)."""
     folder = root / subset
     if not folder.is_dir():
         raise FileNotFoundError(f"VGGFace2 subset {folder} not found; list present ones only")
-    with os.scandir(folder) as entries:
-        identities = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-    rows = []
-    for identity in identities:
-        with os.scandir(folder / identity) as entries:
-            names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
-        rows += [(f"{identity}/{n}", identity, f"{identity}/{n.rsplit('.', 1)[0]}") for n in names]
-    return rows
+    try:
+        table = list_identity_folder(folder)
+    except ValueError:  # a subset without images: the caller reports the dataset as empty
+        return pd.DataFrame(columns=["path", "identity", "subset", "name_id"])
+    return pd.DataFrame(
+        {
+            "path": subset + "/" + table["path"],
+            "identity": table["identity"],
+            "subset": subset,
+            "name_id": table["path"].str.replace(r"\.[^./]*$", "", regex=True),  # drop suffix
+        }
+    )
 
 
 def find_file(root: Path, filename: str, folders: Iterable[str] = ANNOTATION_DIRS) -> Path | None:
@@ -266,10 +272,9 @@ def read_vggface2(
     if not root.is_dir():
         raise FileNotFoundError(f"VGGFace2 data.root {root} is not a directory")
     wanted = sorted({subsets} if isinstance(subsets, str) else set(subsets))
-    rows = [(f"{s}/{p}", i, s, n) for s in wanted for p, i, n in _list_subset(root, s)]
-    if not rows:
+    table = pd.concat([_list_subset(root, s) for s in wanted], ignore_index=True)
+    if table.empty:
         raise ValueError(f"VGGFace2 data.root {root} holds no {wanted} <identity>/<image> files")
-    table = pd.DataFrame(rows, columns=["path", "identity", "subset", "name_id"])
     points = np.full((len(table), 10), np.nan)
     boxes = np.full((len(table), 4), np.nan)
     has_row = np.zeros(len(table), dtype=bool)
