@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fiqa.data.prepared import PreparedFaces
+from fiqa.train.scoring import FACE_SIZE
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
@@ -31,7 +32,6 @@ import cv2
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 112
 SPLITS = ("train", "val")
 
 

@@ -18,12 +18,13 @@ import torch
 
 from fiqa.atomic import atomic_path
 from fiqa.train.module import QualityRegressor
+from fiqa.train.scoring import FACE_SIZE
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "quality"
-FACE_SHAPE = (3, 112, 112)
+FACE_SHAPE = (3, FACE_SIZE, FACE_SIZE)
 INPUT_FORMAT = "float32 (N, 3, 112, 112) RGB 0..255, aligned to the ArcFace 112x112 template"
 
 

@@ -17,7 +17,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 112
+FACE_SIZE = 112  # regressor input side: faces aligned to the ArcFace 112x112 template
 NOT_ALIGNED = "not_aligned_112x112"
 SCORE_COLUMNS = ["path", "quality", "failure"]
 
