@@ -9,8 +9,13 @@ from pathlib import Path
 from fiqa.atomic import write_text_atomic
 
 
-def _rows(results: dict, metric: str) -> tuple[list[str], dict[str, dict[str, float]]]:
-    """Columns "benchmark/fr" and {method: {column: value}} for one metric."""
+def _cells(
+    results: dict, metric: str
+) -> tuple[list[str], list[tuple[str, list[tuple[str, bool]]]]]:
+    """Header columns ("benchmark/fr") and, per method, (text, is_best) cells of ``metric``.
+
+    Best = the lowest non-oracle value of a column (the oracle is a bound, not a competitor).
+    """
     columns, table = [], {}
     for bench, per_fr in results.items():
         for fr, per_method in per_fr.items():
@@ -18,26 +23,41 @@ def _rows(results: dict, metric: str) -> tuple[list[str], dict[str, dict[str, fl
             columns.append(column)
             for method, m in per_method.items():
                 table.setdefault(method, {})[column] = m[metric]
-    return columns, table
-
-
-def eval_markdown(results: dict, metric: str) -> str:
-    """One markdown table of ``metric``; the best (lowest) non-oracle value per column in bold."""
-    columns, table = _rows(results, metric)
     best = {
         c: min(v[c] for name, v in table.items() if name != "oracle" and c in v) for c in columns
     }
-    lines = [f"| method | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    rows = []
     for method, values in table.items():
         cells = []
         for c in columns:
             v = values.get(c)
             text = "" if v is None else f"{v:.4f}"
-            cells.append(
-                f"**{text}**" if v is not None and v == best[c] and method != "oracle" else text
-            )
-        lines.append(f"| {method} | {' | '.join(cells)} |")
+            cells.append((text, v is not None and v == best[c] and method != "oracle"))
+        rows.append((method, cells))
+    return columns, rows
+
+
+def eval_markdown(results: dict, metric: str) -> str:
+    """One markdown table of ``metric``; the best (lowest) non-oracle value per column in bold."""
+    columns, rows = _cells(results, metric)
+    lines = [f"| method | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    for method, cells in rows:
+        texts = [f"**{text}**" if bold else text for text, bold in cells]
+        lines.append(f"| {method} | {' | '.join(texts)} |")
     return "\n".join(lines)
+
+
+def eval_html(results: dict, metric: str) -> str:
+    """The same table as ``eval_markdown``, as HTML."""
+    columns, rows = _cells(results, metric)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *columns])
+    body = "".join(
+        f"<tr><td>{html.escape(method)}</td>"
+        + "".join(f"<td>{'<b>' + text + '</b>' if bold else text}</td>" for text, bold in cells)
+        + "</tr>"
+        for method, cells in rows
+    )
+    return f"<table border='1' cellspacing='0' cellpadding='4'><tr>{head}</tr>{body}</table>"
 
 
 def write_eval_markdown(results: dict, path: Path, limits: list[float]) -> None:
@@ -73,27 +93,10 @@ def write_comparison(eval_files: list[Path], out_stem: Path) -> tuple[Path, Path
     md_parts = ["# fiqa evaluation comparison", ""]
     html_parts = ["<html><head><meta charset='utf-8'><title>fiqa comparison</title></head><body>"]
     for metric in metrics:
-        table = eval_markdown(merged, metric)
-        md_parts += [f"## {metric}", "", table, ""]
-        html_parts.append(f"<h2>{html.escape(metric)}</h2>" + _markdown_table_to_html(table))
+        md_parts += [f"## {metric}", "", eval_markdown(merged, metric), ""]
+        html_parts.append(f"<h2>{html.escape(metric)}</h2>" + eval_html(merged, metric))
     html_parts.append("</body></html>")
     md, page = out_stem.with_suffix(".md"), out_stem.with_suffix(".html")
     write_text_atomic(md, "\n".join(md_parts))
     write_text_atomic(page, "\n".join(html_parts))
     return md, page
-
-
-def _markdown_table_to_html(table: str) -> str:
-    lines = [
-        line.strip("|").split("|") for line in table.splitlines() if not line.startswith("|---")
-    ]
-    out = ["<table border='1' cellspacing='0' cellpadding='4'>"]
-    for i, cells in enumerate(lines):
-        tag = "th" if i == 0 else "td"
-        row = "".join(
-            f"<{tag}>{'<b>' + html.escape(c.strip().strip('*')) + '</b>' if c.strip().startswith('**') else html.escape(c.strip())}</{tag}>"
-            for c in cells
-        )
-        out.append(f"<tr>{row}</tr>")
-    out.append("</table>")
-    return "".join(out)
