@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +27,21 @@ def iter_face_chunks(
         yield slice(rows[0], rows[-1] + 1), prepared.faces(rows)
 
 
-def embed_prepared(
+def embed_chunks(
     model: FRModel,
-    prepared: PreparedFaces,
+    n: int,
+    chunks: Iterable[tuple[slice, np.ndarray]],
     batch_size: int = 64,
     flip: bool = False,
     on_features: Callable[[slice, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings (n, d) of every face of ``prepared``, in manifest order.
+    """L2-normalised float32 embeddings (n, d) of faces arriving as (row slice, uint8 faces).
 
     ``on_features(rows, features)`` receives each chunk's backbone features, so methods that
     need them (SER-FIQ) share this single backbone pass instead of running their own.
     """
-    out = np.empty((len(prepared), model.embedding_size), np.float32)
-    for rows, faces in tqdm(
-        iter_face_chunks(prepared), desc=f"embed {model.info.name}", unit="chunk"
-    ):
+    out = np.empty((n, model.embedding_size), np.float32)
+    for rows, faces in tqdm(chunks, desc=f"embed {model.info.name}", unit="chunk"):
         if flip or on_features is None:
             out[rows] = model.embed(faces, batch_size=batch_size, flip=flip)
         if on_features is not None:
@@ -52,6 +51,18 @@ def embed_prepared(
             on_features(rows, features)
     check_finite(out, model.info.name)
     return out
+
+
+def embed_prepared(
+    model: FRModel,
+    prepared: PreparedFaces,
+    batch_size: int = 64,
+    flip: bool = False,
+    on_features: Callable[[slice, torch.Tensor], None] | None = None,
+) -> np.ndarray:
+    """``embed_chunks`` over every face of ``prepared``, in manifest order."""
+    chunks = iter_face_chunks(prepared)
+    return embed_chunks(model, len(prepared), chunks, batch_size, flip, on_features)
 
 
 def check_finite(out: np.ndarray, name: str) -> None:

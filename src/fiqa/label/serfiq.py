@@ -11,6 +11,8 @@ offers a calibration q' = 1 / (1 + exp(-a (q - r))) with a = 130, r = 0.88.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -61,3 +63,19 @@ def serfiq_scores(
     stochastic = torch.stack([model.head(features, dropout=dropout) for _ in range(passes)], dim=1)
     q = serfiq_from_embeddings(stochastic).cpu().numpy()
     return calibrate(q) if calibrated else q
+
+
+def serfiq_collector(
+    model: FRModel, n: int, passes: int, dropout: float, seed: int, calibrated: bool
+) -> tuple[np.ndarray, Callable[[slice, torch.Tensor], None]]:
+    """An ``on_features`` hook for ``embed_chunks`` filling SER-FIQ scores of n faces.
+
+    Returns:
+        The (n,) score array (filled as the embedding pass runs) and the hook.
+    """
+    scores = np.empty(n)
+
+    def on_features(rows: slice, features: torch.Tensor) -> None:
+        scores[rows] = serfiq_scores(model, features, passes, dropout, seed, calibrated)
+
+    return scores, on_features

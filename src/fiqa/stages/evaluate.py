@@ -17,7 +17,8 @@ from fiqa.eval.pairs import pair_scores
 from fiqa.eval.report import write_eval_markdown
 from fiqa.eval.sets import EvalSet, load_eval_set
 from fiqa.fr import load_fr_model
-from fiqa.label.serfiq import serfiq_scores
+from fiqa.label.embeddings import embed_chunks
+from fiqa.label.serfiq import serfiq_collector
 from fiqa.stages import StageError
 from fiqa.stages.label import METHODS, fr_config
 from fiqa.tracking import stage_run
@@ -32,9 +33,11 @@ def _chunks(n: int) -> list[np.ndarray]:
     return [np.arange(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
 
 
-def _method_qualities(cfg: DictConfig, data: EvalSet) -> dict[str, np.ndarray]:
+def _method_qualities(
+    cfg: DictConfig, data: EvalSet, serfiq: np.ndarray | None
+) -> dict[str, np.ndarray]:
     """Per-face quality of every method in ``eval.methods`` (skipping, with a warning, label
-    methods that only exist for the prepared set)."""
+    methods that only exist for the prepared set). ``serfiq``: computed on these faces."""
     qualities = {}
     for method in cfg.eval.methods:
         if method == "model":
@@ -44,8 +47,8 @@ def _method_qualities(cfg: DictConfig, data: EvalSet) -> dict[str, np.ndarray]:
             )
         elif method in data.label_qualities:
             qualities[method] = data.label_qualities[method]
-        elif method == "serfiq":
-            qualities[method] = _serfiq_direct(cfg, data)
+        elif method == "serfiq" and serfiq is not None:
+            qualities[method] = serfiq
         elif method in METHODS:
             log.warning(
                 "eval.methods: %r needs the labels of the prepared set; skipped on %s",
@@ -63,33 +66,30 @@ def _method_qualities(cfg: DictConfig, data: EvalSet) -> dict[str, np.ndarray]:
     return qualities
 
 
-def _serfiq_direct(cfg: DictConfig, data: EvalSet) -> np.ndarray:
-    """SER-FIQ computed on the evaluation faces, averaged over ``label.fr_models``."""
-    params = cfg.label.methods.serfiq
-    per_model = []
-    for name in cfg.label.fr_models:
+def _embed_all(cfg: DictConfig, data: EvalSet) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Embeddings of every ``eval.fr_models`` model (the label stage's cache when it covers this
+    set) and, when SER-FIQ has no label column here, SER-FIQ over ``label.fr_models`` taken from
+    the same backbone pass."""
+    with_serfiq = "serfiq" in cfg.eval.methods and "serfiq" not in data.label_qualities
+    serfiq_models = list(cfg.label.fr_models) if with_serfiq else []
+    p = cfg.label.methods.serfiq
+    embeddings, serfiq = {}, []
+    for name in dict.fromkeys([*cfg.eval.fr_models, *serfiq_models]):
+        cached = data.cached_embeddings(name)
+        if cached is not None and name not in serfiq_models:
+            embeddings[name] = cached
+            continue
         model = load_fr_model(fr_config(cfg, name))
-        per_model.append(
-            np.concatenate(
-                [
-                    serfiq_scores(model, model.features(data.faces(c)), params.passes, params.dropout,
-                                  cfg.label.seed, params.calibrate)
-                    for c in _chunks(data.n)
-                ]
-            )
-        )  # fmt: skip
-    return np.mean(per_model, axis=0)
-
-
-def _embeddings(cfg: DictConfig, name: str, data: EvalSet) -> np.ndarray:
-    """The label stage's cached embeddings when they cover this set, else embed now."""
-    cached = data.cached_embeddings(name)
-    if cached is not None:
-        return cached
-    model = load_fr_model(fr_config(cfg, name))
-    return np.concatenate(
-        [model.embed(data.faces(c), batch_size=cfg.fr.batch_size) for c in _chunks(data.n)]
-    )
+        scores, hook = (
+            serfiq_collector(model, data.n, p.passes, p.dropout, cfg.label.seed, p.calibrate)
+            if name in serfiq_models
+            else (None, None)
+        )
+        chunks = ((slice(c[0], c[-1] + 1), data.faces(c)) for c in _chunks(data.n))
+        embeddings[name] = embed_chunks(model, data.n, chunks, cfg.fr.batch_size, on_features=hook)
+        if scores is not None:
+            serfiq.append(scores)
+    return embeddings, (np.mean(serfiq, axis=0) if serfiq else None)
 
 
 def _curve_metrics(curve: EDCCurve, limits: list[float]) -> dict[str, float]:
@@ -116,14 +116,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise StageError(
             f"{data.name}: needs both genuine and impostor pairs, got {len(pairs)} pairs"
         )
-    qualities = _method_qualities(cfg, data)
+    embeddings, serfiq = _embed_all(cfg, data)
+    qualities = _method_qualities(cfg, data, serfiq)
     limits = [float(x) for x in e.discard_limits]
     results: dict = {data.name: {}}
     summary: dict[str, float] = {f"eval/{data.name}/dropped_images": float(data.n_dropped)}
 
     with stage_run(cfg, "evaluate") as run_:
         for fr_name in e.fr_models:
-            scores = pair_scores(_embeddings(cfg, fr_name, data), pairs)
+            scores = pair_scores(embeddings[fr_name], pairs)
             genuine, impostor = scores[pairs.genuine], scores[~pairs.genuine]
             curves = {
                 name: edc_curve(

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fiqa.atomic import atomic_dir, write_json_atomic
@@ -29,7 +28,7 @@ from fiqa.label.faceqnet import (
 from fiqa.label.fusion import fuse
 from fiqa.label.report import check_labels, label_report
 from fiqa.label.sddfiqa import sddfiqa_scores
-from fiqa.label.serfiq import serfiq_scores
+from fiqa.label.serfiq import serfiq_collector
 from fiqa.provenance import code_version
 from fiqa.stages import StageError
 from fiqa.tracking import stage_run
@@ -134,21 +133,17 @@ LABELERS: dict[str, Callable[[LabelContext], np.ndarray]] = {
 def _embed(ctx: LabelContext, with_serfiq: bool) -> None:
     """Embed with every FR model; SER-FIQ shares each chunk's backbone pass."""
     cfg = ctx.cfg
-    serfiq = cfg.label.methods.get("serfiq")
+    p = cfg.label.methods.get("serfiq")
     for name, model in ctx.models.items():
-        scores = np.empty(len(ctx.prepared))
-
-        def on_features(rows: slice, features: torch.Tensor, model=model, scores=scores) -> None:
-            scores[rows] = serfiq_scores(
-                model, features, serfiq.passes, serfiq.dropout, cfg.label.seed, serfiq.calibrate
+        scores, hook = (
+            serfiq_collector(
+                model, len(ctx.prepared), p.passes, p.dropout, cfg.label.seed, p.calibrate
             )
-
+            if with_serfiq
+            else (None, None)
+        )
         ctx.embeddings[name] = embed_prepared(
-            model,
-            ctx.prepared,
-            cfg.fr.batch_size,
-            flip=bool(cfg.fr.flip),
-            on_features=on_features if with_serfiq else None,
+            model, ctx.prepared, cfg.fr.batch_size, flip=bool(cfg.fr.flip), on_features=hook
         )
         if with_serfiq:
             ctx.serfiq[name] = scores
