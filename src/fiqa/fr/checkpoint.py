@@ -1,0 +1,112 @@
+"""Reading upstream FR checkpoints into our modules, with errors that name the mismatching keys.
+
+Releases wrap their weights differently: a bare state dict (insightface ``backbone.pth``), a
+Lightning checkpoint with ``state_dict`` and a ``model.`` prefix (AdaFace ``.ckpt``), a dict with
+``state_dict`` and a ``features.module.`` prefix (MagFace), or ``module.`` from DataParallel.
+``read_state_dict`` unwraps the container; ``fit_state_dict`` strips / drops prefixes and loads
+strictly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Container keys under which checkpoints nest their state dict, tried in order.
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+MAX_LISTED = 5
+
+
+def read_state_dict(path: Path, extra_safe_globals: Iterable[type] = ()) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file safely (``weights_only``) and return its tensor dict.
+
+    Args:
+        path: ``.pth`` / ``.pt`` / ``.ckpt`` file.
+        extra_safe_globals: Classes allowed in the pickle besides tensors and containers (e.g.
+            ``argparse.Namespace`` stored in Lightning hyper-parameters).
+
+    Returns:
+        ``{key: tensor}`` of the (unwrapped) state dict, non-tensor entries removed.
+
+    Raises:
+        ValueError: Naming the file when it cannot be unpickled safely or holds no tensors.
+    """
+    try:
+        with torch.serialization.safe_globals(list(extra_safe_globals)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise ValueError(f"cannot read FR checkpoint {path}: {err}") from err
+    for _ in range(3):  # containers nest at most a couple of levels
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"FR checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise ValueError(f"FR checkpoint {path} holds no tensors (keys: {list(obj)[:MAX_LISTED]})")
+    return state
+
+
+def fit_state_dict(
+    net: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str | Path,
+    strip_prefixes: Iterable[str] = ("module.",),
+    drop_prefixes: Iterable[str] = (),
+) -> None:
+    """Load ``state`` into ``net`` strictly, after removing wrapper prefixes and unused heads.
+
+    Args:
+        net: Module to load into.
+        state: Upstream state dict.
+        source: File name for error messages.
+        strip_prefixes: Prefixes removed from keys (the first that matches, repeatedly).
+        drop_prefixes: Keys starting with these (after stripping) are ignored, e.g. a
+            classification head (``head.``, ``logits.``).
+
+    Raises:
+        ValueError: Naming ``source`` and listing the first missing, unexpected and
+            wrong-shaped keys when the state dict does not fit ``net``.
+    """
+    strip, drop = tuple(strip_prefixes), tuple(drop_prefixes)
+    cleaned: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in strip:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        if drop and key.startswith(drop):
+            continue
+        cleaned[key] = value
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in cleaned and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in cleaned if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in cleaned.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{source} does not fit {type(net).__name__} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(shapes)} wrong-shaped keys); "
+            f"missing: {missing[:MAX_LISTED]}; unexpected: {unexpected[:MAX_LISTED]}; "
+            f"shape mismatches: {shapes[:MAX_LISTED]}. Is it the right architecture/depth?"
+        )
+    for key in expected:  # older checkpoints predate BatchNorm's counter
+        if key.endswith("num_batches_tracked") and key not in cleaned:
+            cleaned[key] = expected[key]
+    net.load_state_dict(cleaned, strict=True)
+    log.debug("loaded %d tensors from %s into %s", len(cleaned), source, type(net).__name__)

@@ -1,0 +1,44 @@
+"""Layers shared by the FR architectures."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Grid of Huo et al.'s low-level features: early activations averaged over LOW_LEVEL_GRID^2 cells,
+# which keeps coarse layout and the local energy that blur and noise change.
+LOW_LEVEL_GRID = 4
+
+
+def pool_low_level(activations: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` early-block activations -> ``(N, C * 16)`` float32 pooled features."""
+    return F.adaptive_avg_pool2d(activations.float(), LOW_LEVEL_GRID).flatten(1)
+
+
+class InputNorm(nn.Module):
+    """Map the pipeline's float RGB 0..255 input to what a network was trained on.
+
+    ``y = (x[:, order] - mean) / std`` with scalar ``mean`` / ``std`` in 0..255 units and ``order``
+    reversing the channels for BGR networks. Holds no parameters or buffers, so it adds no
+    state-dict keys and upstream checkpoints load unchanged.
+
+    Args:
+        mean: Subtracted value (e.g. 127.5).
+        std: Divisor (e.g. 127.5 for [-1, 1], 128 for SFace/FaceNet, 255 for [0, 1]).
+        bgr: Reverse the channel order first (AdaFace, MagFace, dlib-style BGR networks).
+    """
+
+    def __init__(self, mean: float = 127.5, std: float = 127.5, bgr: bool = False) -> None:
+        super().__init__()
+        if std <= 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        self.mean, self.std, self.bgr = float(mean), float(std), bool(bgr)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bgr:
+            x = x.flip(1)
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}, bgr={self.bgr}"
