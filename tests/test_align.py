@@ -13,6 +13,7 @@ from fiqa.data.align import (
     alignment_matrix,
     get_template,
     register_template,
+    retarget_faces,
     similarity_transform,
     transform_points,
 )
@@ -116,6 +117,24 @@ def test_align_face_output_and_errors() -> None:
         align_face(image, np.ones((5, 2)))
     with pytest.raises(KeyError, match="arcface_112"):
         align_face(image, landmarks, template="nope")
+
+
+def test_retarget_matches_aligning_directly_on_the_target() -> None:
+    """arcface_112 -> faceqnet_224 re-warp equals aligning the photo on faceqnet_224 where the
+    112 crop covers the target (inside the ArcFace crop), and is the identity for one template."""
+    image = skimage.data.astronaut()
+    landmarks = transform_points(_similarity(4.0, 1.8, 140.0, 25.0), ARCFACE)
+    arcface = align_face(image, landmarks)[None]
+    assert retarget_faces(arcface, "arcface_112", "arcface_112") is arcface
+    direct = align_face(image, landmarks, template="faceqnet_224").astype(np.float64)
+    retargeted = retarget_faces(arcface, "arcface_112", "faceqnet_224")[0].astype(np.float64)
+    assert retargeted.shape == (224, 224, 3)
+    # faceqnet_224 shows the face at 1.6x the 112 scale: its centre 160 px come from the crop
+    inner = slice(40, 184)
+    assert np.abs(direct[inner, inner] - retargeted[inner, inner]).mean() < 6.0
+    assert retargeted[:8].max() == 0  # above the ArcFace crop: black, not invented
+    with pytest.raises(ValueError, match="arcface_112"):
+        retarget_faces(arcface[:, :100], "arcface_112", "faceqnet_224")
 
 
 def test_register_template_scales_and_validates() -> None:

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from scipy import stats
 
-from fiqa.data.prepared import MANIFEST, PreparedFaces, write_shard, write_table
+from fiqa.data.prepared import PreparedFaces, write_prepared, write_table
 from fiqa.train.datamodule import (
     QualityDataModule,
     geometry_neutral_augmentation,
@@ -35,40 +35,19 @@ def make_prepared(root: Path, n_ids: int = 6, per_id: int = 4, seed: int = 0) ->
         The labels parquet path (the prepared dir is ``root / "prepared"``).
     """
     rng = np.random.default_rng(seed)
-    prepared = root / "prepared"
-    faces, manifest, labels = [], [], []
+    faces, identities, splits, quality = [], [], [], []
     for ident in range(n_ids):
         base = cv2.GaussianBlur(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8), (0, 0), 1.5)
         for k in range(per_id):
-            face = cv2.GaussianBlur(base, (0, 0), 0.6 * k) if k else base
-            sid = len(faces)
-            faces.append(face)
-            path = f"id{ident}/{k}.png"
-            manifest.append(
-                {
-                    "sample_id": sid,
-                    "path": path,
-                    "identity": f"id{ident}",
-                    "split": "val" if ident >= n_ids - 2 else "train",
-                    "shard": "",
-                    "offset": 0,
-                    "nbytes": 0,
-                    "landmarks": [0.0] * 10,
-                    "det_score": 1.0,
-                    "detector": "given",
-                    "template": "arcface_112",
-                }
-            )
-            labels.append({"sample_id": sid, "path": path, "identity": f"id{ident}",
-                           "quality": 1.0 - k / per_id})  # fmt: skip
-    half = len(faces) // 2
-    for index, chunk in enumerate((faces[:half], faces[half:])):
-        name, spans = write_shard(prepared, index, np.stack(chunk))
-        rows = manifest[index * half : index * half + len(chunk)]
-        for row, (offset, nbytes) in zip(rows, spans, strict=True):
-            row["shard"], row["offset"], row["nbytes"] = name, offset, nbytes
-    write_table(prepared / MANIFEST, pd.DataFrame(manifest))
-    write_table(root / "labels.parquet", pd.DataFrame(labels))
+            faces.append(cv2.GaussianBlur(base, (0, 0), 0.6 * k) if k else base)
+            identities.append(f"id{ident}")
+            splits.append("val" if ident >= n_ids - 2 else "train")
+            quality.append(1.0 - k / per_id)
+    prepared = write_prepared(
+        root / "prepared", np.stack(faces), identities, splits, shard_size=len(faces) // 2
+    )
+    labels = prepared.manifest[["sample_id", "path", "identity"]].assign(quality=quality)
+    write_table(root / "labels.parquet", labels)
     return root / "labels.parquet"
 
 

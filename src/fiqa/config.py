@@ -9,7 +9,7 @@ to ``pytorch_lightning.Trainer`` as is and validated there.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class PathsConfig:
     metrics: str = MISSING
     plots: str = MISSING
     reports: str = MISSING
+    cache: str = MISSING
 
 
 @dataclass
@@ -78,6 +79,19 @@ class FRConfig:
     weights: str | None = MISSING
     batch_size: int = MISSING
     flip: bool = MISSING
+    options: dict[str, Any] = field(default_factory=dict)  # architecture-specific
+
+
+@dataclass
+class ExtractConfig:
+    accelerator: str = MISSING
+    devices: Any = MISSING  # int, list of ids or "auto"
+    num_nodes: int = MISSING
+    strategy: str = MISSING
+    precision: str = MISSING
+    num_workers: int = MISSING
+    part_rows: int = MISSING
+    progress: bool = MISSING
 
 
 @dataclass
@@ -126,6 +140,27 @@ class FusedParams:
 
 
 @dataclass
+class MagFaceParams:
+    model: dict[str, Any] = MISSING  # a MagFace FR model: {name, weights, options}
+
+
+@dataclass
+class FaceQanParams:
+    eps: float = MISSING
+    iterations: int = MISSING
+    copies: int = MISSING
+    power: float = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class HuoParams:
+    weights: list[float] = MISSING  # a, b, c of S = a S_v + b S_r + c S_c
+    how: str = MISSING
+    subtract_min: bool = MISSING
+
+
+@dataclass
 class LabelMethods:
     """Methods computed by the label stage; one left out (None) is not computed."""
 
@@ -133,6 +168,9 @@ class LabelMethods:
     serfiq: SerFiqParams | None = None
     crfiqa: CrFiqaParams | None = None
     sddfiqa: SddFiqaParams | None = None
+    magface: MagFaceParams | None = None
+    faceqan: FaceQanParams | None = None
+    huo: HuoParams | None = None
     fused: FusedParams | None = None
 
 
@@ -145,7 +183,7 @@ class EdiffiqaParams:
 @dataclass
 class LabelConfig:
     target: str = MISSING
-    fr_models: list[str] = MISSING
+    fr_models: list[Any] = MISSING  # registry names or {name, weights, options} mappings
     seed: int = MISSING
     correction: str = MISSING
     ediffiqa: EdiffiqaParams = MISSING
@@ -187,7 +225,7 @@ class LoggerConfig:
 @dataclass
 class EvalConfig:
     benchmark: dict[str, Any] = MISSING  # format + its keys (conf/eval/benchmark/)
-    fr_models: list[str] = MISSING
+    fr_models: list[Any] = MISSING  # registry names or {name, weights, options} mappings
     methods: list[str] = MISSING
     fmr: float = MISSING
     discard_limits: list[float] = MISSING
@@ -198,6 +236,7 @@ SCHEMAS: dict[str, type] = {
     "paths": PathsConfig,
     "data": DataConfig,
     "fr": FRConfig,
+    "extract": ExtractConfig,
     "prepare": PrepareConfig,
     "label": LabelConfig,
     "model": RegressorConfig,
@@ -208,7 +247,16 @@ SCHEMAS: dict[str, type] = {
 CHOICES: dict[str, tuple[Any, ...]] = {
     "logger.backend": ("wandb", "csv", "none"),
     "eval.benchmark.format": ("prepared", "bin", "pairs_txt", "folder"),
-    "label.target": ("faceqnet", "serfiq", "crfiqa", "sddfiqa", "fused"),
+    "label.target": (
+        "faceqnet",
+        "serfiq",
+        "crfiqa",
+        "sddfiqa",
+        "magface",
+        "faceqan",
+        "huo",
+        "fused",
+    ),
     "label.correction": ("none", "ediffiqa"),
 }
 

@@ -205,3 +205,32 @@ def align_face(
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=(0, 0, 0),
     )
+
+
+def retarget_faces(faces: np.ndarray, source: str, target: str) -> np.ndarray:
+    """Re-warp faces aligned on one template onto another (e.g. arcface_112 -> facenet_160).
+
+    The map is the similarity between the two templates' five points, so the face geometry
+    lands where ``target`` expects it; target pixels outside the source crop are black.
+
+    Args:
+        faces: ``(N, H, W, 3)`` uint8 faces aligned on ``source``.
+        source: Template the faces were aligned with.
+        target: Template to produce.
+
+    Returns:
+        ``faces`` itself when the templates are the same, else a new ``(N, h, w, 3)`` array.
+    """
+    if source == target:
+        return faces
+    src, dst = get_template(source), get_template(target)
+    width, height = src.size
+    if faces.ndim != 4 or faces.shape[1:3] != (height, width):
+        raise ValueError(
+            f"expected (N, {height}, {width}, 3) faces aligned on {source!r}, got {faces.shape}"
+        )
+    matrix = similarity_transform(src.points, dst.points)
+    out = np.empty((len(faces), dst.size[1], dst.size[0], faces.shape[3]), dtype=faces.dtype)
+    for index, face in enumerate(faces):
+        out[index] = cv2.warpAffine(face, matrix, dst.size, flags=cv2.INTER_LINEAR, borderValue=0)
+    return out

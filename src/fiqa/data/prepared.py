@@ -15,7 +15,7 @@ costs well under a millisecond in a DataLoader worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -89,6 +89,54 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
         table.to_parquet(tmp, index=False)
 
 
+def write_prepared(
+    directory: Path,
+    faces: np.ndarray,
+    identities: Sequence[str],
+    splits: Sequence[str] | None = None,
+    template: str = "arcface_112",
+    shard_size: int = 1000,
+) -> PreparedFaces:
+    """A prepared directory from already aligned faces (tests, benchmarks, imports).
+
+    Args:
+        directory: Created if needed; must not hold a manifest yet.
+        faces: ``(N, H, W, 3)`` uint8 RGB faces aligned on ``template``.
+        identities: Identity of each face.
+        splits: ``train`` / ``val`` per face (default all ``train``).
+        template: Alignment template of the faces.
+        shard_size: Faces per shard file.
+    """
+    directory = Path(directory)
+    if (directory / MANIFEST).exists():
+        raise FileExistsError(f"{directory / MANIFEST} exists; not overwriting a prepared set")
+    directory.mkdir(parents=True, exist_ok=True)
+    n = len(faces)
+    if len(identities) != n or (splits is not None and len(splits) != n):
+        raise ValueError(f"{n} faces but {len(identities)} identities / splits")
+    rows = []
+    for index, start in enumerate(range(0, n, shard_size)):
+        name, spans = write_shard(directory, index, faces[start : start + shard_size])
+        rows += [(name, offset, nbytes) for offset, nbytes in spans]
+    manifest = pd.DataFrame(
+        {
+            "sample_id": np.arange(n, dtype=np.int64),
+            "path": [f"face_{i:07d}.png" for i in range(n)],
+            "identity": [str(i) for i in identities],
+            "split": list(splits) if splits is not None else ["train"] * n,
+            "shard": [r[0] for r in rows],
+            "offset": np.array([r[1] for r in rows], dtype=np.int64),
+            "nbytes": np.array([r[2] for r in rows], dtype=np.int64),
+            "landmarks": [[0.0] * 10] * n,
+            "det_score": np.ones(n),
+            "detector": ["given"] * n,
+            "template": [template] * n,
+        }
+    )
+    write_table(directory / MANIFEST, manifest)
+    return PreparedFaces(directory)
+
+
 class PreparedFaces:
     """Read access to a prepared directory: the manifest and the aligned faces."""
 
@@ -143,6 +191,12 @@ class PreparedFaces:
             for s, o, n in zip(sel["shard"], sel["offset"], sel["nbytes"], strict=True)
         ]
         return np.stack(decoded) if decoded else np.zeros((0, 112, 112, 3), np.uint8)
+
+    def chunks(self, size: int = 512) -> Iterator[tuple[slice, np.ndarray]]:
+        """(row slice, uint8 faces) over the manifest in order; memory bounded by ``size``."""
+        for start in range(0, len(self), size):
+            rows = slice(start, min(start + size, len(self)))
+            yield rows, self.faces(np.arange(rows.start, rows.stop))
 
     def __getstate__(self) -> dict:
         # Memory maps are re-opened in each DataLoader worker.

@@ -9,8 +9,8 @@ aligned is counted and its pairs are left out.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from fiqa.data.face_pipeline import FaceAligner
 from fiqa.data.images import ImageReadError
 from fiqa.data.prepared import PreparedFaces
 from fiqa.eval.pairs import Pairs, all_pairs
-from fiqa.label.embeddings import load_embeddings
+from fiqa.extract import FaceSource
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,14 @@ class EvalSet:
     name: str
     n: int
     pairs: Pairs
-    faces: Callable[[np.ndarray], np.ndarray]  # rows -> uint8 (k, 112, 112, 3) aligned RGB
+    source: FaceSource  # the faces are source rows ``rows`` (FR outputs come from its cache)
+    rows: np.ndarray
     label_qualities: dict[str, np.ndarray] = field(default_factory=dict)
-    cached_embeddings: Callable[[str], np.ndarray | None] = lambda name: None
     n_dropped: int = 0  # faces that could not be loaded or aligned
+
+    def faces(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 aligned RGB faces of rows ``rows`` of this set."""
+        return self.source.faces(self.rows[rows])
 
 
 def load_eval_set(cfg: DictConfig) -> EvalSet:
@@ -72,19 +76,13 @@ def _prepared(cfg: DictConfig) -> EvalSet:
         if pd.api.types.is_float_dtype(labels[m])
     }
 
-    def cached(name: str) -> np.ndarray | None:
-        try:
-            return load_embeddings(Path(cfg.paths.labels) / "embeddings", name)[rows]
-        except FileNotFoundError:
-            return None
-
     return EvalSet(
         name=spec.name or f"{cfg.data.name}_{spec.split}",
         n=len(rows),
         pairs=all_pairs(manifest["identity"].to_numpy()[rows]),
-        faces=lambda r: prepared.faces(rows[r]),
+        source=FaceSource.from_prepared(prepared),  # the label stage's cache entry
+        rows=rows,
         label_qualities=qualities,
-        cached_embeddings=cached,
     )
 
 
@@ -117,4 +115,11 @@ def _external(cfg: DictConfig) -> EvalSet:
             bench.name, int((~ok).sum()), n, reasons, int((~keep).sum()), len(keep),
         )  # fmt: skip
     pairs = Pairs(bench.pairs.a[keep], bench.pairs.b[keep], bench.pairs.genuine[keep])
-    return EvalSet(bench.name, n, pairs, lambda r: faces[r], n_dropped=int((~ok).sum()))
+    source = FaceSource(
+        name=bench.name,
+        n=n,
+        template=p.template,
+        fingerprint=hashlib.sha256(faces.data).hexdigest(),
+        faces=faces.__getitem__,
+    )
+    return EvalSet(bench.name, n, pairs, source, np.arange(n), n_dropped=int((~ok).sum()))

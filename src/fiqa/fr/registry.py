@@ -19,9 +19,6 @@ from fiqa.fr.model import FRModel
 
 log = logging.getLogger(__name__)
 
-# Keys of an ``fr`` config that are not builder options.
-PIPELINE_KEYS = frozenset({"name", "weights", "batch_size", "flip"})
-
 
 @dataclass(frozen=True)
 class FRSpec:
@@ -32,7 +29,8 @@ class FRSpec:
         weights: Weights file (checked to exist), or None for the model's default file.
         device: Torch device to put the network on.
         dropout: Head dropout used by ``net.forward`` in train mode.
-        options: Other keys of the ``fr`` config (architecture-specific, e.g. ONNX input size).
+        options: The ``options`` mapping of the ``fr`` config (architecture-specific, e.g. the
+            input size of an ONNX model).
     """
 
     name: str
@@ -87,7 +85,8 @@ def load_fr_model(
     Args:
         name_or_config: Registry name (``"sface"``) or a mapping / DictConfig with ``name``,
             optionally ``weights`` (a path; None = the model's bundled file, if it has one)
-            and architecture options. ``batch_size`` and ``flip`` are ignored here.
+            and ``options`` (architecture-specific). Other keys (``batch_size``, ``flip``) are
+            for the extraction loop and ignored here.
         device: Torch device to put the network on.
         dropout: Dropout before the embedding layer used by ``net.forward`` in train mode.
 
@@ -109,7 +108,7 @@ def load_fr_model(
                 f"got keys {sorted(map(str, name_or_config))}"
             )
         name, weights = str(name_or_config["name"]), name_or_config.get("weights")
-        options = {str(k): v for k, v in name_or_config.items() if k not in PIPELINE_KEYS}
+        options = dict(name_or_config.get("options") or {})
     else:
         raise TypeError(
             f"expected an FR model name or config mapping, got {type(name_or_config).__name__}"

@@ -3,9 +3,13 @@ recorded degradation severity."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
+
+from fiqa.atomic import atomic_path
 
 
 def label_report(table: pd.DataFrame, methods: list[str]) -> dict:
@@ -49,3 +53,57 @@ def check_labels(
     dropped = identities - set(table["identity"])
     if dropped:
         raise ValueError(f"labels lost {len(dropped)} identities, e.g. {sorted(dropped)[:5]}")
+
+
+def write_label_figures(table: pd.DataFrame, methods: list[str], directory: Path) -> list[Path]:
+    """PNG figures of the label report: per-method distributions, the Spearman matrix between
+    methods, per-identity spread and, when the table records it, quality vs degradation
+    severity. Returns the written paths (each written atomically)."""
+    from matplotlib.figure import Figure  # deferred: only the stage's report needs it
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    cols = min(len(methods), 4)
+    rows = -(-len(methods) // cols)
+
+    def save(fig: Figure, name: str) -> None:
+        fig.tight_layout()
+        with atomic_path(directory / name) as tmp:
+            fig.savefig(tmp, format="png")
+        paths.append(directory / name)
+
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=110)
+    for ax, m in zip(np.ravel(fig.subplots(rows, cols, squeeze=False)), methods, strict=False):
+        ax.hist(table[m].to_numpy(dtype=np.float64), bins=30, color="tab:blue")
+        ax.set_title(m)
+    save(fig, "distributions.png")
+
+    corr = table[methods].corr(method="spearman").to_numpy()
+    fig = Figure(figsize=(1.0 + 0.7 * len(methods), 0.6 + 0.7 * len(methods)), dpi=110)
+    ax = fig.subplots()
+    image = ax.imshow(corr, vmin=-1, vmax=1, cmap="coolwarm")
+    ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+    ax.set_yticks(range(len(methods)), methods)
+    for (i, j), value in np.ndenumerate(corr):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(image, ax=ax, label="Spearman")
+    save(fig, "correlations.png")
+
+    spread = table.groupby("identity")[methods].std()
+    fig = Figure(figsize=(1.0 + 0.9 * len(methods), 3.2), dpi=110)
+    ax = fig.subplots()
+    ax.boxplot([spread[m].dropna().to_numpy() for m in methods])
+    ax.set_xticks(range(1, len(methods) + 1), methods, rotation=45, ha="right")
+    ax.set_ylabel("std within identity")
+    save(fig, "identity_spread.png")
+
+    if "severity" in table.columns and table["severity"].notna().any():
+        known = table[table["severity"].notna()]
+        fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=110)
+        axes = np.ravel(fig.subplots(rows, cols, squeeze=False))
+        for ax, m in zip(axes, methods, strict=False):
+            ax.scatter(known["severity"], known[m], s=6, alpha=0.5)
+            ax.set_title(f"{m} (rho {spearmanr(known[m], known['severity']).statistic:.2f})")
+            ax.set_xlabel("degradation severity")
+        save(fig, "severity.png")
+    return paths

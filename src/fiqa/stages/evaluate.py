@@ -16,11 +16,10 @@ from fiqa.eval.figures import PLOT_GRID, plot_edc, sampled_curves
 from fiqa.eval.pairs import pair_scores
 from fiqa.eval.report import write_eval_markdown
 from fiqa.eval.sets import EvalSet, load_eval_set
+from fiqa.extract import Request
 from fiqa.fr import load_fr_model
-from fiqa.label.embeddings import embed_chunks
-from fiqa.label.serfiq import serfiq_collector
 from fiqa.stages import StageError
-from fiqa.stages.label import METHODS, fr_config
+from fiqa.stages.label import METHODS, extract_outputs, extraction_request, fr_entries
 from fiqa.tracking import stage_run
 from fiqa.train.scoring import QualityScorer
 
@@ -67,28 +66,22 @@ def _method_qualities(
 
 
 def _embed_all(cfg: DictConfig, data: EvalSet) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Embeddings of every ``eval.fr_models`` model (the label stage's cache when it covers this
-    set) and, when SER-FIQ has no label column here, SER-FIQ over ``label.fr_models`` taken from
-    the same backbone pass."""
+    """Embeddings of every ``eval.fr_models`` model (from the extraction cache, which the label
+    stage filled for the prepared set) and, when SER-FIQ has no label column here, SER-FIQ over
+    ``label.fr_models`` from the same pass."""
     with_serfiq = "serfiq" in cfg.eval.methods and "serfiq" not in data.label_qualities
-    serfiq_models = list(cfg.label.fr_models) if with_serfiq else []
-    p = cfg.label.methods.serfiq
+    serfiq_entries = fr_entries(cfg, cfg.label.fr_models) if with_serfiq else {}
+    request = (
+        Request(serfiq=extraction_request(cfg, ["serfiq"]).serfiq) if with_serfiq else Request()
+    )
+    entries = fr_entries(cfg, cfg.eval.fr_models)
     embeddings, serfiq = {}, []
-    for name in dict.fromkeys([*cfg.eval.fr_models, *serfiq_models]):
-        cached = data.cached_embeddings(name)
-        if cached is not None and name not in serfiq_models:
-            embeddings[name] = cached
-            continue
-        model = load_fr_model(fr_config(cfg, name))
-        scores, hook = (
-            serfiq_collector(model, data.n, p.passes, p.dropout, cfg.label.seed, p.calibrate)
-            if name in serfiq_models
-            else (None, None)
-        )
-        chunks = ((slice(c[0], c[-1] + 1), data.faces(c)) for c in _chunks(data.n))
-        embeddings[name] = embed_chunks(model, data.n, chunks, cfg.fr.batch_size, on_features=hook)
-        if scores is not None:
-            serfiq.append(scores)
+    for name, fr in {**entries, **serfiq_entries}.items():
+        wanted = request if name in serfiq_entries else Request()
+        out = extract_outputs(cfg, load_fr_model(fr), fr, data.source, wanted)
+        embeddings[name] = out["embedding"][data.rows]
+        if "serfiq" in out:
+            serfiq.append(out["serfiq"][data.rows])
     return embeddings, (np.mean(serfiq, axis=0) if serfiq else None)
 
 
@@ -123,7 +116,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     summary: dict[str, float] = {f"eval/{data.name}/dropped_images": float(data.n_dropped)}
 
     with stage_run(cfg, "evaluate") as run_:
-        for fr_name in e.fr_models:
+        for fr_name in fr_entries(cfg, e.fr_models):
             scores = pair_scores(embeddings[fr_name], pairs)
             genuine, impostor = scores[pairs.genuine], scores[~pairs.genuine]
             curves = {

@@ -1,0 +1,230 @@
+"""On-disk cache of per-face FR outputs, keyed by (faces, FR model, preprocessing).
+
+Layout of one cache entry ``<root>/<model>-<key16>/``::
+
+    key.json               what the key hashes: faces fingerprint, model, weights, templates, flip
+    embedding.npy          (n, D) float16, L2-normalised        } one file per finished product,
+    norm.npy               (n,)   float32, raw embedding norm   } written atomically after all
+    low_level.npy          (n, C) float16, pooled early layer   } rows are done
+    serfiq-<hash>.npy      (n,)   float32, per SER-FIQ params   }
+    faceqan-<hash>.npy     (n,)   float32, per FaceQAN params   }
+    parts-<hash>/          rank<r>-<id>.npz partial results of an unfinished pass (rows + values)
+
+A pass computes the missing products for fixed row batches (batch b = rows [b*B, (b+1)*B)); each
+rank writes the batches it owns into its own part files, so a killed run resumes from the batches
+on disk and a merge is the same for any number of ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fiqa.atomic import atomic_path, write_json_atomic
+from fiqa.data.prepared import MANIFEST, PreparedFaces
+from fiqa.fr.model import FRModel
+from fiqa.label.faceqan import FaceQanParams
+from fiqa.label.serfiq import SerfiqParams
+from fiqa.provenance import file_sha256
+
+log = logging.getLogger(__name__)
+
+FLOAT16_PRODUCTS = ("embedding", "low_level")
+
+
+@dataclass(frozen=True)
+class FaceSource:
+    """Aligned faces addressed by row.
+
+    Attributes:
+        name: For logs and errors.
+        n: Number of faces.
+        template: Alignment template of the faces (``fiqa.data.align``).
+        fingerprint: Changes whenever the faces change (e.g. sha256 of the prepared manifest).
+        faces: ``rows -> (k, H, W, 3)`` uint8 RGB faces.
+        picklable: ``faces`` can be sent to spawned DataLoader workers.
+    """
+
+    name: str
+    n: int
+    template: str
+    fingerprint: str
+    faces: Callable[[np.ndarray], np.ndarray]
+    picklable: bool = False
+
+    @classmethod
+    def from_prepared(cls, prepared: PreparedFaces) -> FaceSource:
+        """Every face of a prepared directory, fingerprinted by its manifest's bytes."""
+        manifest = prepared.directory / MANIFEST
+        templates = prepared.manifest["template"].unique().tolist() if len(prepared) else []
+        if len(templates) > 1:
+            raise ValueError(f"{manifest}: faces aligned with several templates {templates}")
+        return cls(
+            name=str(prepared.directory),
+            n=len(prepared),
+            template=templates[0] if templates else "arcface_112",
+            fingerprint=file_sha256(str(manifest)),
+            faces=prepared.faces,
+            picklable=True,
+        )
+
+
+@dataclass(frozen=True)
+class Request:
+    """Which products to compute besides the L2-normalised embedding.
+
+    Attributes:
+        norm: Norm of the unnormalised embedding (MagFace quality).
+        low_level: Pooled early-layer activations (Huo et al. S_v).
+        serfiq: SER-FIQ parameters, or None.
+        faceqan: FaceQAN parameters, or None.
+    """
+
+    norm: bool = False
+    low_level: bool = False
+    serfiq: SerfiqParams | None = None
+    faceqan: FaceQanParams | None = None
+
+    def products(self, batch_size: int) -> list[str]:
+        """File stems of the requested products (``embedding`` first)."""
+        names = ["embedding"]
+        names += ["norm"] if self.norm else []
+        names += ["low_level"] if self.low_level else []
+        # the random draws are seeded per batch: the batch size is part of the result
+        for name, params in (("serfiq", self.serfiq), ("faceqan", self.faceqan)):
+            if params is not None:
+                names.append(f"{name}-" + _digest({**asdict(params), "batch_size": batch_size}))
+        return names
+
+    @property
+    def white_box(self) -> str | None:
+        """The first requested product that needs a PyTorch network, or None."""
+        for name, wanted in (("SER-FIQ", self.serfiq), ("FaceQAN", self.faceqan),
+                             ("low-level features", self.low_level)):  # fmt: skip
+            if wanted:
+                return name
+        return None
+
+
+def _digest(obj: object, length: int = 12) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def entry_key(source: FaceSource, model: FRModel, flip: bool, precision: str) -> dict:
+    """The fields that identify a cache entry."""
+    info = model.info
+    return {
+        "faces": source.fingerprint,
+        "n": source.n,
+        "source_template": source.template,
+        "fr_model": info.name,
+        "weights_sha256": info.weights_sha256,
+        "model_template": info.template,
+        "input_size": list(info.input_size),
+        "flip": bool(flip),
+        "precision": precision,
+    }
+
+
+class CacheEntry:
+    """One ``<root>/<model>-<key>/`` directory."""
+
+    def __init__(self, root: str | Path, key: dict):
+        self.key = key
+        self.directory = Path(root) / f"{key['fr_model']}-{_digest(key, 16)}"
+        self.n = int(key["n"])
+
+    def path(self, product: str) -> Path:
+        return self.directory / f"{product}.npy"
+
+    def missing(self, products: list[str]) -> list[str]:
+        return [p for p in products if not self.path(p).is_file()]
+
+    def parts_dir(self, products: list[str]) -> Path:
+        return self.directory / f"parts-{_digest(sorted(products))}"
+
+    def open(self) -> None:
+        """Create the directory and record (or check) its key."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        key_file = self.directory / "key.json"
+        if key_file.is_file():
+            stored = json.loads(key_file.read_text())
+            if stored != self.key:
+                raise ValueError(f"{key_file} holds another key: {stored} vs {self.key}")
+        else:
+            write_json_atomic(key_file, self.key)
+
+    def done_batches(self, products: list[str], batch_size: int) -> set[int]:
+        """Batches whose rows are already in part files (a batch is always written whole)."""
+        done: set[int] = set()
+        for part in sorted(self.parts_dir(products).glob("*.npz")):
+            with np.load(part) as data:
+                rows = data["rows"]
+            done.update((rows[rows % batch_size == 0] // batch_size).tolist())
+        return done
+
+    def merge(self, products: list[str]) -> None:
+        """Assemble each product from the part files, check every row is there, write it."""
+        parts = sorted(self.parts_dir(products).glob("*.npz"))
+        covered = np.zeros(self.n, dtype=bool)
+        outputs: dict[str, np.ndarray] = {}
+        tmp_paths = {}
+        for part in parts:
+            with np.load(part) as data:
+                rows = data["rows"]
+                covered[rows] = True
+                for product in products:
+                    values = data[product]
+                    if product not in outputs:
+                        tmp = self.path(product).with_suffix(".npy.merging")
+                        tmp_paths[product] = tmp
+                        dtype = np.float16 if product in FLOAT16_PRODUCTS else np.float32
+                        outputs[product] = np.lib.format.open_memmap(
+                            tmp, mode="w+", dtype=dtype, shape=(self.n, *values.shape[1:])
+                        )
+                    outputs[product][rows] = values
+        if self.n and not covered.all():
+            missing = np.flatnonzero(~covered)
+            raise RuntimeError(
+                f"{self.directory}: {len(missing)} rows missing from the part files after "
+                f"extraction (first {missing[:10].tolist()})"
+            )
+        for product in products:
+            if product not in outputs:  # n == 0
+                shape = (0, 0) if product in FLOAT16_PRODUCTS else (0,)
+                with atomic_path(self.path(product)) as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, np.zeros(shape, np.float32))
+                continue
+            outputs[product].flush()
+            del outputs[product]
+            tmp_paths[product].replace(self.path(product))
+        for part in parts:
+            part.unlink()
+        if parts:
+            parts[0].parent.rmdir()
+        log.info("cache %s: merged %s from %d part files", self.directory, products, len(parts))
+
+    def load(self, product: str) -> np.ndarray:
+        """A finished product as float32 (embeddings re-normalised after the float16 trip)."""
+        values = np.load(self.path(product)).astype(np.float32)
+        if product == "embedding" and values.size:
+            values /= np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
+        return values
+
+
+def write_part(directory: Path, rank: int, index: int, arrays: dict[str, np.ndarray]) -> Path:
+    """Atomically write one rank's buffered batches as ``rank<r>-<index>-<random>.npz``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]  # not numpy's RNG: a seeded run must not reuse a name
+    path = directory / f"rank{rank:03d}-{index:06d}-{token}.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
