@@ -13,7 +13,7 @@ help:  ## list the targets
 
 $(BIN)/fiqa: pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,dlib]'
 	@touch $@
 
 setup: $(BIN)/fiqa  ## create .venv and install fiqa with its dev tools
