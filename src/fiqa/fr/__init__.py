@@ -4,7 +4,16 @@ Every architecture module registers its builders in ``fiqa.fr.registry`` on impo
 ``fiqa.fr`` imports them all. Add an architecture with ``register_fr_model``.
 """
 
-from fiqa.fr import dlib_model, onnx_model, sface  # noqa: F401  (registers their builders)
+# imported to register their builders
+from fiqa.fr import (  # noqa: F401
+    adaface,
+    dlib_model,
+    facenet,
+    iresnet,
+    mobilefacenet,
+    onnx_model,
+    sface,
+)
 from fiqa.fr.model import FRModel, FRModelInfo
 from fiqa.fr.registry import FR_MODELS, FRSpec, load_fr_model, register_fr_model
 from fiqa.fr.sface import SFaceNet

@@ -4,17 +4,22 @@ Releases wrap their weights differently: a bare state dict (insightface ``backbo
 Lightning checkpoint with ``state_dict`` and a ``model.`` prefix (AdaFace ``.ckpt``), a dict with
 ``state_dict`` and a ``features.module.`` prefix (MagFace), or ``module.`` from DataParallel.
 ``read_state_dict`` unwraps the container; ``fit_state_dict`` strips / drops prefixes and loads
-strictly.
+strictly; ``load_upstream_checkpoint`` is the builder step every architecture shares (read,
+fit, wrap as ``FRModel``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from fiqa.fr.model import FRModel, FRModelInfo
+from fiqa.fr.registry import FRSpec
+from fiqa.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +115,57 @@ def fit_state_dict(
             cleaned[key] = expected[key]
     net.load_state_dict(cleaned, strict=True)
     log.debug("loaded %d tensors from %s into %s", len(cleaned), source, type(net).__name__)
+
+
+def load_upstream_checkpoint(
+    spec: FRSpec,
+    build_net: Callable[[], nn.Module],
+    *,
+    what: str,
+    embedding_size: int,
+    input_size: tuple[int, int] = (112, 112),
+    colour: str = "RGB",
+    template: str = "arcface_112",
+    keep_prefixes: tuple[str, ...] = (),
+    strip_prefixes: Iterable[str] = ("module.",),
+    drop_prefixes: Iterable[str] = (),
+    safe_globals: Iterable[type] = (),
+) -> FRModel:
+    """Read ``spec.weights``, build the network, load the weights strictly, wrap as ``FRModel``.
+
+    The weights are checked and read before the (possibly large) network is built.
+
+    Args:
+        spec: Builder spec; its weights are required.
+        build_net: Makes the network (with ``dropout_p`` set) for the weights.
+        what: Description of the expected file for the "set fr.weights" error.
+        embedding_size: Embedding dimension D of the network.
+        input_size: Aligned face ``(height, width)``.
+        colour: Channel order the network was trained on (it converts RGB input itself).
+        template: Alignment template name in ``fiqa.data.align``.
+        keep_prefixes: When given, only keys starting with one of these are read (before
+            stripping), e.g. the backbone of a file that also holds a head named like a layer.
+        strip_prefixes: Wrapper prefixes removed from keys (``fit_state_dict``).
+        drop_prefixes: Keys ignored after stripping, e.g. a classification head.
+        safe_globals: Extra classes allowed while unpickling (Lightning checkpoints).
+
+    Raises:
+        ValueError: If no weights are given, the file cannot be read safely, or it does not fit
+            the network (naming the missing, unexpected and wrong-shaped keys).
+    """
+    path = spec.require_weights(what).resolve()
+    state = read_state_dict(path, safe_globals)
+    if keep_prefixes:
+        state = {key: value for key, value in state.items() if key.startswith(keep_prefixes)}
+    net = build_net()
+    fit_state_dict(net, state, path, strip_prefixes=strip_prefixes, drop_prefixes=drop_prefixes)
+    info = FRModelInfo(
+        name=spec.name,
+        embedding_size=embedding_size,
+        input_size=input_size,
+        colour=colour,
+        template=template,
+        weights_path=str(path),
+        weights_sha256=file_sha256(str(path)),
+    )
+    return FRModel(net, info, spec.device)

@@ -42,3 +42,15 @@ class InputNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean}, std={self.std}, bgr={self.bgr}"
+
+
+def check_dropout(dropout: float) -> float:
+    """``dropout`` as a float, or a ValueError when it is outside [0, 1)."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    return float(dropout)
+
+
+def cuda_autocast(x: torch.Tensor, enabled: bool) -> torch.autocast:
+    """arcface_torch's ``fp16`` trunk: float16 autocast on CUDA input, a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.float16, enabled=enabled and x.is_cuda)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fiqa.fr.layers import InputNorm, pool_low_level
+from fiqa.fr.layers import InputNorm, check_dropout, pool_low_level
 from fiqa.fr.model import FRModel, FRModelInfo
 from fiqa.fr.registry import FRSpec, register_fr_model
 from fiqa.provenance import file_sha256
@@ -96,9 +96,7 @@ class SFaceNet(nn.Module):
 
     def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.dropout_p = float(dropout)
+        self.dropout_p = check_dropout(dropout)
         self.input_norm = InputNorm(127.5, 128.0)
         layers: OrderedDict[str, nn.Module] = OrderedDict(stem=ConvBNPReLU(3, STEM_CHANNELS, 3, 1))
         in_ch = STEM_CHANNELS
