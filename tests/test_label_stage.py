@@ -127,3 +127,35 @@ def test_fused_weights_must_name_computed_methods(real_faces):
     root, _ = real_faces
     with pytest.raises(StageError, match=r"label\.methods\.fused: .*magface"):
         run_stage("label", config(root, "label=fused", "+label.methods.fused.weights.magface=1.0"))
+
+
+def test_several_fr_models_give_per_model_columns_and_their_mean(real_faces, shared_data):
+    """With SFace and dlib, every method has a column per FR model and their mean; fused can
+    weight single models' columns."""
+    pytest.importorskip("dlib", reason="dlib_resnet needs pip install -e '.[dlib]'")
+    root, blur = real_faces
+    weights = (
+        shared_data / "models" / "dlib_resnet128" / "dlib_face_recognition_resnet_model_v1.dat"
+    )
+    run_stage(
+        "label",
+        config(
+            root,
+            "label=fused",
+            f"label.fr_models=[sface,{{name:dlib_resnet,weights:'{weights}'}}]",
+            "~label.methods.fused.weights",
+            "+label.methods.fused.weights={crfiqa@sface:1.0,crfiqa@dlib_resnet:1.0}",
+        ),
+    )
+    labels = pd.read_parquet(root / "data" / "labels" / "labels.parquet").merge(blur, on="path")
+    for method in ("faceqnet", "crfiqa", "sddfiqa"):
+        per_model = labels[[f"{method}@sface", f"{method}@dlib_resnet"]].to_numpy()
+        np.testing.assert_allclose(labels[method], per_model.mean(axis=1))
+        assert not np.allclose(per_model[:, 0], per_model[:, 1])
+    # SER-FIQ needs a PyTorch model: dlib (a black box) is left out of it
+    np.testing.assert_array_equal(labels["serfiq"], labels["serfiq@sface"])
+    assert "serfiq@dlib_resnet" not in labels.columns
+    parts = {m: labels[m].to_numpy() for m in ("crfiqa@sface", "crfiqa@dlib_resnet")}
+    np.testing.assert_allclose(labels["quality"], fuse(parts, dict.fromkeys(parts, 1.0), "rank"))
+    rho = spearmanr(labels["crfiqa@dlib_resnet"], labels["blur"]).statistic
+    assert rho <= -0.5, f"CR-FIQA with dlib: Spearman against blur strength {rho:.2f}"

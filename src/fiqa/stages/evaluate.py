@@ -17,9 +17,10 @@ from fiqa.eval.pairs import pair_scores
 from fiqa.eval.report import write_eval_markdown
 from fiqa.eval.sets import EvalSet, load_eval_set
 from fiqa.extract import Request
+from fiqa.extract.configured import extract_outputs, fr_entries
 from fiqa.fr import load_fr_model
+from fiqa.label.methods import METHODS, extraction_request
 from fiqa.stages import StageError
-from fiqa.stages.label import METHODS, extract_outputs, extraction_request, fr_entries
 from fiqa.tracking import stage_run
 from fiqa.train.scoring import QualityScorer
 
