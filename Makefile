@@ -39,6 +39,8 @@ test-full: setup  ## every test, GPU ones included when a GPU is present
 bench: setup  ## print the benchmark figures
 	$(RUN) python benchmarks/edc_speed.py
 	$(RUN) python benchmarks/serfiq_cost.py
+	$(RUN) python benchmarks/embedding_pipeline.py
+	$(RUN) python benchmarks/label_scale.py
 	$(RUN) python benchmarks/recordio_read.py
 	$(RUN) python benchmarks/prepare_throughput.py
 	$(RUN) python benchmarks/prepare_memory.py

@@ -106,3 +106,17 @@ def test_missing_key_is_named():
         del cfg.prepare["shard_size"]
     with pytest.raises(ConfigError, match=r"prepare\.shard_size"):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize("option", options("fr"))
+def test_fr_options_name_registered_models_and_require_their_weights(option: str):
+    from fiqa.fr import FR_MODELS
+
+    cfg = compose_default([f"fr={option}"])
+    assert cfg.fr.name in FR_MODELS
+    if option == "sface":  # the one model whose weights ship with the package
+        validate_config(cfg)
+        return
+    with pytest.raises(ConfigError, match=r"fr\.weights"):
+        validate_config(cfg)
+    validate_config(compose_default([f"fr={option}", "fr.weights=/models/file"]))

@@ -177,12 +177,16 @@ class CacheEntry:
         covered = np.zeros(self.n, dtype=bool)
         outputs: dict[str, np.ndarray] = {}
         tmp_paths = {}
+        bad: dict[str, list[np.ndarray]] = {}
         for part in parts:
             with np.load(part) as data:
                 rows = data["rows"]
                 covered[rows] = True
                 for product in products:
                     values = data[product]
+                    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+                    if not finite.all():
+                        bad.setdefault(product, []).append(rows[~finite])
                     if product not in outputs:
                         tmp = self.path(product).with_suffix(".npy.merging")
                         tmp_paths[product] = tmp
@@ -191,6 +195,16 @@ class CacheEntry:
                             tmp, mode="w+", dtype=dtype, shape=(self.n, *values.shape[1:])
                         )
                     outputs[product][rows] = values
+        if bad:
+            detail = "; ".join(
+                f"{p} for rows {np.sort(np.concatenate(r))[:10].tolist()}" for p, r in bad.items()
+            )
+            for tmp in tmp_paths.values():
+                tmp.unlink(missing_ok=True)
+            raise FloatingPointError(
+                f"{self.key['fr_model']} on faces {self.key['faces'][:12]}: non-finite {detail} "
+                f"(part files kept in {self.parts_dir(products)})"
+            )
         if self.n and not covered.all():
             missing = np.flatnonzero(~covered)
             raise RuntimeError(
@@ -213,11 +227,10 @@ class CacheEntry:
         log.info("cache %s: merged %s from %d part files", self.directory, products, len(parts))
 
     def load(self, product: str) -> np.ndarray:
-        """A finished product as float32 (embeddings re-normalised after the float16 trip)."""
-        values = np.load(self.path(product)).astype(np.float32)
-        if product == "embedding" and values.size:
-            values /= np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
-        return values
+        """A finished product, memory-mapped read-only: (n, d) float16 embeddings (unit rows up
+        to float16 rounding; chunked consumers re-normalise) and low-level features, (n,)
+        float32 scores. Nothing is read into memory until used."""
+        return np.load(self.path(product), mmap_mode="r")
 
 
 def write_part(directory: Path, rank: int, index: int, arrays: dict[str, np.ndarray]) -> Path:

@@ -206,8 +206,13 @@ def extract(
             ``progress`` for the Lightning Trainer (default: one CPU process, float32).
 
     Returns:
-        ``{"embedding": (n, D) float32 unit rows, "norm": (n,), "low_level": (n, C),
-        "serfiq": (n,), "faceqan": (n,)}`` with the requested keys only, rows in ``source`` order.
+        ``{"embedding": (n, D) float16 unit rows, "norm": (n,), "low_level": (n, C) float16,
+        "serfiq": (n,), "faceqan": (n,)}`` with the requested keys only, rows in ``source``
+        order, memory-mapped read-only from the cache (``CacheEntry.load``).
+
+    Raises:
+        FloatingPointError: Naming the rows whose outputs are NaN or infinite (checked once,
+            when the part files are merged).
     """
     request = request or Request()
     options = dict(trainer or {})
@@ -248,14 +253,4 @@ def extract(
             log.debug("rank %d: extraction done", rank)
     else:
         log.info("extract %s on %s: cache hit %s", model.info.name, source.name, entry.directory)
-    out = {"embedding": entry.load("embedding")}
-    for product in products[1:]:
-        out[product.split("-")[0]] = entry.load(product)
-    for name, values in out.items():
-        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if not finite.all():
-            raise FloatingPointError(
-                f"{model.info.name} on {source.name}: non-finite {name} for rows "
-                f"{np.flatnonzero(~finite)[:10].tolist()} (cache {entry.directory})"
-            )
-    return out
+    return {product.split("-")[0]: entry.load(product) for product in products}

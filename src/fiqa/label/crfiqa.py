@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-9
 BLOCK_ELEMENTS = 2**26  # chunk x K block of ~256 MB in float32
-CENTRE_CHUNK_ROWS = 65536
+CENTRE_CHUNK_ROWS = 8192  # float64 (8192, d) blocks: 32 MB at d = 512
 
 
 def class_centres(

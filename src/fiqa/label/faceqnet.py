@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from fiqa.label.grouping import iter_row_chunks, l2_normalise
+
 log = logging.getLogger(__name__)
 
 PROXY_CRITERIA = ("sharpness", "frontality", "illumination", "face_size")
@@ -83,11 +85,17 @@ def faceqnet_from_distances(distances: np.ndarray) -> np.ndarray:
 
 
 def faceqnet_scores(embeddings: list[np.ndarray], reference_rows: np.ndarray) -> np.ndarray:
-    """FaceQnet labels averaged over FR models (one L2-normalised (n, d) array per model)."""
+    """FaceQnet labels averaged over FR models (one L2-normalised (n, d) array or memmap per
+    model)."""
     if not embeddings:
         raise ValueError("faceqnet needs at least one FR model (label.fr_models is empty)")
-    per_model = [
-        faceqnet_from_distances(np.linalg.norm(e.astype(np.float64) - e[reference_rows], axis=1))
-        for e in embeddings
-    ]
-    return np.mean(per_model, axis=0)
+    return np.mean([faceqnet_from_distances(_distances(e, reference_rows)) for e in embeddings], 0)
+
+
+def _distances(embeddings: np.ndarray, reference_rows: np.ndarray) -> np.ndarray:
+    """||e_i - e_ref(i)|| of unit rows, in row chunks (embeddings may be a float16 memmap)."""
+    d = np.empty(len(embeddings))
+    for rows, block in iter_row_chunks(embeddings):
+        references = l2_normalise(np.asarray(embeddings[reference_rows[rows]], dtype=np.float64))
+        d[rows] = np.linalg.norm(block - references, axis=1)
+    return d

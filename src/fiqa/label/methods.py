@@ -172,7 +172,7 @@ def compute_method(ctx: LabelContext, method: str) -> dict[str, np.ndarray]:
     ``{method@model: scores}``; also stored in ``ctx.columns`` for the fused method. Methods of
     ``WHITE_BOX_PRODUCTS`` use the models that produced them."""
     if method in SET_METHODS:
-        columns = {method: SET_METHODS[method](ctx)}
+        columns = {method: np.asarray(SET_METHODS[method](ctx), dtype=np.float64)}
     else:
         needs = WHITE_BOX_PRODUCTS.get(method, ())
         usable = {n: out for n, out in ctx.outputs.items() if all(k in out for k in needs)}
@@ -181,7 +181,10 @@ def compute_method(ctx: LabelContext, method: str) -> dict[str, np.ndarray]:
                 f"needs a PyTorch FR model (sface, iresnet*, ...) in label.fr_models; "
                 f"{sorted(ctx.outputs)} are black boxes that only embed"
             )
-        per = {name: PER_MODEL[method](ctx, out) for name, out in usable.items()}
+        per = {
+            name: np.asarray(PER_MODEL[method](ctx, out), dtype=np.float64)
+            for name, out in usable.items()
+        }
         several = len(ctx.outputs) > 1
         columns = {f"{method}@{name}": v for name, v in per.items()} if several else {}
         columns = {method: np.mean(list(per.values()), axis=0), **columns}

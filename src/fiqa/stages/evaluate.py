@@ -80,9 +80,10 @@ def _embed_all(cfg: DictConfig, data: EvalSet) -> tuple[dict[str, np.ndarray], n
     for name, fr in {**entries, **serfiq_entries}.items():
         wanted = request if name in serfiq_entries else Request()
         out = extract_outputs(cfg, load_fr_model(fr), fr, data.source, wanted)
-        embeddings[name] = out["embedding"][data.rows]
+        emb = np.asarray(out["embedding"][data.rows], dtype=np.float32)  # float16 in the cache
+        embeddings[name] = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         if "serfiq" in out:
-            serfiq.append(out["serfiq"][data.rows])
+            serfiq.append(np.asarray(out["serfiq"][data.rows], dtype=np.float64))
     return embeddings, (np.mean(serfiq, axis=0) if serfiq else None)
 
 
