@@ -159,3 +159,23 @@ def test_several_fr_models_give_per_model_columns_and_their_mean(real_faces, sha
     np.testing.assert_allclose(labels["quality"], fuse(parts, dict.fromkeys(parts, 1.0), "rank"))
     rho = spearmanr(labels["crfiqa@dlib_resnet"], labels["blur"]).statistic
     assert rho <= -0.5, f"CR-FIQA with dlib: Spearman against blur strength {rho:.2f}"
+
+
+def test_magface_column_is_the_raw_embedding_norm(real_faces, caplog):
+    """The MagFace method's wiring, with SFace standing in for a MagFace model (no MagFace
+    weights here): the column is ||f|| of the unnormalised embeddings, with a warning."""
+    import torch
+
+    from fiqa.data.prepared import PreparedFaces
+    from fiqa.fr import load_fr_model
+
+    root, _ = real_faces
+    run_stage("label", config(root, "label=magface", "label.methods.magface.model={name: sface, weights: null}"))
+    assert "is not a MagFace model" in caplog.text
+    labels = pd.read_parquet(root / "data" / "labels" / "labels.parquet")
+    faces = PreparedFaces(root / "data" / "prepared").faces(np.arange(5))
+    sface = load_fr_model("sface")
+    with torch.inference_mode():
+        norms = sface.net(sface.preprocess(faces)).norm(dim=1).numpy()
+    np.testing.assert_allclose(labels["magface"][:5], norms, rtol=1e-4)
+    assert labels["quality"].equals(labels["magface"])
