@@ -131,7 +131,8 @@ def load_upstream_checkpoint(
     drop_prefixes: Iterable[str] = (),
     safe_globals: Iterable[type] = (),
 ) -> FRModel:
-    """Read ``spec.weights``, build the network, load the weights strictly, wrap as ``FRModel``.
+    """Read ``spec.weights``, build the network, load the weights strictly, wrap as ``FRModel``
+    (``spec.pretrained=False``: the network as initialised, no file read).
 
     The weights are checked and read before the (possibly large) network is built.
 
@@ -153,19 +154,23 @@ def load_upstream_checkpoint(
         ValueError: If no weights are given, the file cannot be read safely, or it does not fit
             the network (naming the missing, unexpected and wrong-shaped keys).
     """
-    path = spec.require_weights(what).resolve()
-    state = read_state_dict(path, safe_globals)
-    if keep_prefixes:
-        state = {key: value for key, value in state.items() if key.startswith(keep_prefixes)}
+    path, sha256 = None, ""
+    if spec.pretrained:
+        path = spec.require_weights(what).resolve()
+        state = read_state_dict(path, safe_globals)
+        if keep_prefixes:
+            state = {key: value for key, value in state.items() if key.startswith(keep_prefixes)}
+        sha256 = file_sha256(str(path))
     net = build_net()
-    fit_state_dict(net, state, path, strip_prefixes=strip_prefixes, drop_prefixes=drop_prefixes)
+    if path is not None:
+        fit_state_dict(net, state, path, strip_prefixes=strip_prefixes, drop_prefixes=drop_prefixes)
     info = FRModelInfo(
         name=spec.name,
         embedding_size=embedding_size,
         input_size=input_size,
         colour=colour,
         template=template,
-        weights_path=str(path),
-        weights_sha256=file_sha256(str(path)),
+        weights_path=str(path or ""),
+        weights_sha256=sha256,
     )
     return FRModel(net, info, spec.device)

@@ -128,6 +128,8 @@ class DlibResNetNet(nn.Module):
 @register_fr_model("dlib_resnet")
 def build_dlib_resnet(spec: FRSpec) -> FRModel:
     """dlib ResNet 128-D from ``spec.weights`` (options: ``num_jitters``, default 0)."""
+    if not spec.pretrained:
+        raise ValueError(f"{spec.name} is a black box: it cannot be built without its weights")
     path = spec.require_weights("dlib_face_recognition_resnet_model_v1.dat").resolve()
     net = DlibResNetNet(path, num_jitters=int(spec.option("num_jitters", 0)))
     info = FRModelInfo(

@@ -288,6 +288,8 @@ def _embedding_size(net: OnnxFRNet, size: tuple[int, int], option: Any) -> int:
 @register_fr_model("onnx")
 def build_onnx(spec: FRSpec) -> FRModel:
     """A black-box FR model from any ONNX file (``spec.weights``); see the module docstring."""
+    if not spec.pretrained:
+        raise ValueError(f"{spec.name} is a black box: it cannot be built without its weights")
     path = spec.require_weights("an ONNX face-recognition model").resolve()
     colour = str(spec.option("colour", "RGB")).upper()
     if colour not in COLOURS:

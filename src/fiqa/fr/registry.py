@@ -31,6 +31,8 @@ class FRSpec:
         dropout: Head dropout used by ``net.forward`` in train mode.
         options: The ``options`` mapping of the ``fr`` config (architecture-specific, e.g. the
             input size of an ONNX model).
+        pretrained: Load the weights (False: a randomly initialised network, e.g. a student or
+            a quality backbone trained from scratch; black-box models refuse it).
     """
 
     name: str
@@ -38,6 +40,7 @@ class FRSpec:
     device: torch.device
     dropout: float = 0.0
     options: Mapping[str, Any] = field(default_factory=dict)
+    pretrained: bool = True
 
     def require_weights(self, what: str) -> Path:
         """The weights path, or a ValueError saying which file the model needs.
@@ -79,6 +82,7 @@ def load_fr_model(
     name_or_config: str | Mapping[str, Any],
     device: str | torch.device = "cpu",
     dropout: float = 0.0,
+    pretrained: bool = True,
 ) -> FRModel:
     """Build a registered FR model with its pretrained weights, in eval mode.
 
@@ -89,6 +93,7 @@ def load_fr_model(
             for the extraction loop and ignored here.
         device: Torch device to put the network on.
         dropout: Dropout before the embedding layer used by ``net.forward`` in train mode.
+        pretrained: Load the weights; False builds the architecture randomly initialised.
 
     Returns:
         The loaded ``FRModel``.
@@ -118,7 +123,7 @@ def load_fr_model(
     weights_path = Path(str(weights)).expanduser() if weights is not None else None
     if weights_path is not None and not weights_path.is_file():
         raise FileNotFoundError(f"weights file {weights_path} for FR model {name!r} not found")
-    spec = FRSpec(name, weights_path, torch.device(device), float(dropout), options)
+    spec = FRSpec(name, weights_path, torch.device(device), float(dropout), options, pretrained)
     model = FR_MODELS[name](spec)
     log.info("loaded FR model %s from %s on %s", name, model.info.weights_path, model.device)
     return model

