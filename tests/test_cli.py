@@ -44,8 +44,9 @@ def test_report_compares_runs_and_marks_the_best(tmp_path):
         path.write_text(json.dumps(_eval(value)))
     md, html = write_comparison([a, b], tmp_path / "out" / "compare")
     text = md.read_text()
-    assert "a:demo_val/sface" in text and "b:demo_val/sface" in text
-    assert "| model | **0.5000** | 0.9500 |" in text  # best per column in bold
+    # one row per method and run, best per column in bold
+    assert "| model (a) | **0.5000** | **0.5000** |" in text
+    assert "| model (b) | 0.9500 | 0.9500 |" in text
     assert "<b>0.5000</b>" in html.read_text()
     with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         write_comparison([tmp_path / "missing.json"], tmp_path / "x")

@@ -12,12 +12,15 @@ from fiqa.eval.edc import (
     EDCCurve,
     curve_values,
     edc_curve,
+    edc_curves,
     fmr_threshold,
+    fmr_thresholds,
     oracle_curve,
     pair_quality,
     pauc,
     random_baseline,
 )
+from fiqa.eval.edc_recomputed import edc_curve_recomputed_threshold
 
 # Tiny case. Impostors (10): at fmr=0.25 at most 2 false matches (2/10 <= 0.25 < 3/10).
 # t = 0.50 -> #{imp >= 0.50} = 2 (0.50, 0.60), FMR 0.2; t = 0.45 would give 3 -> 0.3 > 0.25.
@@ -246,8 +249,9 @@ def test_pair_quality_rules() -> None:
     np.testing.assert_array_equal(pair_quality(qa, qb), [0.2, 0.3, 0.5])
     np.testing.assert_allclose(pair_quality(qa, qb, how="mean"), [0.3, 0.6, 0.5])
     np.testing.assert_allclose(pair_quality(qa, qb, how="product"), [0.08, 0.27, 0.25])
-    with pytest.raises(ValueError, match="how must be one of"):
-        pair_quality(qa, qb, how="max")  # type: ignore[arg-type]
+    np.testing.assert_array_equal(pair_quality(qa, qb, how="max"), [0.4, 0.9, 0.5])
+    with pytest.raises(ValueError, match=r"how must be one of min, mean, product, max .*pair_q"):
+        pair_quality(qa, qb, how="median")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="differ in length"):
         pair_quality(qa, qb[:2])
 
@@ -292,3 +296,192 @@ def test_edc_curve_object_validates_its_shape() -> None:
     curve = tiny_curve()
     with pytest.raises(ValueError, match="read-only"):
         curve.fnmr[0] = 0.0
+
+
+def test_curve_values_keeps_the_grid_shape() -> None:
+    grid = np.array([[0.0, 0.5], [5 / 6, 1.0]])
+    values = curve_values(tiny_curve(), grid)
+    assert values.shape == (2, 2)
+    np.testing.assert_allclose(values, [[2 / 6, 1 / 3], [0.0, 0.0]], atol=1e-15)
+
+
+# --- several FMRs at once -------------------------------------------------------------------
+
+
+def test_edc_curves_tiny_case_by_hand() -> None:
+    curves = edc_curves(TINY_SCORES, TINY_QUALITY, TINY_IMPOSTOR, fmrs=(0.25, 0.1))
+    assert list(curves) == [0.25, 0.1]
+    np.testing.assert_allclose(curves[0.25].fnmr, TINY_FNMR, atol=1e-15)
+    # fmr=0.1: one false match of 10 allowed; the 2nd largest impostor is 0.50, so t = 0.60.
+    # Errors (s < 0.6): p0 0.30, p2 0.45, p5 0.50 -> FNMR(0) = 3/6.
+    #   k=1 drop p1 (0.70 ok) -> 3/5; k=2 drop p0 err, p3 -> p2, p5 of {p2, p5, p4} = 2/3;
+    #   k=3 drop p2, p5 -> 0/1; k=4 -> empty, 0.
+    tight = curves[0.1]
+    assert tight.threshold == 0.60
+    assert tight.fmr == 0.1
+    np.testing.assert_allclose(tight.fractions, TINY_FRACTIONS, atol=1e-15)
+    np.testing.assert_allclose(tight.fnmr, [3 / 6, 3 / 5, 2 / 3, 0.0, 0.0], atol=1e-15)
+    # pAUC@0.2 raw: 1/2 * 1/6 + 3/5 * (0.2 - 1/6) = 1/12 + 1/50 = 31/300; / (1/2 * 0.2) = 31/30.
+    assert pauc(tight, 0.2, normalise=False) == pytest.approx(31 / 300, rel=1e-12)
+    assert pauc(tight, 0.2) == pytest.approx(31 / 30, rel=1e-12)
+
+
+def test_edc_curves_equal_separate_calls() -> None:
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.normal(0.5, 0.2, 3000), 2)
+    quality = np.round(rng.random(3000), 2)
+    impostor = np.round(rng.normal(0.0, 0.15, 20000), 3)
+    fmrs = (1e-2, 1e-3, 1e-4, 0.3)
+    together = edc_curves(scores, quality, impostor, fmrs)
+    assert list(together) == list(fmrs)
+    for fmr in fmrs:
+        alone = edc_curve(scores, quality, impostor, fmr)
+        np.testing.assert_array_equal(together[fmr].fractions, alone.fractions)
+        np.testing.assert_array_equal(together[fmr].fnmr, alone.fnmr)
+        assert together[fmr].threshold == alone.threshold
+        assert (together[fmr].fmr, together[fmr].n_impostor) == (fmr, 20000)
+
+
+def test_fmr_thresholds_rule_on_random_ties() -> None:
+    # Achieved FMR never above the target, and the threshold is the smallest such candidate:
+    # the next lower distinct impostor score would admit too many false matches.
+    rng = np.random.default_rng(6)
+    for trial in range(30):
+        imp = np.round(rng.normal(0, 1, int(rng.integers(1, 500))), 1)
+        fmrs = [1e-3, 0.01, 0.05, 0.2, 0.5, 0.9]
+        for fmr, t in fmr_thresholds(imp, fmrs).items():
+            assert t == fmr_threshold(imp, fmr) == brute_threshold(imp, fmr), trial
+            assert np.count_nonzero(imp >= t) / imp.size <= fmr
+            lower = imp[imp < t]
+            if lower.size:
+                assert np.count_nonzero(imp >= lower.max()) / imp.size > fmr
+    with pytest.raises(ValueError, match="fmrs is empty"):
+        fmr_thresholds(TINY_IMPOSTOR, [])
+    with pytest.raises(ValueError, match="fmr must lie in"):
+        edc_curves(TINY_SCORES, TINY_QUALITY, TINY_IMPOSTOR, fmrs=(1e-3, 1.0))
+
+
+def test_edc_curves_independent_of_input_order() -> None:
+    rng = np.random.default_rng(7)
+    scores = np.round(rng.normal(0.6, 0.2, 400), 2)
+    quality = np.round(rng.random(400), 1)
+    impostor = np.round(rng.normal(0.0, 0.2, 3000), 2)
+    reference = edc_curves(scores, quality, impostor, (1e-2, 1e-3))
+    perm, perm_imp = rng.permutation(400), rng.permutation(3000)
+    shuffled = edc_curves(scores[perm], quality[perm], impostor[perm_imp], (1e-2, 1e-3))
+    for fmr, curve in reference.items():
+        np.testing.assert_array_equal(shuffled[fmr].fractions, curve.fractions)
+        np.testing.assert_array_equal(shuffled[fmr].fnmr, curve.fnmr)
+
+
+def test_oracle_below_random_baseline_on_synthetic_scores() -> None:
+    rng = np.random.default_rng(8)
+    scores = rng.normal(0.5, 0.2, 4000)
+    impostor = rng.normal(0.0, 0.15, 20000)
+    for fmr, curve in edc_curves(scores, rng.random(4000), impostor, (1e-2, 1e-3)).items():
+        oracle = oracle_curve(scores, impostor, fmr)
+        for limit in (0.2, 0.3):
+            assert pauc(random_baseline(curve), limit) == 1.0
+            assert pauc(curve, limit) == pytest.approx(1.0, abs=0.1)
+            # The oracle drops errors first: FNMR(x) = (f0 - x) / (1 - x) up to x = f0, then 0,
+            # whose area on [0, L] is L' + (1 - f0) ln(1 - L') with L' = min(L, f0).
+            f0, cut = curve.fnmr[0], min(limit, curve.fnmr[0])
+            area = cut + (1 - f0) * np.log1p(-cut)
+            assert pauc(oracle, limit, normalise=False) == pytest.approx(area, abs=1e-3)
+            assert pauc(oracle, limit) < pauc(curve, limit) - 0.1
+
+
+# --- the recomputed-threshold variant (CR-FIQA / MagFace code), for comparison only ---------
+
+# Genuine pairs g0..g4 and impostor pairs i0..i4 with pair qualities; i0 is a high-scoring
+# impostor from a low-quality pair, tied in quality with g0 (0.1).
+RC_GENUINE = [0.30, 0.60, 0.70, 0.95, 0.45]
+RC_GENUINE_Q = [0.1, 0.3, 0.5, 0.7, 0.85]
+RC_IMPOSTOR = [0.90, 0.10, 0.20, 0.40, 0.50]
+RC_IMPOSTOR_Q = [0.1, 0.4, 0.6, 0.8, 0.9]
+
+
+def test_recomputed_threshold_variant_by_hand() -> None:
+    # Fixed (the standard): fmr=0.25 over 5 impostors allows 1 false match -> t = 0.9 forever.
+    # Errors at 0.9: 0.30, 0.60, 0.70, 0.45; discarding genuine pairs only, 1/5 each step:
+    fixed = edc_curve(RC_GENUINE, RC_GENUINE_Q, RC_IMPOSTOR, fmr=0.25)
+    assert fixed.threshold == 0.9
+    np.testing.assert_allclose(fixed.fractions, [0, 0.2, 0.4, 0.6, 0.8, 1.0], atol=1e-15)
+    np.testing.assert_allclose(fixed.fnmr, [4 / 5, 3 / 4, 2 / 3, 1 / 2, 1.0, 0.0], atol=1e-15)
+
+    # Recomputed: all 10 pairs dropped by quality, g0 and i0 together (tie at 0.1).
+    #  step  dropped          x    surviving impostors   allowed  t          genuine left  FNMR
+    #  0     -                0    .9 .1 .2 .4 .5        1        0.9        all 5 (4 err) 4/5
+    #  1     g0, i0           0.2  .1 .2 .4 .5           1        0.5        .6 .7 .95 .45  1/4
+    #  2     g1               0.3  same                  1        0.5        .7 .95 .45     1/3
+    #  3     i1               0.4  .2 .4 .5              0        >0.5       same           1/3
+    #  4     g2               0.5  same                  0        >0.5       .95 .45        1/2
+    #  5     i2               0.6  .4 .5                 0        >0.5       same           1/2
+    #  6     g3               0.7  same                  0        >0.5       .45            1
+    #  7     i3               0.8  .5                    0        >0.5       same           1
+    #  8     g4               0.9  same                  0        >0.5       none           0
+    #  9     i4               1.0  none                  -        -inf       none           0
+    # (">0.5" = nextafter(0.5, inf): a tie block that cannot be split, like fmr_threshold.)
+    result = edc_curve_recomputed_threshold(
+        RC_GENUINE, RC_GENUINE_Q, RC_IMPOSTOR, RC_IMPOSTOR_Q, fmr=0.25
+    )
+    curve = result.curve
+    np.testing.assert_allclose(curve.fractions, [0, *np.arange(2, 11) / 10], atol=1e-15)
+    expected_fnmr = [4 / 5, 1 / 4, 1 / 3, 1 / 3, 1 / 2, 1 / 2, 1.0, 1.0, 0.0, 0.0]
+    np.testing.assert_allclose(curve.fnmr, expected_fnmr, atol=1e-15)
+    just_above = np.nextafter(0.5, np.inf)
+    assert result.thresholds.tolist() == [0.9, 0.5, 0.5] + [just_above] * 6 + [-np.inf]
+    assert curve.threshold == fixed.threshold == 0.9
+    assert (curve.n_genuine, curve.n_impostor, curve.fmr) == (5, 5, 0.25)
+    # pAUC@0.3: fixed 0.8 * 0.2 + 0.75 * 0.1 = 0.235; recomputed 0.8 * 0.2 + 0.25 * 0.1 = 0.185.
+    # Normalised by 0.8 * 0.3 = 0.24: 0.9792 vs 0.7708: dropping one impostor looks like a gain.
+    assert pauc(fixed, 0.3, normalise=False) == pytest.approx(0.235, rel=1e-12)
+    assert pauc(curve, 0.3, normalise=False) == pytest.approx(0.185, rel=1e-12)
+    assert pauc(curve, 0.3) == pytest.approx(0.185 / 0.24, rel=1e-12)
+
+
+def brute_recomputed(
+    scores: np.ndarray, quality: np.ndarray, impostor: np.ndarray, imp_quality: np.ndarray, fmr
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-step reference for the recomputed variant: filter, re-threshold, count."""
+    total = scores.size + impostor.size
+    fractions, fnmr, thresholds = [], [], []
+    cuts = [-np.inf, *sorted(set(quality.tolist()) | set(imp_quality.tolist()))]
+    for q in cuts:
+        keep, keep_imp = quality > q, imp_quality > q
+        t = fmr_threshold(impostor[keep_imp], fmr) if keep_imp.any() else -np.inf
+        left = scores[keep]
+        fractions.append(1.0 - (keep.sum() + keep_imp.sum()) / total)
+        fnmr.append(np.count_nonzero(left < t) / left.size if left.size else 0.0)
+        thresholds.append(t)
+    return np.array(fractions), np.array(fnmr), np.array(thresholds)
+
+
+def test_recomputed_threshold_matches_brute_force_and_input_order() -> None:
+    rng = np.random.default_rng(9)
+    for _ in range(60):
+        n, m = int(rng.integers(1, 80)), int(rng.integers(1, 120))
+        scores, impostor = (
+            np.round(rng.normal(0.5, 0.25, n), 1),
+            np.round(rng.normal(0, 0.25, m), 1),
+        )
+        quality, imp_quality = np.round(rng.random(n), 1), np.round(rng.random(m), 1)
+        fmr = float(rng.choice([1e-3, 0.05, 0.25, 0.5, 0.9]))
+        result = edc_curve_recomputed_threshold(scores, quality, impostor, imp_quality, fmr)
+        fractions, fnmr, thresholds = brute_recomputed(scores, quality, impostor, imp_quality, fmr)
+        np.testing.assert_allclose(result.curve.fractions, fractions, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(result.curve.fnmr, fnmr, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(result.thresholds, thresholds)
+        perm, perm_imp = rng.permutation(n), rng.permutation(m)
+        shuffled = edc_curve_recomputed_threshold(
+            scores[perm], quality[perm], impostor[perm_imp], imp_quality[perm_imp], fmr
+        )
+        np.testing.assert_array_equal(shuffled.curve.fnmr, result.curve.fnmr)
+        np.testing.assert_array_equal(shuffled.thresholds, result.thresholds)
+
+
+def test_recomputed_threshold_validates_inputs() -> None:
+    with pytest.raises(ValueError, match="impostor_pair_quality has 1 values, not 5"):
+        edc_curve_recomputed_threshold(RC_GENUINE, RC_GENUINE_Q, RC_IMPOSTOR, [0.1], 0.25)
+    with pytest.raises(ValueError, match="fmr must lie in"):
+        edc_curve_recomputed_threshold(RC_GENUINE, RC_GENUINE_Q, RC_IMPOSTOR, RC_IMPOSTOR_Q, 1.0)

@@ -1,7 +1,7 @@
 """The ``fiqa`` command: pipeline stages (Hydra apps) plus scoring and reporting tools.
 
 fiqa prepare|label|train|evaluate [hydra overrides...]   e.g. fiqa label label=serfiq trainer=cpu
-fiqa score --checkpoint models/quality.ckpt faces/ --out scores.csv
+fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
 fiqa report metrics/eval.json [other/eval.json ...] --out reports/compare
 fiqa demo-data --out data/raw
 """
@@ -37,46 +37,117 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
 
 def _score(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="fiqa score", description="Score aligned 112x112 face images with a quality model."
+        prog="fiqa score",
+        description="Score face images with a quality model (.ckpt or .onnx): aligned faces, raw "
+        "photos (detected and aligned first) or every face of a prepared directory.",
     )
-    parser.add_argument("inputs", nargs="+", help="image files, folders, or .txt lists of paths")
-    parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt or exported .onnx")
+    parser.add_argument("inputs", nargs="*", help="image files, folders, or .txt lists of paths")
+    parser.add_argument("--prepared", help="score every face of this prepared directory")
+    parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt or .onnx model")
     parser.add_argument("--out", default="scores.csv", help="output .csv or .parquet")
+    parser.add_argument("--mode", default="auto", choices=["auto", "aligned", "raw"],
+                        help="aligned faces, raw photos, or auto: aligned when the image has "
+                        "the model's input size")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (torch checkpoints)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--template", help="external ONNX model: its alignment template")
+    parser.add_argument("--colour", help="external ONNX model: RGB or BGR input")
+    parser.add_argument("--mean", type=float, help="external ONNX model: input (x - mean) / std")
+    parser.add_argument("--std", type=float, help="external ONNX model: input (x - mean) / std")
     args = parser.parse_args(argv)
+    if bool(args.inputs) == bool(args.prepared):
+        parser.error("give image inputs or --prepared DIR (one of the two)")
 
     from fiqa.atomic import atomic_path
     from fiqa.train.scoring import QualityScorer
 
-    paths = _expand_inputs(args.inputs)
-    if not paths:
-        parser.error(f"no image files found in {args.inputs}")
-    scorer = QualityScorer.from_path(args.checkpoint, device=args.device)
-    table = scorer.score_files(paths, batch_size=args.batch_size)
+    options = {k: getattr(args, k) for k in ("template", "colour", "mean", "std")}
+    scorer = QualityScorer.from_path(
+        args.checkpoint, device=args.device,
+        onnx_options={k: v for k, v in options.items() if v is not None},
+    )  # fmt: skip
+    if args.prepared:
+        table = scorer.score_prepared(args.prepared, batch_size=args.batch_size)
+    else:
+        paths = _expand_inputs(args.inputs)
+        if not paths:
+            parser.error(f"no image files found in {args.inputs}")
+        table = scorer.score_files(paths, batch_size=args.batch_size, mode=args.mode)
     out = Path(args.out)
     with atomic_path(out) as tmp:
         if out.suffix == ".parquet":
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False)
-    n_failed = int(table["failure"].notna().sum())
+    n_failed = int(table["failure"].notna().sum()) if "failure" in table else 0
     logging.getLogger("fiqa").info("scored %d images (%d failed) -> %s", len(table), n_failed, out)
     return 0
 
 
 def _report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="fiqa report", description="Compare evaluation outputs (metrics/eval.json files)."
+        prog="fiqa report",
+        description="Compare evaluation outputs (metrics/eval.json files) in a local markdown/HTML "
+        "report and, with --wandb, in a W&B Report of a run group (needs `wandb login`).",
     )
-    parser.add_argument("evals", nargs="+", help="eval.json files (one per run or experiment)")
+    parser.add_argument("evals", nargs="*", help="eval.json files (one per run or experiment)")
     parser.add_argument("--out", default="reports/compare", help="output stem (.md and .html)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also save a W&B Report there")
+    parser.add_argument("--group", help="W&B run group to compare (the experiment name)")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="summary metric for the W&B pAUC table, e.g. eval/lfw/sface/model/pauc@0.3 "
+        "(repeatable; default: pauc@0.3 of every method in the given eval.json files)",
+    )
     args = parser.parse_args(argv)
+    if not args.evals and not args.wandb:
+        parser.error("give eval.json files, or --wandb ENTITY/PROJECT --group G")
+    if args.wandb and not args.group:
+        parser.error("--wandb needs --group G (the W&B run group: the experiment name)")
+
+    import json
 
     from fiqa.eval.report import write_comparison
 
-    md, html = write_comparison([Path(p) for p in args.evals], Path(args.out))
-    logging.getLogger("fiqa").info("wrote %s and %s", md, html)
+    log = logging.getLogger("fiqa")
+    evals = [Path(p) for p in args.evals]
+    if evals:
+        md, html = write_comparison(evals, Path(args.out))
+        log.info("wrote %s and %s", md, html)
+    if not args.wandb:
+        return 0
+
+    from fiqa.eval.wandb_report import (
+        ReportSaveError,
+        build_report,
+        parse_target,
+        save_report,
+        summary_metrics,
+    )
+
+    try:
+        entity, project = parse_target(args.wandb)
+    except ValueError as err:
+        parser.error(str(err))
+    metrics = list(args.metric)
+    for path in evals if not metrics else []:
+        metrics += [m for m in summary_metrics(json.loads(path.read_text())) if m not in metrics]
+    if not metrics:
+        parser.error(
+            "--wandb needs eval.json files or --metric eval/<bench>/<fr>/<method>/pauc@0.3"
+        )
+    try:
+        report = build_report(entity, project, args.group, metrics)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        url = save_report(report)
+    except ReportSaveError as err:
+        sys.stderr.write(f"fiqa report: {err}\n")
+        return 1
+    log.info("saved the W&B report of group %s: %s", args.group, url)
     return 0
 
 

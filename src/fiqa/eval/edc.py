@@ -4,12 +4,15 @@ Follows ISO/IEC 29794-1 and Schlett et al. (DESIGN section 6): pair quality = mi
 qualities; match iff similarity ``s >= t``; ``t`` fixed once from ALL impostor scores; only genuine
 comparisons are discarded, lowest quality first, equal qualities together; EDC value = FNMR of the
 remaining genuine comparisons; pAUC = area on ``[0, limit]``, normalised by ``FNMR(0) * limit``.
-O(n log n) in the genuine count, O(m) in the impostor count; no Python loop over discard steps.
+O(n log n) in the genuine count, O(m) in the impostor count (O(m log m) for several FMRs at
+once, ``edc_curves``); no Python loop over discard steps. The threshold-recomputing variant of
+CR-FIQA's and MagFace's code, for comparison only, is in ``fiqa.eval.edc_recomputed``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,8 +21,8 @@ from numpy.typing import ArrayLike, NDArray
 
 log = logging.getLogger(__name__)
 
-PairQualityRule = Literal["min", "mean", "product"]
-PAIR_QUALITY_RULES: tuple[str, ...] = ("min", "mean", "product")
+PairQualityRule = Literal["min", "mean", "product", "max"]
+PAIR_QUALITY_RULES: tuple[str, ...] = ("min", "mean", "product", "max")
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,24 +93,28 @@ def pair_quality(
     Args:
         quality_a: Quality of the first sample of each pair, shape ``(n,)``.
         quality_b: Quality of the second sample, shape ``(n,)``.
-        how: ``"min"`` (the standard, ``min(qa, qb)``), ``"mean"`` (``(qa + qb) / 2``) or
-            ``"product"`` (``qa * qb``; only order-preserving for non-negative qualities).
+        how: ``"min"`` (the standard, ``min(qa, qb)``), ``"mean"`` (``(qa + qb) / 2``),
+            ``"product"`` (``qa * qb``; only order-preserving for non-negative qualities) or
+            ``"max"`` (``max(qa, qb)``; an optimistic reading, for ablations).
 
     Returns:
         Pair qualities, float64, shape ``(n,)``.
 
     Raises:
-        ValueError: If ``how`` is unknown or the inputs are not finite 1-D arrays of equal length.
+        ValueError: If ``how`` is unknown (the message names the option, ``eval.pair_quality``
+            in the config) or the inputs are not finite 1-D arrays of equal length.
     """
     if how not in PAIR_QUALITY_RULES:
-        raise ValueError(f"how must be one of {PAIR_QUALITY_RULES}, got {how!r}")
+        rules = ", ".join(PAIR_QUALITY_RULES)
+        raise ValueError(
+            f"pair_quality: how must be one of {rules} (config key eval.pair_quality), got {how!r}"
+        )
     qa = _as_scores(quality_a, "quality_a")
     qb = _as_scores(quality_b, "quality_b")
     if qa.shape != qb.shape:
         raise ValueError(f"quality_a and quality_b differ in length: {qa.size} vs {qb.size}")
-    if how == "min":
-        return np.minimum(qa, qb)
-    return (qa + qb) / 2.0 if how == "mean" else qa * qb
+    combine = {"min": np.minimum, "max": np.maximum, "product": np.multiply}
+    return (qa + qb) / 2.0 if how == "mean" else combine[how](qa, qb)
 
 
 def _max_false_matches(n_impostor: int, fmr: float) -> int:
@@ -152,6 +159,69 @@ def fmr_threshold(impostor_scores: ArrayLike, fmr: float = 1e-3) -> float:
     return float(above.min())
 
 
+def _threshold_from_sorted(ascending: NDArray[np.float64], fmr: float) -> float:
+    """``fmr_threshold`` on impostor scores already sorted ascending (O(log m))."""
+    k = ascending.size - _max_false_matches(ascending.size, fmr) - 1
+    above = int(np.searchsorted(ascending, ascending[k], side="right"))
+    return float(ascending[above] if above < ascending.size else np.nextafter(ascending[k], np.inf))
+
+
+def fmr_thresholds(impostor_scores: ArrayLike, fmrs: Sequence[float]) -> dict[float, float]:
+    """``fmr_threshold`` at several target FMRs from one sort of the impostor scores.
+
+    Args:
+        impostor_scores: Similarity scores of all impostor comparisons.
+        fmrs: Target FMRs, each in ``(0, 1)``.
+
+    Returns:
+        ``{fmr: threshold}`` in the order of ``fmrs``; identical to separate ``fmr_threshold``
+        calls.
+
+    Raises:
+        ValueError: If ``fmrs`` is empty, an FMR is outside ``(0, 1)`` or the scores are invalid.
+    """
+    if len(fmrs) == 0:
+        raise ValueError("fmrs is empty; give at least one target FMR, e.g. (1e-3,)")
+    for fmr in fmrs:
+        _check_fraction(fmr, "fmr", include_one=False)
+    ascending = np.sort(_as_scores(impostor_scores, "impostor_scores"))
+    return {float(fmr): _threshold_from_sorted(ascending, fmr) for fmr in fmrs}
+
+
+def _genuine_order(
+    genuine_scores: ArrayLike, genuine_pair_quality: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Genuine scores in ascending pair-quality order and the discard counts per step.
+
+    The counts are 0 and the end (exclusive) of each tie group of equal quality.
+    """
+    gen = _as_scores(genuine_scores, "genuine_scores")
+    quality = _as_scores(genuine_pair_quality, "genuine_pair_quality")
+    if quality.shape != gen.shape:
+        raise ValueError(f"genuine_pair_quality has {quality.size} values, not {gen.size}")
+    order = np.argsort(quality, kind="stable")
+    q_sorted = quality[order]
+    group_ends = np.flatnonzero(q_sorted[1:] != q_sorted[:-1]) + 1
+    return gen[order], np.concatenate(([0], group_ends, [gen.size]))
+
+
+def _curve_at(
+    sorted_gen: NDArray[np.float64],
+    discarded: NDArray[np.int64],
+    threshold: float,
+    fmr: float,
+    n_impostor: int,
+) -> EDCCurve:
+    """The EDC at a fixed ``threshold`` from ``_genuine_order``'s output (cumulative counts)."""
+    n = sorted_gen.size
+    cum_errors = np.concatenate(([0], np.cumsum(sorted_gen < threshold, dtype=np.int64)))
+    remaining = n - discarded
+    remaining_errors = cum_errors[-1] - cum_errors[discarded]
+    fnmr = np.zeros(discarded.size, dtype=np.float64)
+    np.divide(remaining_errors, remaining, out=fnmr, where=remaining > 0)
+    return EDCCurve(discarded / n, fnmr, threshold, float(fmr), n, n_impostor)
+
+
 def edc_curve(
     genuine_scores: ArrayLike,
     genuine_pair_quality: ArrayLike,
@@ -181,25 +251,41 @@ def edc_curve(
     Raises:
         ValueError: On empty, non-finite or mismatched inputs, or ``fmr`` outside ``(0, 1)``.
     """
-    gen = _as_scores(genuine_scores, "genuine_scores")
-    quality = _as_scores(genuine_pair_quality, "genuine_pair_quality")
-    if quality.shape != gen.shape:
-        raise ValueError(f"genuine_pair_quality has {quality.size} values, not {gen.size}")
+    sorted_gen, discarded = _genuine_order(genuine_scores, genuine_pair_quality)
     imp = _as_scores(impostor_scores, "impostor_scores")
-    threshold = fmr_threshold(imp, fmr)
-    n = gen.size
-    order = np.argsort(quality, kind="stable")
-    q_sorted = quality[order]
-    errors_sorted = gen[order] < threshold
-    # End position (exclusive) of each tie group of equal quality.
-    group_ends = np.append(np.flatnonzero(q_sorted[1:] != q_sorted[:-1]) + 1, n)
-    discarded = np.concatenate(([0], group_ends))
-    cum_errors = np.concatenate(([0], np.cumsum(errors_sorted, dtype=np.int64)))
-    remaining = n - discarded
-    remaining_errors = cum_errors[-1] - cum_errors[discarded]
-    fnmr = np.zeros(discarded.size, dtype=np.float64)
-    np.divide(remaining_errors, remaining, out=fnmr, where=remaining > 0)
-    return EDCCurve(discarded / n, fnmr, threshold, float(fmr), n, imp.size)
+    return _curve_at(sorted_gen, discarded, fmr_threshold(imp, fmr), fmr, imp.size)
+
+
+def edc_curves(
+    genuine_scores: ArrayLike,
+    genuine_pair_quality: ArrayLike,
+    impostor_scores: ArrayLike,
+    fmrs: Sequence[float] = (1e-2, 1e-3, 1e-4),
+) -> dict[float, EDCCurve]:
+    """``edc_curve`` at several target FMRs, sharing one sort of each score set.
+
+    Each curve has its own threshold fixed once from all impostor scores (``fmr_thresholds``);
+    the genuine comparisons are sorted by pair quality once. The result equals separate
+    ``edc_curve`` calls, value for value.
+
+    Args:
+        genuine_scores: Similarity scores of the genuine comparisons, shape ``(n,)``.
+        genuine_pair_quality: Pair quality of each genuine comparison, shape ``(n,)``.
+        impostor_scores: Similarity scores of all impostor comparisons, shape ``(m,)``.
+        fmrs: Target FMRs, each in ``(0, 1)``.
+
+    Returns:
+        ``{fmr: curve}`` in the order of ``fmrs`` (keys are floats).
+
+    Raises:
+        ValueError: On invalid scores, an empty ``fmrs`` or an FMR outside ``(0, 1)``.
+    """
+    sorted_gen, discarded = _genuine_order(genuine_scores, genuine_pair_quality)
+    imp = _as_scores(impostor_scores, "impostor_scores")
+    thresholds = fmr_thresholds(imp, fmrs)
+    return {
+        fmr: _curve_at(sorted_gen, discarded, t, fmr, imp.size) for fmr, t in thresholds.items()
+    }
 
 
 def oracle_curve(

@@ -1,102 +1,336 @@
-"""Markdown/HTML tables of evaluation results (rows = methods, columns = benchmark x FR model)."""
+"""Markdown/HTML evaluation tables in the seed's eDifFIQA layout (DESIGN section 6).
+
+One table per FR model: rows = quality methods, columns = benchmarks plus ``mean`` (the mean
+over benchmarks), one section per discard limit and FMR. The best (lowest) value of each
+column among the quality methods is bold; the ``random`` and ``oracle`` baselines are shown
+last and never marked best. Markdown and HTML are rendered from the same ``Table`` cells.
+
+Results shape (``metrics/eval.json``, written by the evaluate stage)::
+
+    results[benchmark][fr_model][method] = {
+        "pauc@0.2": 0.83,          # normalised pAUC at the default FMR (lower is better)
+        "pauc_raw@0.2": 0.05,      # raw area; likewise "pauc@0.3", "pauc_raw@0.3"
+        "fnmr@0": 0.06, "threshold": 0.41, "n_genuine": 3000, "n_impostor": 3000,
+        "fmr": 0.001,              # optional: the default FMR the unsuffixed keys refer to
+        "same_model": True,        # optional: the method's training labels came from this
+                                   # FR model (cell marked with a dagger); absent = cross-model
+        "pauc@0.2/fmr=0.0001": 0.91,   # other FMRs: the same keys with "/fmr=<fmr:g>" appended
+        "pauc_raw@0.2/fmr=0.0001": 0.1, "fnmr@0/fmr=0.0001": 0.1, "threshold/fmr=0.0001": 0.5,
+    }
+
+Files with only the unsuffixed keys (one FMR) stay valid; ``metric_key`` builds the names.
+``write_comparison`` compares several runs' eval.json in the same layout: each method gets one
+row per run, ``"<method> (<run>)"``, grouped by method, so the runs of a sweep sit next to each
+other in every column and the ``mean`` column ranks them; best is marked across all runs.
+"""
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fiqa.atomic import write_text_atomic
 
+BASELINES = ("random", "oracle")
+DAGGER = "†"
+INTRO = (
+    "Normalised pAUC of the EDC (1.0 = no better than random quality, lower is better). "
+    "One table per FR model; **bold** = best per column among the quality methods "
+    "(the random and oracle baselines, shown last, are excluded); "
+    "`mean` = mean over the benchmarks (n/a values skipped, empty when a benchmark is missing)."
+)
+LEGEND = (
+    f"{DAGGER} same-model: the method was trained on labels produced with this FR model; "
+    "unmarked cells are cross-model."
+)
+_NUMBER = r"\d*\.?\d+(?:[eE][+-]?\d+)?"
+_PAUC_KEY = re.compile(rf"^pauc@(?P<limit>{_NUMBER})(?:/fmr=(?P<fmr>{_NUMBER}))?$")
 
-def _cells(
-    results: dict, metric: str
-) -> tuple[list[str], list[tuple[str, list[tuple[str, bool]]]]]:
-    """Header columns ("benchmark/fr") and, per method, (text, is_best) cells of ``metric``.
 
-    Best = the lowest non-oracle value of a column (the oracle is a bound, not a competitor).
+def metric_key(metric: str, fmr: float | None = None) -> str:
+    """Result key of ``metric`` (e.g. ``"pauc@0.2"``) at a non-default ``fmr``.
+
+    ``metric_key("pauc@0.2")`` -> ``"pauc@0.2"``; ``metric_key("pauc@0.2", 1e-4)`` ->
+    ``"pauc@0.2/fmr=0.0001"``.
     """
-    columns, table = [], {}
-    for bench, per_fr in results.items():
-        for fr, per_method in per_fr.items():
-            column = f"{bench}/{fr}"
-            columns.append(column)
-            for method, m in per_method.items():
-                table.setdefault(method, {})[column] = m[metric]
-    best = {
-        c: min(v[c] for name, v in table.items() if name != "oracle" and c in v) for c in columns
-    }
+    return metric if fmr is None else f"{metric}/fmr={fmr:g}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: its label, whether it is a baseline, and its (text, best) cells."""
+
+    label: str
+    baseline: bool
+    cells: list[tuple[str, bool]]
+
+
+@dataclass(frozen=True)
+class Table:
+    """The cells of one table (one FR model, one metric); rendered as markdown or HTML."""
+
+    fr_model: str
+    columns: list[str]
+    rows: list[Row]
+
+
+def _value(entry: dict | None, metric: str) -> float | None:
+    value = None if entry is None else entry.get(metric)
+    return None if value is None else float(value)
+
+
+def _text(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> Table:
+    """The table of ``metric`` for one FR model from one or more (run label, results) pairs.
+
+    A single source with an empty label gives one row per method. Best is decided on the
+    printed (4-decimal) value so that equal-looking cells are marked alike.
+    """
+    benchmarks: list[str] = []
+    methods: list[str] = []
+    for _, results in sources:
+        for bench, per_fr in results.items():
+            if fr_model in per_fr:
+                benchmarks += [bench] if bench not in benchmarks else []
+                methods += [m for m in per_fr[fr_model] if m not in methods]
+    methods = [m for m in methods if m not in BASELINES] + [m for m in BASELINES if m in methods]
+
+    raw: list[tuple[str, bool, list[float | None], list[bool]]] = []
+    for method in methods:
+        for run, results in sources:
+            entries = [results.get(b, {}).get(fr_model, {}).get(method) for b in benchmarks]
+            values = [_value(e, metric) for e in entries]
+            present = [v for v in values if v is not None]
+            if not present:  # no such method here, or not evaluated at this FMR
+                continue
+            finite = [v for v in present if not math.isnan(v)]
+            if len(present) < len(values):
+                mean = None
+            else:
+                mean = sum(finite) / len(finite) if finite else math.nan
+            same = [bool(e and e.get("same_model")) for e in entries] + [False]
+            label = f"{method} ({run})" if run else method
+            raw.append((label, method in BASELINES, [*values, mean], same))
+
+    n_cols = len(benchmarks) + 1
+    best = []
+    for col in range(n_cols):
+        candidates = [
+            round(vals[col], 4)
+            for _, base, vals, _ in raw
+            if not base and vals[col] is not None and not math.isnan(vals[col])
+        ]
+        best.append(min(candidates) if candidates else None)
     rows = []
-    for method, values in table.items():
+    for label, base, values, same in raw:
         cells = []
-        for c in columns:
-            v = values.get(c)
-            text = "" if v is None else f"{v:.4f}"
-            cells.append((text, v is not None and v == best[c] and method != "oracle"))
-        rows.append((method, cells))
-    return columns, rows
+        for col, value in enumerate(values):
+            text = _text(value) + (DAGGER if same[col] and value is not None else "")
+            is_best = (
+                not base
+                and value is not None
+                and not math.isnan(value)
+                and round(value, 4) == best[col]
+            )
+            cells.append((text, is_best))
+        rows.append(Row(label, base, cells))
+    return Table(fr_model, [*benchmarks, "mean"], rows)
 
 
-def eval_markdown(results: dict, metric: str) -> str:
-    """One markdown table of ``metric``; the best (lowest) non-oracle value per column in bold."""
-    columns, rows = _cells(results, metric)
-    lines = [f"| method | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
-    for method, cells in rows:
-        texts = [f"**{text}**" if bold else text for text, bold in cells]
-        lines.append(f"| {method} | {' | '.join(texts)} |")
+def _tables(sources: Sequence[tuple[str, dict]], metric: str) -> list[Table]:
+    """The non-empty tables of ``metric``, one per FR model in order of first appearance."""
+    fr_models: list[str] = []
+    for _, results in sources:
+        for per_fr in results.values():
+            fr_models += [fr for fr in per_fr if fr not in fr_models]
+    return [t for t in (_cells(sources, metric, fr) for fr in fr_models) if t.rows]
+
+
+def table_markdown(table: Table) -> str:
+    """A ``Table`` as a markdown table (best cells in bold)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        f"| method | {' | '.join(cell(c) for c in table.columns)} |",
+        "|---" * (len(table.columns) + 1) + "|",
+    ]
+    for row in table.rows:
+        texts = [f"**{text}**" if best else text for text, best in row.cells]
+        lines.append(f"| {cell(row.label)} | {' | '.join(texts)} |")
     return "\n".join(lines)
 
 
-def eval_html(results: dict, metric: str) -> str:
-    """The same table as ``eval_markdown``, as HTML."""
-    columns, rows = _cells(results, metric)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *columns])
+def table_html(table: Table) -> str:
+    """The same ``Table`` as HTML (best cells in ``<b>``)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *table.columns])
     body = "".join(
-        f"<tr><td>{html.escape(method)}</td>"
-        + "".join(f"<td>{'<b>' + text + '</b>' if bold else text}</td>" for text, bold in cells)
+        f"<tr><td>{html.escape(row.label)}</td>"
+        + "".join(
+            f"<td>{'<b>' + html.escape(t) + '</b>' if best else html.escape(t)}</td>"
+            for t, best in row.cells
+        )
         + "</tr>"
-        for method, cells in rows
+        for row in table.rows
     )
     return f"<table border='1' cellspacing='0' cellpadding='4'><tr>{head}</tr>{body}</table>"
 
 
-def write_eval_markdown(results: dict, path: Path, limits: list[float]) -> None:
-    """reports/eval.md: one table per discard limit (normalised pAUC; lower is better)."""
-    parts = ["# EDC evaluation", "", "Normalised pAUC (1.0 = random quality, lower is better)."]
-    for lim in limits:
-        parts += ["", f"## pAUC@{lim:g}", "", eval_markdown(results, f"pauc@{lim:g}")]
-    write_text_atomic(path, "\n".join(parts) + "\n")
+def eval_markdown(results: dict, metric: str) -> str:
+    """Markdown tables of ``metric``, one per FR model (``### <fr model>`` headings)."""
+    tables = _tables([("", results)], metric)
+    return "\n\n".join(f"### {t.fr_model}\n\n{table_markdown(t)}" for t in tables)
+
+
+def eval_html(results: dict, metric: str) -> str:
+    """The same tables as ``eval_markdown``, as HTML."""
+    tables = _tables([("", results)], metric)
+    return "".join(f"<h3>{html.escape(t.fr_model)}</h3>{table_html(t)}" for t in tables)
+
+
+def _sections(
+    sources: Sequence[tuple[str, dict]], limits: Sequence[float] | None
+) -> list[tuple[str, str]]:
+    """(heading, metric key) per FMR (default first, then descending) and discard limit."""
+    found: dict[str, set[str]] = {}  # fmr suffix ("" = default) -> limits present
+    default_fmrs: set[float] = set()
+    for _, results in sources:
+        for per_fr in results.values():
+            for per_method in per_fr.values():
+                for entry in per_method.values():
+                    default_fmrs |= {float(entry["fmr"])} if "fmr" in entry else set()
+                    for key in entry:
+                        if match := _PAUC_KEY.match(key):
+                            found.setdefault(match["fmr"] or "", set()).add(match["limit"])
+    default = f"FMR={default_fmrs.pop():g}" if len(default_fmrs) == 1 else "default FMR"
+    wanted = None if limits is None else [f"{lim:g}" for lim in limits]
+    if wanted is not None:
+        found.setdefault("", set())
+    sections = []
+    for suffix in sorted(found, key=lambda s: (s != "", -float(s or 0))):
+        for limit in wanted or sorted(found[suffix], key=float):
+            # Requested limits always get a default-FMR section; other FMRs only where present.
+            if limit in found[suffix] or suffix == "":
+                key = f"pauc@{limit}" + (f"/fmr={suffix}" if suffix else "")
+                label = f"FMR={suffix}" if suffix else default
+                sections.append((f"pAUC@{limit}, {label}", key))
+    return sections
+
+
+def _has_same_model(sources: Sequence[tuple[str, dict]]) -> bool:
+    return any(
+        entry.get("same_model")
+        for _, results in sources
+        for per_fr in results.values()
+        for per_method in per_fr.values()
+        for entry in per_method.values()
+    )
+
+
+def _inline_markdown_to_html(text: str) -> str:
+    """The two inline marks the notes use: ``**bold**`` and ```code```."""
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _documents(
+    sources: Sequence[tuple[str, dict]],
+    title: str,
+    limits: Sequence[float] | None,
+    figures: Sequence[str] = (),
+) -> tuple[str, str]:
+    """The markdown and HTML documents, built from the same tables."""
+    notes = [INTRO] + ([LEGEND] if _has_same_model(sources) else [])
+    md = [f"# {title}", "", *[line for note in notes for line in (note, "")]]
+    page = [
+        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        *[f"<p>{_inline_markdown_to_html(note)}</p>" for note in notes],
+    ]
+    for heading, metric in _sections(sources, limits):
+        md += [f"## {heading}", ""]
+        page.append(f"<h2>{html.escape(heading)}</h2>")
+        for table in _tables(sources, metric):
+            md += [f"### {table.fr_model}", "", table_markdown(table), ""]
+            page.append(f"<h3>{html.escape(table.fr_model)}</h3>{table_html(table)}")
+    if figures:
+        md += ["## EDC curves", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+        page.append("<h2>EDC curves</h2>")
+        page += [
+            f"<figure><img src='{html.escape(f)}' alt='{html.escape(Path(f).stem)}'>"
+            f"<figcaption>{html.escape(Path(f).stem)}</figcaption></figure>"
+            for f in figures
+        ]
+    page.append("</body></html>")
+    return "\n".join(md).rstrip("\n") + "\n", "\n".join(page) + "\n"
+
+
+def write_eval_report(
+    results: dict, out_stem: Path, limits: Sequence[float], figures: Sequence[str] = ()
+) -> tuple[Path, Path]:
+    """reports/eval.md and reports/eval.html: one section per limit and FMR, figures embedded.
+
+    Args:
+        results: The results dict (module docstring).
+        out_stem: Output path without suffix, e.g. ``reports/eval``.
+        limits: Discard limits to report (e.g. ``[0.2, 0.3]``).
+        figures: EDC figure paths relative to the report files (e.g. ``edc_lfw__sface.png``).
+
+    Returns:
+        The markdown and HTML paths.
+    """
+    md, page = _documents([("", results)], "EDC evaluation", limits, figures)
+    md_path, html_path = out_stem.with_suffix(".md"), out_stem.with_suffix(".html")
+    write_text_atomic(md_path, md)
+    write_text_atomic(html_path, page)
+    return md_path, html_path
+
+
+def write_eval_markdown(
+    results: dict, path: Path, limits: list[float], figures: Sequence[str] = ()
+) -> None:
+    """reports/eval.md only (``write_eval_report`` writes the HTML next to it as well)."""
+    write_text_atomic(path, _documents([("", results)], "EDC evaluation", limits, figures)[0])
 
 
 def write_comparison(eval_files: list[Path], out_stem: Path) -> tuple[Path, Path]:
-    """Compare several eval.json files: a markdown and an HTML table per metric."""
-    merged: dict = {}
+    """Compare several eval.json files: markdown and HTML, one row per method and run.
+
+    A file ``<run>/metrics/eval.json`` is labelled ``<run>``, any other file by its stem (the
+    full path when labels repeat); a single file gives plain method rows. Every pAUC key found
+    in any file gets a section.
+    """
+    loaded = []
     for path in eval_files:
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found")
-        # <run>/metrics/eval.json -> "<run>"; any other file -> its stem
+            raise FileNotFoundError(f"{path} not found (give metrics/eval.json files)")
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
         resolved = path.resolve()
         run = resolved.parent.parent.name if resolved.parent.name == "metrics" else path.stem
-        for bench, per_fr in json.loads(path.read_text()).items():
-            for fr, per_method in per_fr.items():
-                merged.setdefault(f"{run}:{bench}", {})[fr] = per_method
-    metrics = sorted(
-        {
-            k
-            for b in merged.values()
-            for f in b.values()
-            for m in f.values()
-            for k in m
-            if k.startswith("pauc@")
-        }
-    )
-    md_parts = ["# fiqa evaluation comparison", ""]
-    html_parts = ["<html><head><meta charset='utf-8'><title>fiqa comparison</title></head><body>"]
-    for metric in metrics:
-        md_parts += [f"## {metric}", "", eval_markdown(merged, metric), ""]
-        html_parts.append(f"<h2>{html.escape(metric)}</h2>" + eval_html(merged, metric))
-    html_parts.append("</body></html>")
-    md, page = out_stem.with_suffix(".md"), out_stem.with_suffix(".html")
-    write_text_atomic(md, "\n".join(md_parts))
-    write_text_atomic(page, "\n".join(html_parts))
-    return md, page
+        loaded.append((run, path, results))
+    labels = [run for run, _, _ in loaded]
+    sources = [
+        (run if labels.count(run) == 1 else str(path), results) for run, path, results in loaded
+    ]
+    title = "fiqa evaluation comparison"
+    if len(sources) == 1:  # one run: plain method rows, the run named in the title
+        title, sources = f"{title}: {sources[0][0]}", [("", sources[0][1])]
+    md, page = _documents(sources, title, None)
+    md_path, html_path = out_stem.with_suffix(".md"), out_stem.with_suffix(".html")
+    write_text_atomic(md_path, md)
+    write_text_atomic(html_path, page)
+    return md_path, html_path

@@ -1,0 +1,229 @@
+"""Evaluation tables: one per FR model, methods x benchmarks + mean, best marked, baselines last."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fiqa.eval.report import (
+    eval_html,
+    eval_markdown,
+    metric_key,
+    write_comparison,
+    write_eval_markdown,
+    write_eval_report,
+)
+
+
+def entry(p2: float, p3: float, same_model: bool | None = None, **extra: float) -> dict:
+    out = {"pauc@0.2": p2, "pauc_raw@0.2": p2 / 10, "pauc@0.3": p3, "fnmr@0": 0.1, "fmr": 0.001}
+    return out | ({} if same_model is None else {"same_model": same_model}) | extra
+
+
+def results() -> dict:
+    """2 benchmarks x 2 FR models x 3 methods + baselines (listed first, shown last).
+
+    The methods were trained on labels from sface: same-model there, cross-model on arcface.
+    """
+    return {
+        "lfw": {
+            "sface": {
+                "oracle": entry(0.30, 0.25),
+                "random": entry(1.0, 1.0),
+                "model": entry(0.80, 0.75, True, **{"pauc@0.2/fmr=0.0001": 0.70}),
+                "serfiq": entry(0.90, 0.85, True),
+                "crfiqa": entry(0.85, 0.70, False),
+            },
+            "arcface": {
+                "oracle": entry(0.35, 0.30),
+                "random": entry(1.0, 1.0),
+                "model": entry(0.82, 0.78, False),
+                "serfiq": entry(0.82, 0.86, False),
+                "crfiqa": entry(0.95, 0.90, False),
+            },
+        },
+        "cfp_fp": {
+            "sface": {
+                "oracle": entry(0.40, 0.35),
+                "random": entry(1.0, 1.0),
+                "model": entry(0.90, 0.85, True, **{"pauc@0.2/fmr=0.0001": 0.80}),
+                "serfiq": entry(0.86, 0.84, True),
+                "crfiqa": entry(0.92, 0.91, False),
+            },
+            "arcface": {
+                "oracle": entry(0.45, 0.40),
+                "random": entry(1.0, 1.0),
+                "model": entry(0.84, 0.80, False),
+                "serfiq": entry(0.89, 0.87, False),
+                "crfiqa": entry(0.93, 0.91, False),
+            },
+        },
+    }
+
+
+# Means by hand: sface model (0.80 + 0.90) / 2 = 0.85, serfiq (0.90 + 0.86) / 2 = 0.88,
+# crfiqa (0.85 + 0.92) / 2 = 0.885; oracle 0.35 (never bold, though lowest).
+SFACE_PAUC_02 = """\
+| method | lfw | cfp_fp | mean |
+|---|---|---|---|
+| model | **0.8000†** | 0.9000† | **0.8500** |
+| serfiq | 0.9000† | **0.8600†** | 0.8800 |
+| crfiqa | 0.8500 | 0.9200 | 0.8850 |
+| random | 1.0000 | 1.0000 | 1.0000 |
+| oracle | 0.3000 | 0.4000 | 0.3500 |"""
+
+# arcface: model and serfiq tie on lfw (0.82): both bold; model mean 0.83, serfiq 0.855.
+ARCFACE_PAUC_02 = """\
+| method | lfw | cfp_fp | mean |
+|---|---|---|---|
+| model | **0.8200** | **0.8400** | **0.8300** |
+| serfiq | **0.8200** | 0.8900 | 0.8550 |
+| crfiqa | 0.9500 | 0.9300 | 0.9400 |
+| random | 1.0000 | 1.0000 | 1.0000 |
+| oracle | 0.3500 | 0.4500 | 0.4000 |"""
+
+# pAUC@0.3 on sface: crfiqa wins lfw (0.70), serfiq cfp_fp (0.84), and the model the mean:
+# (0.75 + 0.85) / 2 = 0.80 < crfiqa (0.70 + 0.91) / 2 = 0.805 < serfiq 0.845.
+SFACE_PAUC_03 = """\
+| method | lfw | cfp_fp | mean |
+|---|---|---|---|
+| model | 0.7500† | 0.8500† | **0.8000** |
+| serfiq | 0.8500† | **0.8400†** | 0.8450 |
+| crfiqa | **0.7000** | 0.9100 | 0.8050 |
+| random | 1.0000 | 1.0000 | 1.0000 |
+| oracle | 0.2500 | 0.3500 | 0.3000 |"""
+
+# Only the model was evaluated at FMR 1e-4 (sface): one row, mean (0.7 + 0.8) / 2.
+SFACE_PAUC_02_FMR_1E4 = """\
+| method | lfw | cfp_fp | mean |
+|---|---|---|---|
+| model | **0.7000†** | **0.8000†** | **0.7500** |"""
+
+
+def test_eval_markdown_tables_by_hand() -> None:
+    text = eval_markdown(results(), "pauc@0.2")
+    assert text == f"### sface\n\n{SFACE_PAUC_02}\n\n### arcface\n\n{ARCFACE_PAUC_02}"
+    assert eval_markdown(results(), "pauc@0.3").startswith(f"### sface\n\n{SFACE_PAUC_03}\n")
+
+
+def test_metric_key_for_several_fmrs() -> None:
+    assert metric_key("pauc@0.2") == "pauc@0.2"
+    assert metric_key("pauc@0.2", 1e-4) == "pauc@0.2/fmr=0.0001"
+    assert metric_key("fnmr@0", 0.01) == "fnmr@0/fmr=0.01"
+
+
+def test_write_eval_report_sections_legend_and_figures(tmp_path: Path) -> None:
+    figures = ["edc_lfw__sface.png", "edc_cfp_fp__sface.png"]
+    md_path, html_path = write_eval_report(results(), tmp_path / "eval", [0.2, 0.3], figures)
+    assert (md_path.name, html_path.name) == ("eval.md", "eval.html")
+    md = md_path.read_text(encoding="utf-8")
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## pAUC@0.2, FMR=0.001",
+        "## pAUC@0.3, FMR=0.001",
+        "## pAUC@0.2, FMR=0.0001",
+        "## EDC curves",
+    ]
+    assert f"### sface\n\n{SFACE_PAUC_02}\n\n### arcface\n\n{ARCFACE_PAUC_02}\n" in md
+    assert f"### sface\n\n{SFACE_PAUC_03}\n" in md
+    # The 1e-4 section has the sface table only (nothing was evaluated there on arcface).
+    fmr_section = md.split("## pAUC@0.2, FMR=0.0001")[1].split("## EDC curves")[0]
+    assert fmr_section == f"\n\n### sface\n\n{SFACE_PAUC_02_FMR_1E4}\n\n"
+    assert "† same-model: the method was trained on labels produced with this FR model" in md
+    assert "![edc_lfw__sface](edc_lfw__sface.png)" in md
+
+    page = html_path.read_text(encoding="utf-8")
+    assert page.count("<table") == 5
+    assert "<td>model</td><td><b>0.8000†</b></td><td>0.9000†</td><td><b>0.8500</b></td>" in page
+    assert "<td>oracle</td><td>0.3000</td><td>0.4000</td><td>0.3500</td>" in page
+    for number in ["0.8850", "0.8550", "0.9400", "0.8050", "0.7500"]:
+        assert number in page
+    for figure in figures:
+        assert f"<img src='{figure}'" in page
+    assert "<b>bold</b>" in page and "**" not in page
+    assert page == page.strip() + "\n" and page.startswith("<html>")
+
+
+def test_write_eval_markdown_keeps_its_signature(tmp_path: Path) -> None:
+    write_eval_markdown(results(), tmp_path / "eval.md", [0.3])
+    md = (tmp_path / "eval.md").read_text(encoding="utf-8")
+    assert "## pAUC@0.3, FMR=0.001" in md and "## pAUC@0.2, FMR=0.001" not in md
+    assert SFACE_PAUC_03 in md
+
+
+def test_eval_html_uses_the_same_cells() -> None:
+    page = eval_html(results(), "pauc@0.2")
+    assert page.startswith("<h3>sface</h3><table")
+    assert "<td>serfiq</td><td><b>0.8200</b></td><td>0.8900</td><td>0.8550</td>" in page
+
+
+def test_no_legend_without_same_model_and_nan_columns(tmp_path: Path) -> None:
+    # FNMR(0) = 0 on a benchmark makes its normalised pAUC NaN for every method: n/a, and the
+    # mean is taken over the other benchmarks.
+    data = {
+        "a": {"fr": {"m1": {"pauc@0.2": 0.5}, "m2": {"pauc@0.2": 0.6}}},
+        "b": {"fr": {"m1": {"pauc@0.2": math.nan}, "m2": {"pauc@0.2": math.nan}}},
+        "c": {"fr": {"m1": {"pauc@0.2": 0.9}}},  # m2 missing on c: no mean
+    }
+    assert eval_markdown(data, "pauc@0.2") == (
+        "### fr\n\n| method | a | b | c | mean |\n|---|---|---|---|---|\n"
+        "| m1 | **0.5000** | n/a | **0.9000** | **0.7000** |\n"
+        "| m2 | 0.6000 | n/a |  |  |"
+    )
+    md_path, html_path = write_eval_report(data, tmp_path / "eval", [0.2])
+    assert "†" not in md_path.read_text(encoding="utf-8")
+    assert "same-model" not in html_path.read_text(encoding="utf-8")
+    assert "## pAUC@0.2, default FMR" in md_path.read_text(encoding="utf-8")
+
+
+def test_comparison_of_two_runs(tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / "metrics" / "eval.json", tmp_path / "b" / "metrics" / "eval.json"
+    second = results()
+    second["lfw"]["sface"]["model"] |= {"pauc@0.2": 0.78}
+    second["cfp_fp"]["sface"]["model"] |= {"pauc@0.2": 0.84}
+    for path, data in [(a, results()), (b, second)]:
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(data))
+    md_path, html_path = write_comparison([a, b], tmp_path / "out" / "compare")
+    md = md_path.read_text(encoding="utf-8")
+    # Rows per method and run, grouped by method; best across both runs; baselines last.
+    # b's model: lfw 0.78, cfp_fp 0.84 (best), mean 0.81 (best).
+    expected = """\
+| method | lfw | cfp_fp | mean |
+|---|---|---|---|
+| model (a) | 0.8000† | 0.9000† | 0.8500 |
+| model (b) | **0.7800†** | **0.8400†** | **0.8100** |
+| serfiq (a) | 0.9000† | 0.8600† | 0.8800 |
+| serfiq (b) | 0.9000† | 0.8600† | 0.8800 |
+| crfiqa (a) | 0.8500 | 0.9200 | 0.8850 |
+| crfiqa (b) | 0.8500 | 0.9200 | 0.8850 |
+| random (a) | 1.0000 | 1.0000 | 1.0000 |
+| random (b) | 1.0000 | 1.0000 | 1.0000 |
+| oracle (a) | 0.3000 | 0.4000 | 0.3500 |
+| oracle (b) | 0.3000 | 0.4000 | 0.3500 |"""
+    assert md.startswith("# fiqa evaluation comparison\n")
+    assert f"## pAUC@0.2, FMR=0.001\n\n### sface\n\n{expected}\n" in md
+    assert "## pAUC@0.3, FMR=0.001" in md and "## pAUC@0.2, FMR=0.0001" in md
+    page = html_path.read_text(encoding="utf-8")
+    assert "<td>model (b)</td><td><b>0.7800†</b></td><td><b>0.8400†</b></td>" in page
+    assert "<td><b>0.8100</b></td>" in page
+
+
+def test_comparison_labels_and_errors(tmp_path: Path) -> None:
+    # Two files with the same run name are labelled by their paths.
+    one, two = tmp_path / "x" / "eval.json", tmp_path / "y" / "eval.json"
+    for path in (one, two):
+        path.parent.mkdir()
+        path.write_text(json.dumps({"lfw": {"sface": {"model": {"pauc@0.3": 0.5}}}}))
+    md_path, _ = write_comparison([one, two], tmp_path / "cmp")
+    md = md_path.read_text(encoding="utf-8")
+    assert f"| model ({one}) | **0.5000** | **0.5000** |" in md
+    with pytest.raises(FileNotFoundError, match=r"missing\.json not found"):
+        write_comparison([tmp_path / "missing.json"], tmp_path / "x2")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match=r"bad\.json is not valid JSON"):
+        write_comparison([bad], tmp_path / "x3")
