@@ -124,7 +124,7 @@ def test_scorer_ckpt_and_onnx_agree(trained: tuple[QualityRegressor, Path, Path]
     with torch.no_grad():
         direct = model(torch.from_numpy(faces).permute(0, 3, 1, 2).float()).numpy()
     np.testing.assert_allclose(from_ckpt, direct, rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match=r"uint8 \(N, 112, 112, 3\)"):
+    with pytest.raises(ValueError, match=r"faces are \(100, 112\), the model takes \(112, 112\)"):
         QualityScorer.from_path(onnx_path).score(faces[:, :100])
 
 
@@ -143,7 +143,7 @@ def test_score_files_records_failures(
     order.append(tmp_path / "missing.png")
 
     scorer = QualityScorer.from_path(onnx_path)
-    table = scorer.score_files(order, batch_size=2)
+    table = scorer.score_files(order, batch_size=2, mode="aligned")
     assert list(table.columns) == ["path", "quality", "failure"]
     assert table["path"].tolist() == [str(p) for p in order]
     failure = table["failure"].tolist()
@@ -162,3 +162,65 @@ def test_from_path_rejects_unknown_files(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"expected a \.ckpt or \.onnx"):
         QualityScorer.from_path(tmp_path / "model.pt")
+
+
+def test_raw_photos_are_detected_and_aligned_and_auto_keeps_aligned_faces(
+    trained: tuple[QualityRegressor, Path, Path], tmp_path: Path
+) -> None:
+    """A photo is detected and aligned; an already aligned face scores the same through auto
+    (taken as aligned: identical) and through forced raw (re-detected: nearly identical)."""
+    from skimage.data import astronaut
+
+    from fiqa.data.face_pipeline import FaceAligner
+
+    scorer = QualityScorer.from_path(trained[2])
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(photo)
+    face, _ = FaceAligner("arcface_112").align(0, {"path": str(photo)}, astronaut())
+    aligned = tmp_path / "aligned.png"
+    Image.fromarray(face).save(aligned)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((200, 160, 3), 90, np.uint8)).save(blank)
+
+    auto = scorer.score_files([photo, aligned, blank], mode="auto")
+    assert auto["failure"].tolist() == [None, None, "no_face"]
+    expected = scorer.score(face[None])[0]
+    assert auto["quality"][0] == pytest.approx(expected, abs=1e-6)  # the photo, aligned here
+    assert auto["quality"][1] == pytest.approx(expected, abs=1e-6)  # the face as given
+    raw = scorer.score_files([aligned], mode="raw")
+    assert raw["failure"][0] is None
+    assert raw["quality"][0] == pytest.approx(expected, abs=0.05)
+
+
+def test_score_prepared_and_external_onnx_input_conventions(
+    trained: tuple[QualityRegressor, Path, Path], tmp_path: Path
+) -> None:
+    """Scoring a prepared directory follows its manifest; a foreign ONNX graph that wants BGR
+    input in [-1, 1] scores like fiqa's own graph once its convention is given."""
+    from fiqa.data.prepared import write_prepared
+    from fiqa.train.export import INPUT_NAME, OUTPUT_NAME
+
+    model, _, onnx_path = trained
+    faces = random_faces(5, 4)
+    write_prepared(tmp_path / "prepared", faces, ["a", "a", "b", "b", "c"])
+    table = QualityScorer.from_path(onnx_path).score_prepared(tmp_path / "prepared", batch_size=2)
+    assert table["identity"].tolist() == ["a", "a", "b", "b", "c"]
+    np.testing.assert_allclose(table["quality"], QualityScorer.from_path(onnx_path).score(faces),
+                               atol=1e-6)  # fmt: skip
+
+    class Foreign(torch.nn.Module):  # BGR in [-1, 1] -> fiqa's RGB 0..255
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner((x.flip(1) * 127.5) + 127.5)
+
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(Foreign().eval(), (torch.rand(2, 3, 112, 112),), str(foreign),
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamo=False,
+                      dynamic_axes={INPUT_NAME: {0: "b"}})  # fmt: skip
+    options = {"colour": "BGR", "mean": 127.5, "std": 127.5}
+    scorer = QualityScorer.from_path(foreign, onnx_options=options)
+    assert (scorer.template, scorer.input_size) == ("arcface_112", (112, 112))
+    np.testing.assert_allclose(scorer.score(faces), table["quality"], atol=1e-4)

@@ -170,7 +170,10 @@ def test_magface_column_is_the_raw_embedding_norm(real_faces, caplog):
     from fiqa.fr import load_fr_model
 
     root, _ = real_faces
-    run_stage("label", config(root, "label=magface", "label.methods.magface.model={name: sface, weights: null}"))
+    run_stage(
+        "label",
+        config(root, "label=magface", "label.methods.magface.model={name: sface, weights: null}"),
+    )
     assert "is not a MagFace model" in caplog.text
     labels = pd.read_parquet(root / "data" / "labels" / "labels.parquet")
     faces = PreparedFaces(root / "data" / "prepared").faces(np.arange(5))

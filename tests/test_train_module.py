@@ -102,12 +102,17 @@ def test_spearman_and_pearson_hand_case() -> None:
         ("backbone", "vgg"),
         ("head", "deep"),
         ("loss", "huber"),
-        ("scheduler", "step"),
+        ("scheduler", "exponential"),
         ("freeze", "all"),
     ],
 )
 def test_unknown_names_list_choices(key: str, value: str) -> None:
-    with pytest.raises(ValueError, match=f"unknown {key} '{value}'; choose one of"):
+    message = (
+        "unknown FR model 'vgg'; known: "
+        if key == "backbone"
+        else f"unknown model.{key} '{value}'; choose one of"
+    )
+    with pytest.raises(ValueError, match=message):
         QualityRegressor(**{key: value})
 
 

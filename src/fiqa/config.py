@@ -191,10 +191,9 @@ class LabelConfig:
 
 
 @dataclass
-class RegressorConfig:
-    name: str = MISSING
-    backbone: str = MISSING
-    pretrained: bool = MISSING
+class RegressorHead:
+    """The regressor settings that do not name the backbone (also the second fit of distill)."""
+
     head: str = MISSING
     head_hidden: int = MISSING
     loss: str = MISSING
@@ -203,6 +202,48 @@ class RegressorConfig:
     weight_decay: float = MISSING
     scheduler: str = MISSING
     freeze: str = MISSING
+    unfreeze_at_epoch: int | None = MISSING
+    consistency_weight: float = MISSING
+
+
+@dataclass
+class RegressorConfig(RegressorHead):
+    name: str = MISSING
+    backbone: str = MISSING
+    pretrained: bool = MISSING
+    backbone_weights: str | None = MISSING
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NetConfig:
+    name: str = MISSING
+    weights: str | None = MISSING
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudentConfig(NetConfig):
+    pretrained: bool = MISSING
+
+
+@dataclass
+class DistillConfig:
+    name: str = MISSING
+    teacher: NetConfig = MISSING
+    teacher_class_weights: str | None = MISSING
+    teacher_head: str = MISSING
+    student: StudentConfig = MISSING
+    loss_weights: list[float] = MISSING
+    temperature: float = MISSING
+    scale: float = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    scheduler: str = MISSING
+    lr_step_epochs: int = MISSING
+    lr_gamma: float = MISSING
+    max_epochs: int = MISSING
+    regressor: RegressorHead = MISSING
 
 
 @dataclass
@@ -212,6 +253,9 @@ class TrainConfig:
     augment: bool = MISSING
     seed: int = MISSING
     onnx_max_abs_diff: float = MISSING
+    resume: bool = MISSING
+    early_stopping_patience: int | None = MISSING
+    val_edc: bool = MISSING
 
 
 @dataclass
@@ -232,14 +276,14 @@ class EvalConfig:
     pair_quality: str = MISSING
 
 
-SCHEMAS: dict[str, type] = {
+SCHEMAS: dict[str, type | dict[str, type]] = {
     "paths": PathsConfig,
     "data": DataConfig,
     "fr": FRConfig,
     "extract": ExtractConfig,
     "prepare": PrepareConfig,
     "label": LabelConfig,
-    "model": RegressorConfig,
+    "model": {"regressor": RegressorConfig, "distill": DistillConfig},  # by model.name
     "train": TrainConfig,
     "logger": LoggerConfig,
     "eval": EvalConfig,
@@ -270,6 +314,11 @@ def validate_config(cfg: DictConfig) -> None:
     for key, schema in SCHEMAS.items():
         if key not in cfg:
             raise ConfigError(f"config group {key!r} is missing")
+        if isinstance(schema, dict):  # one schema per option, chosen by the group's name
+            name = cfg[key].get("name")
+            if name not in schema:
+                raise ConfigError(f"{key}.name={name!r}; choose one of {', '.join(schema)}")
+            schema = schema[name]
         try:
             merged = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
         except OmegaConfBaseException as err:

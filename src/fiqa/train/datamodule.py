@@ -23,8 +23,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fiqa.data.align import retarget_faces
 from fiqa.data.prepared import PreparedFaces
-from fiqa.train.scoring import FACE_SIZE
+from fiqa.extract import FaceSource
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
@@ -91,12 +92,18 @@ class SeededShuffleSampler(Sampler[tuple[int, int]]):
 
 
 class LabelledFaces(Dataset):
-    """Rows of a labelled manifest -> {"image", "quality", "sample_id"} samples."""
+    """Rows of a labelled manifest -> {"image", "quality", "sample_id"} samples, re-warped from
+    the prepared template to the model's when ``retarget`` names both."""
 
     def __init__(
-        self, prepared: PreparedFaces, table: pd.DataFrame, transform: A.Compose | None
+        self,
+        prepared: PreparedFaces,
+        table: pd.DataFrame,
+        transform: A.Compose | None,
+        retarget: tuple[str, str] | None = None,
     ) -> None:
         self.prepared = prepared
+        self.retarget = retarget  # (prepared template, model template) when they differ
         self.shards = table["shard"].to_numpy()
         self.offsets = table["offset"].to_numpy(np.int64)
         self.nbytes = table["nbytes"].to_numpy(np.int64)
@@ -110,6 +117,8 @@ class LabelledFaces(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         index, aug_seed = key if isinstance(key, tuple) else (key, None)
         face = self.prepared.face_at(self.shards[index], self.offsets[index], self.nbytes[index])
+        if self.retarget is not None:
+            face = retarget_faces(face[None], *self.retarget)[0]
         if self.transform is not None:
             if aug_seed is not None:
                 seed_augmentation(self.transform, aug_seed)
@@ -165,6 +174,8 @@ class QualityDataModule(pl.LightningDataModule):
         label_column: Column of the labels table to regress.
         aug_shift_px: Largest augmentation shift in pixels.
         aug_scale: Largest augmentation relative zoom.
+        template: Alignment template the model takes (its backbone's); faces prepared on
+            another template are re-warped (``fiqa.data.align.retarget_faces``).
     """
 
     def __init__(
@@ -178,10 +189,13 @@ class QualityDataModule(pl.LightningDataModule):
         label_column: str = "quality",
         aug_shift_px: int = 4,
         aug_scale: float = 0.05,
+        template: str = "arcface_112",
     ) -> None:
         super().__init__()
         self.prepared_dir = Path(prepared_dir)
         self.labels_path = Path(labels_path)
+        self.template = template
+        self.retarget: tuple[str, str] | None = None
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -207,13 +221,8 @@ class QualityDataModule(pl.LightningDataModule):
         for split in SPLITS:
             if not (self.table["split"] == split).any():
                 raise ValueError(f"{self.prepared_dir}: no {split!r} rows in the manifest")
-        first = self.table.iloc[0]
-        shape = self.prepared.face_at(first["shard"], first["offset"], first["nbytes"]).shape
-        if tuple(shape) != (FACE_SIZE, FACE_SIZE, 3):
-            raise ValueError(
-                f"{self.prepared_dir}: faces are {shape}, the regressor expects "
-                f"({FACE_SIZE}, {FACE_SIZE}, 3) aligned faces"
-            )
+        source = FaceSource.from_prepared(self.prepared).template
+        self.retarget = (source, self.template) if source != self.template else None
         counts = self.table["split"].value_counts().to_dict()
         log.info("quality data: %s samples per split from %s", counts, self.prepared_dir)
 
@@ -243,12 +252,13 @@ class QualityDataModule(pl.LightningDataModule):
             if self.augment
             else None
         )
-        dataset = LabelledFaces(self.prepared, table, transform)
+        dataset = LabelledFaces(self.prepared, table, transform, self.retarget)
         return self._loader(dataset, SeededShuffleSampler(len(dataset), self.seed))
 
     def val_dataloader(self) -> DataLoader:
         """Validation split in manifest order, no augmentation."""
-        return self._loader(LabelledFaces(self.prepared, self._split("val"), None), None)
+        table = self._split("val")  # sets up the module first
+        return self._loader(LabelledFaces(self.prepared, table, None, self.retarget), None)
 
     def val_dataframe(self) -> pd.DataFrame:
         """Validation rows: sample_id, identity, path, shard, offset and ``label``."""

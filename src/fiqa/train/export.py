@@ -1,8 +1,10 @@
 """ONNX export of a trained ``QualityRegressor``, checked against torch before it is kept.
 
-The exported graph takes ``faces``: float32 ``(N, 3, 112, 112)`` RGB in 0..255 (aligned to
-the ArcFace template) and returns ``quality``: ``(N,)``, with a dynamic batch axis. The file
-is self-contained (weights inside, no external data) and written atomically.
+The exported graph takes ``faces``: float32 ``(N, 3, H, W)`` RGB in 0..255, aligned to the
+backbone's template (ArcFace 112x112 for most FR backbones), and returns ``quality``: ``(N,)``,
+with a dynamic batch axis. The metadata records the template and size (``fiqa.template``,
+``fiqa.input_size``) for ``fiqa score``. The file is self-contained (weights inside, no external
+data) and written atomically.
 """
 
 from __future__ import annotations
@@ -18,22 +20,21 @@ import torch
 
 from fiqa.atomic import atomic_path
 from fiqa.train.module import QualityRegressor
-from fiqa.train.scoring import FACE_SIZE
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "quality"
-FACE_SHAPE = (3, FACE_SIZE, FACE_SIZE)
-INPUT_FORMAT = "float32 (N, 3, 112, 112) RGB 0..255, aligned to the ArcFace 112x112 template"
+INPUT_FORMAT = "float32 (N, 3, H, W) RGB 0..255, aligned to fiqa.template, H, W = fiqa.input_size"
 
 
 class ExportMismatchError(RuntimeError):
     """The ONNX graph's outputs differ from the torch model's beyond the tolerance."""
 
 
-def _random_faces(batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (torch.rand(batch, *FACE_SHAPE, generator=generator) * 255.0).to(device)
+def _random_faces(model: QualityRegressor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    shape = (batch, 3, *model.input_size)
+    return (torch.rand(shape, generator=generator) * 255.0).to(model.device)
 
 
 def _write_graph(
@@ -74,6 +75,8 @@ def _add_metadata(tmp: Path, model: QualityRegressor) -> None:
     proto = onnx.load(str(tmp))
     for key, value in (
         ("fiqa.input", INPUT_FORMAT),
+        ("fiqa.template", model.template),
+        ("fiqa.input_size", json.dumps(list(model.input_size))),
         ("fiqa.hparams", json.dumps(dict(model.hparams), default=str, sort_keys=True)),
     ):
         entry = proto.metadata_props.add()
@@ -91,11 +94,10 @@ def compare_with_torch(
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for batch in batch_sizes:
-        faces = _random_faces(batch, generator, device)
+        faces = _random_faces(model, batch, generator)
         with torch.no_grad():
             expected = model(faces).float().cpu().numpy()
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: faces.cpu().numpy()})
@@ -136,7 +138,7 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        example = _random_faces(2, torch.Generator().manual_seed(seed + 1), model.device)
+        example = _random_faces(model, 2, torch.Generator().manual_seed(seed + 1))
         with atomic_path(target) as tmp:
             _write_graph(model, example, tmp, opset, dynamo)
             _add_metadata(tmp, model)

@@ -1,22 +1,28 @@
 """The quality regressor: an FR backbone (knowledge transfer) plus a small regression head.
 
 The LightningModule takes plain values only, so ``save_hyperparameters()`` and
-``QualityRegressor.load_from_checkpoint(path)`` work without Hydra. Backbones are looked up
-by name in ``BACKBONES`` (``build_backbone``); later backbones (iResNet, MobileFaceNet)
-register there.
+``QualityRegressor.load_from_checkpoint(path)`` work without Hydra. The backbone is any PyTorch
+model of the FR zoo (``fiqa.fr``: sface, iresnet18..200, mobilefacenet, adaface_ir*, ...; a
+distilled student is one of them with the student's weights file), initialised from its FR
+weights or from scratch.
+
+eDifFIQA's representation-consistency term ``0.5 * (1 - cos(backbone(x), FR(x)))`` keeps the
+backbone's embedding close to the original FR model's (``consistency_weight`` > 0); the original
+model is rebuilt from the registry for training only and is not part of the checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from fiqa.fr import FRModelInfo, load_fr_model
 from fiqa.train.metrics import mean_absolute_error, pearson, spearman
 
 log = logging.getLogger(__name__)
@@ -27,65 +33,87 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
     "smooth_l1": nn.SmoothL1Loss,
     "mse": nn.MSELoss,
 }
-SCHEDULERS = ("cosine", "none")
-# What stays fixed during training: nothing, the convolutional trunk (the backbone's `trunk`
-# attribute; its embedding layer still trains), or the whole backbone.
+SCHEDULERS = ("cosine", "step", "none")
+STEP_MILESTONES = (0.6, 0.85)  # "step": learning rates x0.1 at these fractions of the run
+# What stays fixed: nothing, the trunk (everything but the embedding layers of forward_head), or
+# the whole backbone.
 FREEZE = ("none", "trunk", "backbone")
 
 
-def _sface_backbone(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
-    """SFace (MobileNetV1-like trunk + 128-d embedding layer), optionally with FR weights."""
-    from fiqa.fr import load_fr_model
-    from fiqa.fr.sface import EMBEDDING_SIZE, SFaceNet
-
-    if not pretrained:
-        if weights is not None:
-            log.warning("backbone_weights=%s ignored because pretrained=False", weights)
-        return SFaceNet(dropout=0.0), EMBEDDING_SIZE
-    return load_fr_model({"name": "sface", "weights": weights}).net, EMBEDDING_SIZE
-
-
-BACKBONES: dict[str, Callable[[bool, str | None], tuple[nn.Module, int]]] = {
-    "sface": _sface_backbone,
-}
-
-
-def _check_choice(key: str, value: str, choices: Any) -> None:
+def check_choice(key: str, value: str, choices: Any) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {key} {value!r}; choose one of {sorted(choices)}")
+        raise ValueError(f"unknown model.{key} {value!r}; choose one of {sorted(choices)}")
 
 
 def build_backbone(
-    name: str, pretrained: bool = True, weights: str | None = None
-) -> tuple[nn.Module, int]:
-    """Build a registered backbone.
+    name: str,
+    pretrained: bool = True,
+    weights: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, FRModelInfo]:
+    """A PyTorch FR network of the zoo as a trainable backbone (quality model, student).
 
     Args:
-        name: Registry name (see ``BACKBONES``).
-        pretrained: Initialise from the FR model's weights (False: random init).
-        weights: Weights file; None uses the embedded/default weights of that FR model.
+        name: FR registry name.
+        pretrained: Load the FR weights (False: random initialisation).
+        weights: Weights file; None = the model's bundled weights (sface only).
+        options: Architecture options (e.g. MobileFaceNet ``blocks``).
 
     Returns:
-        The module (float NCHW RGB 0..255 -> (N, out_dim)) and ``out_dim``.
+        The network (float NCHW RGB 0..255 -> (N, D) raw embedding) and the model's info
+        (embedding size, input size, template).
     """
-    _check_choice("backbone", name, BACKBONES)
-    return BACKBONES[name](pretrained, weights)
+    config = {"name": name, "weights": weights, "options": dict(options or {})}
+    model = load_fr_model(config, pretrained=pretrained)
+    model.require_white_box(f"a trainable backbone ({name})")
+    return model.net, model.info
+
+
+def head_parameter_names(net: nn.Module, input_size: tuple[int, int]) -> set[str]:
+    """Names of the parameters ``net.forward_head`` uses (its embedding layers), found by which
+    parameters receive a gradient from the head on a dummy input: no per-architecture list."""
+    was_training = net.training
+    named = list(net.named_parameters())
+    flags = [p.requires_grad for _, p in named]
+    net.eval()
+    try:
+        with torch.no_grad():
+            features = net.forward_features(torch.zeros(2, 3, *input_size))
+        features.requires_grad_(True)
+        for _, p in named:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            out = net.forward_head(features).sum()
+            grads = torch.autograd.grad(out, [p for _, p in named], allow_unused=True)
+    finally:
+        for (_, p), flag in zip(named, flags, strict=True):
+            p.requires_grad_(flag)
+        net.train(was_training)
+    return {n for (n, _), g in zip(named, grads, strict=True) if g is not None}
+
+
+def plain_container(value: Any) -> Any:
+    """Hydra/OmegaConf containers -> plain dicts and lists, so hyper-parameters saved in a
+    checkpoint load without omegaconf."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_container(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
+        return [plain_container(v) for v in value]
+    return value
 
 
 def build_head(name: str, in_dim: int, hidden: int) -> nn.Module:
     """Regression head ``in_dim -> 1``: "linear", or "mlp" (in -> hidden -> 1, GELU)."""
-    _check_choice("head", name, HEADS)
+    check_choice("head", name, HEADS)
     if name == "linear":
         return nn.Linear(in_dim, 1)
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
 
-def _param_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(params: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on weight matrices/kernels only, none on biases, norms, PReLU."""
-    decay, no_decay = [], []
-    for param in module.parameters():
-        if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
+    decay = [p for p in params if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
     groups = [
         {"params": decay, "lr": lr, "weight_decay": weight_decay},
         {"params": no_decay, "lr": lr, "weight_decay": 0.0},
@@ -97,20 +125,24 @@ class QualityRegressor(pl.LightningModule):
     """Face image quality regressor: ``forward(faces) -> (N,)`` quality, higher = better.
 
     Args:
-        backbone: Backbone registry name.
+        backbone: FR registry name of a PyTorch model (see ``fiqa.fr``).
         pretrained: Initialise the backbone from the FR weights (False: from scratch).
-        backbone_weights: FR weights file; None = the embedded default.
+        backbone_weights: FR weights file (or a distilled student's); None = the bundled
+            default (sface).
+        backbone_options: Architecture options of the backbone (e.g. a student's ``blocks``).
         head: "linear" or "mlp".
-        head_hidden: Hidden width of the MLP head.
+        head_hidden: Hidden width of the MLP head (eDifFIQA: 1024).
         loss: "l1", "smooth_l1" or "mse".
         lr: Learning rate of the head.
         backbone_lr: Learning rate of the backbone.
         weight_decay: AdamW weight decay (weight matrices only).
-        scheduler: "cosine" (per step, over the whole fit) or "none".
-        freeze: "none", "trunk" (the backbone's convolutional trunk is fixed, its embedding layer
-            trains: no backward pass through the convolutions, affordable on a CPU) or
-            "backbone" (only the head trains). Frozen parts get no gradients and keep their
-            BatchNorm statistics (eval mode).
+        scheduler: "cosine" (per step over the run), "step" (x0.1 at 60% and 85%) or "none".
+        freeze: "none", "trunk" (everything but the backbone's embedding layers is fixed: no
+            backward pass through the convolutions, affordable on a CPU) or "backbone" (only the
+            head trains). Frozen parts get no gradients and keep their BatchNorm statistics.
+        unfreeze_at_epoch: With ``freeze`` != "none": the epoch at which the frozen part joins
+            training at ``backbone_lr`` (``fiqa.train.callbacks.UnfreezeBackbone``); None = never.
+        consistency_weight: Weight of eDifFIQA's representation-consistency term (0 = off).
     """
 
     def __init__(
@@ -118,6 +150,7 @@ class QualityRegressor(pl.LightningModule):
         backbone: str = "sface",
         pretrained: bool = True,
         backbone_weights: str | None = None,
+        backbone_options: dict[str, Any] | None = None,
         head: str = "mlp",
         head_hidden: int = 1024,
         loss: str = "l1",
@@ -126,51 +159,93 @@ class QualityRegressor(pl.LightningModule):
         weight_decay: float = 1e-4,
         scheduler: str = "cosine",
         freeze: str = "none",
+        unfreeze_at_epoch: int | None = None,
+        consistency_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        # Fail on a bad name before the (slow) backbone is built.
-        _check_choice("backbone", backbone, BACKBONES)
-        _check_choice("head", head, HEADS)
-        _check_choice("loss", loss, LOSSES)
-        _check_choice("scheduler", scheduler, SCHEDULERS)
-        _check_choice("freeze", freeze, FREEZE)
+        for key, value, choices in (("head", head, HEADS), ("loss", loss, LOSSES),
+                                    ("scheduler", scheduler, SCHEDULERS),
+                                    ("freeze", freeze, FREEZE)):  # fmt: skip
+            check_choice(key, value, choices)
+        if consistency_weight < 0:
+            raise ValueError(f"model.consistency_weight must be >= 0, got {consistency_weight}")
+        backbone_options = plain_container(backbone_options)  # stored as plain values
         self.save_hyperparameters()
-        self.backbone, embed_dim = build_backbone(backbone, pretrained, backbone_weights)
-        self.head = build_head(head, embed_dim, head_hidden)
+        self.backbone, self.backbone_info = build_backbone(
+            backbone, pretrained, backbone_weights, backbone_options
+        )
+        self.head = build_head(head, self.backbone_info.embedding_size, head_hidden)
         self.loss_fn = LOSSES[loss]()
-        frozen = self._frozen_part()
-        if frozen is not None:
-            frozen.requires_grad_(False)
+        self._frozen_names = self._names_to_freeze()
+        for param in self.frozen_parameters():
+            param.requires_grad_(False)
         # FR loaders return eval-mode nets and Lightning keeps each module's mode at fit start.
         self.train()
-        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._fr_reference: tuple[nn.Module, ...] = ()  # the consistency term's FR model
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Face ``(height, width)`` the backbone takes (its FR model's)."""
+        return self.backbone_info.input_size
+
+    @property
+    def template(self) -> str:
+        """Alignment template of the backbone's FR model."""
+        return self.backbone_info.template
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        """Quality of float (N, 3, 112, 112) RGB faces in 0..255; returns (N,)."""
+        """Quality of float (N, 3, H, W) RGB faces in 0..255; returns (N,)."""
         return self.head(self.backbone(faces)).squeeze(-1)
 
+    def _names_to_freeze(self) -> set[str]:
+        names = {n for n, _ in self.backbone.named_parameters()}
+        if self.hparams.freeze == "backbone":
+            return names
+        if self.hparams.freeze == "trunk":
+            return names - head_parameter_names(self.backbone, self.input_size)
+        return set()
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The backbone parameters ``freeze`` keeps fixed (empty for "none")."""
+        return [p for n, p in self.backbone.named_parameters() if n in self._frozen_names]
+
     def train(self, mode: bool = True) -> QualityRegressor:
-        """Switch train/eval mode; a frozen backbone always stays in eval mode."""
+        """Switch train/eval mode; modules whose parameters are all frozen stay in eval mode
+        (their BatchNorm statistics do not drift)."""
         super().train(mode)
-        frozen = self._frozen_part()
-        if frozen is not None:
-            frozen.eval()
+        for module in self.backbone.modules():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
         return self
 
-    def _frozen_part(self) -> nn.Module | None:
-        """The module that ``freeze`` keeps fixed (None when everything trains)."""
-        if self.hparams.freeze == "backbone":
-            return self.backbone
-        if self.hparams.freeze == "trunk":
-            if not hasattr(self.backbone, "trunk"):
-                raise ValueError(f"backbone {self.hparams.backbone!r} has no `trunk` to freeze")
-            return self.backbone.trunk
-        return None
+    def setup(self, stage: str) -> None:
+        """Build the original FR model for the consistency term (training only)."""
+        if stage == "fit" and self.hparams.consistency_weight > 0 and not self._fr_reference:
+            hp = self.hparams
+            fr = load_fr_model(
+                {
+                    "name": hp.backbone,
+                    "weights": hp.backbone_weights,
+                    "options": hp.backbone_options,
+                }
+            )
+            fr.net.requires_grad_(False)
+            self._fr_reference = (fr.net.to(self.device).eval(),)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One optimisation step on a batch {"image", "quality", "sample_id"}."""
-        pred = self(batch["image"])
+        embedding = self.backbone(batch["image"])
+        pred = self.head(embedding).squeeze(-1)
         loss = self.loss_fn(pred, batch["quality"])
+        self.log("train/quality_loss", loss, on_step=True, on_epoch=False, batch_size=len(pred))
+        if self._fr_reference:
+            (reference,) = self._fr_reference
+            with torch.no_grad():
+                target = reference.to(embedding.device)(batch["image"])
+            consistency = 0.5 * (1 - F.cosine_similarity(embedding, target, dim=1)).mean()
+            self.log("train/consistency", consistency, on_step=True, batch_size=len(pred))
+            loss = loss + self.hparams.consistency_weight * consistency
         if not torch.isfinite(loss):
             ids = batch["sample_id"][:8].tolist()
             raise FloatingPointError(
@@ -183,14 +258,13 @@ class QualityRegressor(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         """Start a fresh collection of validation predictions."""
-        self._val_outputs = []
+        self._val_outputs: list[tuple[torch.Tensor, ...]] = []
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Collect predictions; metrics are computed over the whole epoch."""
-        pred = self(batch["image"])
-        self._val_outputs.append(
-            (pred.detach().float(), batch["quality"].float(), batch["sample_id"].long())
-        )
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        """Collect predictions (metrics over the whole epoch); returned for callbacks."""
+        pred = self(batch["image"]).detach().float()
+        self._val_outputs.append((pred, batch["quality"].float(), batch["sample_id"].long()))
+        return {"pred": pred, "sample_id": batch["sample_id"]}
 
     def on_validation_epoch_end(self) -> None:
         """Log val/loss, val/spearman, val/pearson and val/mae over all validation samples."""
@@ -201,8 +275,7 @@ class QualityRegressor(pl.LightningModule):
         if self.trainer.world_size > 1:
             # Every rank sees all samples; DistributedSampler padding duplicates are dropped.
             preds, target, ids = (self.all_gather(t).flatten() for t in (preds, target, ids))
-            _, first = np.unique(ids.cpu().numpy(), return_index=True)
-            keep = torch.as_tensor(first, device=preds.device)
+            keep = torch.as_tensor(_first_occurrences(ids), device=preds.device)
             preds, target = preds[keep], target[keep]
         metrics = {
             "val/loss": float(self.loss_fn(preds, target).item()),
@@ -217,19 +290,30 @@ class QualityRegressor(pl.LightningModule):
         return self(batch["image"])
 
     def configure_optimizers(self) -> Any:
-        """AdamW with separate head/backbone learning rates; optional per-step cosine decay."""
+        """AdamW with separate head/backbone learning rates; cosine or step decay per step."""
         hp = self.hparams
-        groups = _param_groups(self.head, hp.lr, hp.weight_decay)
-        if hp.freeze != "backbone":
-            groups += _param_groups(self.backbone, hp.backbone_lr, hp.weight_decay)
+        groups = param_groups(list(self.head.parameters()), hp.lr, hp.weight_decay)
+        groups += param_groups(list(self.backbone.parameters()), hp.backbone_lr, hp.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         if hp.scheduler == "none":
             return optimizer
         total = self.trainer.estimated_stepping_batches
-        if not np.isfinite(total):
+        if not 0 < total < float("inf"):
             raise ValueError(
-                "scheduler='cosine' needs a finite run length: set trainer max_epochs or "
-                "max_steps, or use model.scheduler=none"
+                f"model.scheduler={hp.scheduler} needs a finite run length: set trainer "
+                "max_epochs or max_steps, or use model.scheduler=none"
             )
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+        if hp.scheduler == "cosine":
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total))
+        else:
+            milestones = [max(1, int(f * total)) for f in STEP_MILESTONES]
+            schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _first_occurrences(ids: torch.Tensor) -> list[int]:
+    """Index of the first occurrence of each id (order of first appearance)."""
+    seen: dict[int, int] = {}
+    for index, value in enumerate(ids.tolist()):
+        seen.setdefault(value, index)
+    return sorted(seen.values())

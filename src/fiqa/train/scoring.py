@@ -1,58 +1,65 @@
-"""Score aligned faces with a trained quality model: a Lightning ``.ckpt`` or an ``.onnx`` file.
+"""Score faces with a quality model: a Lightning ``.ckpt``, fiqa's exported ``.onnx``, or any
+ONNX quality model (e.g. a published eDifFIQA graph) with its input convention as options.
 
-Inputs are aligned 112x112 RGB faces (ArcFace template). ``score_files`` streams files in
-batches and turns unreadable or wrongly sized files into failure rows instead of errors.
+A scorer knows the template and size its model takes. Aligned faces on another template are
+re-warped; raw photos are detected and aligned first (``mode="raw"``, or ``"auto"``: images of
+exactly the model's input size are taken as aligned). Files that cannot be read, have no face,
+or have the wrong size for aligned input become failure rows, never errors.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from fiqa.data.align import retarget_faces
+
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 112  # regressor input side: faces aligned to the ArcFace 112x112 template
-NOT_ALIGNED = "not_aligned_112x112"
+NOT_ALIGNED = "not_aligned"  # aligned mode: the image is not the model's input size
 SCORE_COLUMNS = ["path", "quality", "failure"]
+MODES = ("auto", "aligned", "raw")
+# Input convention of an external ONNX quality model (fiqa's own graphs record theirs).
+ONNX_DEFAULTS = {"template": "arcface_112", "colour": "RGB", "mean": 0.0, "std": 1.0}
 
-
-def check_faces(faces: np.ndarray) -> np.ndarray:
-    """Validate uint8 ``(N, 112, 112, 3)`` RGB faces; returns them as a contiguous array."""
-    faces = np.asarray(faces)
-    if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE, 3):
-        raise ValueError(
-            f"expected uint8 (N, {FACE_SIZE}, {FACE_SIZE}, 3) RGB faces aligned to the ArcFace "
-            f"template, got {faces.dtype} {faces.shape}"
-        )
-    return np.ascontiguousarray(faces)
+Predict = Callable[[np.ndarray], np.ndarray]
 
 
 class QualityScorer:
     """Batched quality inference with one backend function.
 
     Args:
-        predict: Maps uint8 ``(n, 112, 112, 3)`` RGB faces to float32 ``(n,)`` quality.
+        predict: Maps uint8 ``(n, H, W, 3)`` RGB faces to float32 ``(n,)`` quality.
         source: Description of the model (for logs and errors).
+        template: Alignment template the model takes.
+        input_size: ``(H, W)`` of its faces.
     """
 
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], source: str) -> None:
+    def __init__(self, predict: Predict, source: str, template: str = "arcface_112",
+                 input_size: tuple[int, int] = (112, 112)) -> None:  # fmt: skip
         self._predict = predict
-        self.source = source
+        self.source, self.template, self.input_size = source, template, tuple(input_size)
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str], device: str = "cpu") -> QualityScorer:
-        """Load a Lightning checkpoint (``.ckpt``) or an exported ``.onnx`` model.
+    def from_path(cls, path: str | os.PathLike[str], device: str = "cpu",
+                  onnx_options: Mapping[str, Any] | None = None) -> QualityScorer:  # fmt: skip
+        """Load a Lightning checkpoint (``.ckpt``) or an ONNX quality model (``.onnx``).
 
         Args:
             path: Model file.
             device: Torch device for checkpoints; for ONNX, "cuda..." selects onnxruntime's
                 CUDA provider (must be available) and anything else the CPU provider.
+            onnx_options: For ONNX graphs not exported by fiqa: ``template``, ``colour``
+                (RGB | BGR), ``mean`` and ``std`` (input ``(x - mean) / std`` in 0..255 units);
+                the input size is read from the graph.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
@@ -62,96 +69,129 @@ class QualityScorer:
         if not path.is_file():
             raise FileNotFoundError(f"quality model {path} not found: run the train stage first")
         if path.suffix == ".ckpt":
-            return cls(_torch_predictor(path, device), f"{path} (torch, {device})")
+            from fiqa.train.module import QualityRegressor
+
+            model = QualityRegressor.load_from_checkpoint(path, map_location=device,
+                                                          pretrained=False).eval()  # fmt: skip
+            return cls(_torch_predictor(model), f"{path} (torch, {device})", model.template,
+                       model.input_size)  # fmt: skip
         if path.suffix == ".onnx":
-            return cls(_onnx_predictor(path, device), f"{path} (onnxruntime, {device})")
+            predict, template, size = _onnx_predictor(path, device, onnx_options or {})
+            return cls(predict, f"{path} (onnxruntime, {device})", template, size)
         raise ValueError(f"{path}: unknown quality model format; expected a .ckpt or .onnx file")
 
-    def score(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def score(self, faces: np.ndarray, batch_size: int = 64,
+              template: str | None = None) -> np.ndarray:  # fmt: skip
         """Quality of aligned faces.
 
         Args:
-            faces: uint8 ``(N, 112, 112, 3)`` RGB faces.
+            faces: uint8 ``(N, h, w, 3)`` RGB faces aligned on ``template``.
             batch_size: Faces per forward pass.
+            template: Template of ``faces`` (None: the model's); others are re-warped.
 
         Returns:
             float32 ``(N,)`` quality, higher = better.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        faces = check_faces(faces)
+        faces = np.asarray(faces)
+        if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[3] != 3:
+            raise ValueError(
+                f"expected uint8 (N, H, W, 3) RGB faces, got {faces.dtype} {faces.shape}"
+            )
         out = np.empty(len(faces), np.float32)
         for start in range(0, len(faces), batch_size):
-            chunk = faces[start : start + batch_size]
-            out[start : start + len(chunk)] = self._predict(chunk)
+            chunk = retarget_faces(faces[start : start + batch_size],
+                                   template or self.template, self.template)  # fmt: skip
+            if chunk.shape[1:3] != self.input_size:
+                raise ValueError(
+                    f"{self.source}: faces are {chunk.shape[1:3]}, the model takes "
+                    f"{self.input_size} faces aligned on {self.template!r}"
+                )
+            out[start : start + len(chunk)] = self._predict(np.ascontiguousarray(chunk))
         return out
 
-    def score_files(
-        self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 64
-    ) -> pd.DataFrame:
-        """Score image files of aligned 112x112 faces, streaming ``batch_size`` at a time.
+    def score_files(self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 64,
+                    mode: str = "auto") -> pd.DataFrame:  # fmt: skip
+        """Score image files, streaming ``batch_size`` at a time.
 
         Args:
             paths: Image files, in output order.
             batch_size: Faces per forward pass (and most images held in memory).
+            mode: ``aligned`` (faces on the model's template), ``raw`` (detect with YuNet and
+                align first), ``auto`` (aligned when the image has the model's input size).
 
         Returns:
             DataFrame ``path, quality, failure``: ``failure`` is None for scored files, else
-            the read-failure reason or ``"not_aligned_112x112"`` (``quality`` is then NaN).
+            the reason (read failure, ``no_face``, ``not_aligned``); ``quality`` is then NaN.
         """
+        from fiqa.data.face_pipeline import FaceAligner
         from fiqa.data.images import ImageReadError, read_image
 
-        paths_out: list[str] = []
-        quality: list[float] = []
-        failures: list[str | None] = []
-        batch: list[np.ndarray] = []
-        batch_rows: list[int] = []
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        aligner = FaceAligner(self.template) if mode != "aligned" else None
+        rows: list[dict[str, Any]] = []
+        batch: list[tuple[int, np.ndarray]] = []
 
         def flush() -> None:
-            scores = self.score(np.stack(batch), batch_size)
-            for row, value in zip(batch_rows, scores, strict=True):
-                quality[row] = float(value)
+            scores = self.score(np.stack([face for _, face in batch]), batch_size)
+            for (row, _), value in zip(batch, scores, strict=True):
+                rows[row]["quality"] = float(value)
             batch.clear()
-            batch_rows.clear()
 
         for path in paths:
-            paths_out.append(str(path))
-            quality.append(float("nan"))
-            failures.append(None)
+            rows.append({"path": str(path), "quality": float("nan"), "failure": None})
             try:
-                image = read_image(path)
+                face, reason = self._face(read_image(path), str(path), mode, aligner)
             except ImageReadError as err:
-                failures[-1] = err.reason
-                log.debug("skipped %s: %s", path, err)
+                face, reason = None, err.reason
+            if face is None:
+                rows[-1]["failure"] = reason
                 continue
-            if image.shape != (FACE_SIZE, FACE_SIZE, 3):
-                failures[-1] = NOT_ALIGNED
-                continue
-            batch.append(image)
-            batch_rows.append(len(paths_out) - 1)
+            batch.append((len(rows) - 1, face))
             if len(batch) >= batch_size:
                 flush()
         if batch:
             flush()
-        n_failed = sum(f is not None for f in failures)
-        if n_failed:
-            log.warning("%d of %d files could not be scored", n_failed, len(paths_out))
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
-                "path": pd.Series(paths_out, dtype=object),
-                "quality": np.asarray(quality, np.float32),
-                "failure": pd.Series(failures, dtype=object),
+                "path": pd.Series([r["path"] for r in rows], dtype=object),
+                "quality": np.array([r["quality"] for r in rows], np.float32),
+                "failure": pd.Series([r["failure"] for r in rows], dtype=object),
             },
             columns=SCORE_COLUMNS,
         )
+        n_failed = int(table["failure"].notna().sum())
+        if n_failed:
+            log.warning("%d of %d files could not be scored", n_failed, len(table))
+        return table
+
+    def _face(self, image: np.ndarray, path: str, mode: str, aligner: Any):
+        """(aligned face or None, failure reason or None) of one decoded image."""
+        aligned = image.shape[:2] == self.input_size
+        if mode == "aligned" or (mode == "auto" and aligned):
+            return (image, None) if aligned else (None, NOT_ALIGNED)
+        face, result = aligner.align(0, {"path": path}, image)
+        return face, result.reason
+
+    def score_prepared(self, prepared_dir: str | os.PathLike[str],
+                       batch_size: int = 64) -> pd.DataFrame:  # fmt: skip
+        """Every face of a prepared directory: ``sample_id, path, identity, split, quality``."""
+        from fiqa.data.prepared import PreparedFaces
+        from fiqa.extract import FaceSource
+
+        prepared = PreparedFaces(prepared_dir)
+        template = FaceSource.from_prepared(prepared).template
+        quality = np.empty(len(prepared), np.float32)
+        for rows, faces in prepared.chunks(max(batch_size, 512)):
+            quality[rows] = self.score(faces, batch_size, template)
+        table = prepared.manifest[["sample_id", "path", "identity", "split"]].copy()
+        return table.assign(quality=quality)
 
 
-def _torch_predictor(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_predictor(model: torch.nn.Module) -> Predict:
     """Checkpoint backend; the FR weights are not re-read (the checkpoint holds them)."""
-    from fiqa.train.module import QualityRegressor
-
-    model = QualityRegressor.load_from_checkpoint(path, map_location=device, pretrained=False)
-    model.eval()
 
     @torch.inference_mode()
     def predict(faces: np.ndarray) -> np.ndarray:
@@ -162,11 +202,11 @@ def _torch_predictor(path: Path, device: str) -> Callable[[np.ndarray], np.ndarr
     return predict
 
 
-def _onnx_predictor(path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    """onnxruntime backend for a graph exported by ``fiqa.train.export.export_onnx``."""
+def _onnx_predictor(path: Path, device: str,
+                    options: Mapping[str, Any]) -> tuple[Predict, str, tuple[int, int]]:  # fmt: skip
+    """onnxruntime backend: fiqa's graphs carry their template in the metadata; other graphs
+    take ``options`` (ONNX_DEFAULTS) and their first input's (static) size."""
     import onnxruntime as ort
-
-    from fiqa.train.export import INPUT_NAME, OUTPUT_NAME
 
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
@@ -177,10 +217,27 @@ def _onnx_predictor(path: Path, device: str) -> Callable[[np.ndarray], np.ndarra
             )
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(path), providers=providers)
+    meta = session.get_modelmeta().custom_metadata_map
+    graph_input = session.get_inputs()[0]
+    if "fiqa.template" in meta:  # exported by fiqa.train.export: RGB 0..255 as is
+        opts = {**ONNX_DEFAULTS, "template": meta["fiqa.template"]}
+        size = tuple(json.loads(meta["fiqa.input_size"]))
+    else:
+        opts = {**ONNX_DEFAULTS, **dict(options)}
+        size = tuple(graph_input.shape[2:4])
+        if not all(isinstance(d, int) for d in size):
+            from fiqa.data.align import get_template
+
+            width, height = get_template(opts["template"]).size
+            size = (height, width)
+    output = session.get_outputs()[0].name
+    bgr = str(opts["colour"]).upper() == "BGR"
+    mean, std = float(opts["mean"]), float(opts["std"])
 
     def predict(faces: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32)
-        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        return np.asarray(out, np.float32).reshape(len(faces))
+        x = faces[..., ::-1] if bgr else faces
+        batch = (np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) - mean) / std
+        (out,) = session.run([output], {graph_input.name: batch})
+        return np.asarray(out, np.float32).reshape(len(faces), -1)[:, 0]
 
-    return predict
+    return predict, str(opts["template"]), (int(size[0]), int(size[1]))
