@@ -9,11 +9,12 @@ to ``pytorch_lightning.Trainer`` as is and validated there.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -269,9 +270,13 @@ class LoggerConfig:
 @dataclass
 class EvalConfig:
     benchmark: dict[str, Any] = MISSING  # format + its keys (conf/eval/benchmark/)
+    bin_root: str | None = MISSING  # eval=insightface: folder of the .bin files
+    benchmarks: list[dict[str, Any]] = MISSING  # more benchmarks of the matrix
     fr_models: list[Any] = MISSING  # registry names or {name, weights, options} mappings
     methods: list[str] = MISSING
+    quality_models: dict[str, Any] = MISSING  # name -> {path, template, colour, mean, std, ...}
     fmr: float = MISSING
+    extra_fmrs: list[float] = MISSING
     discard_limits: list[float] = MISSING
     pair_quality: str = MISSING
 
@@ -331,3 +336,13 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def plain_container(value: Any) -> Any:
+    """Hydra/OmegaConf containers -> plain dicts and lists, so hyper-parameters saved in a
+    checkpoint load without omegaconf."""
+    if isinstance(value, Mapping | DictConfig):
+        return {str(k): plain_container(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | ListConfig):
+        return [plain_container(v) for v in value]
+    return value

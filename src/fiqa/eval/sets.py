@@ -48,16 +48,30 @@ class EvalSet:
         return self.source.faces(self.rows[rows])
 
 
-def load_eval_set(cfg: DictConfig) -> EvalSet:
-    """The evaluation set of ``cfg.eval.benchmark``."""
-    spec = cfg.eval.benchmark
+def load_eval_sets(cfg: DictConfig) -> list[EvalSet]:
+    """The evaluation sets of ``eval.benchmark`` and ``eval.benchmarks``, in that order.
+
+    Raises:
+        ValueError: When two benchmarks get the same name (set ``name`` on one of them).
+    """
+    specs = [cfg.eval.benchmark, *cfg.eval.benchmarks]
+    sets = [load_eval_set(cfg, spec) for spec in specs]
+    names = [s.name for s in sets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"eval benchmarks named twice: {twice}; give them distinct `name`s")
+    return sets
+
+
+def load_eval_set(cfg: DictConfig, spec: DictConfig | None = None) -> EvalSet:
+    """The evaluation set of one benchmark spec (default ``cfg.eval.benchmark``)."""
+    spec = cfg.eval.benchmark if spec is None else spec
     if spec.format == "prepared":
-        return _prepared(cfg)
-    return _external(cfg)
+        return _prepared(cfg, spec)
+    return _external(cfg, spec)
 
 
-def _prepared(cfg: DictConfig) -> EvalSet:
-    spec = cfg.eval.benchmark
+def _prepared(cfg: DictConfig, spec: DictConfig) -> EvalSet:
     if spec.split not in SPLITS:
         raise ValueError(f"eval.benchmark.split={spec.split!r}; choose one of {', '.join(SPLITS)}")
     prepared = PreparedFaces(cfg.paths.prepared)
@@ -86,8 +100,8 @@ def _prepared(cfg: DictConfig) -> EvalSet:
     )
 
 
-def _external(cfg: DictConfig) -> EvalSet:
-    bench = load_benchmark(OmegaConf.to_container(cfg.eval.benchmark, resolve=True))
+def _external(cfg: DictConfig, spec: DictConfig) -> EvalSet:
+    bench = load_benchmark(OmegaConf.to_container(spec, resolve=True))
     p = cfg.prepare
     aligner = FaceAligner(
         p.template, p.face_selection, p.score_threshold, p.pad_ratio, pre_aligned=bench.aligned

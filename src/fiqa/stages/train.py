@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from torch import nn
 
 from fiqa.atomic import write_json_atomic, write_text_atomic
+from fiqa.config import plain_container
 from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import FaceSource, Request
 from fiqa.extract.configured import extract_outputs, fr_config
@@ -28,7 +29,7 @@ from fiqa.train.datamodule import QualityDataModule
 from fiqa.train.distill import DistillationModule
 from fiqa.train.distill_data import IdentityFacesDataModule
 from fiqa.train.export import export_onnx
-from fiqa.train.module import QualityRegressor, plain_container
+from fiqa.train.module import QualityRegressor
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,9 @@ from torch import nn
 from tqdm import tqdm
 
 from fiqa.atomic import atomic_path
+from fiqa.config import plain_container
 from fiqa.fr import load_fr_model
-from fiqa.train.module import build_backbone, check_choice, param_groups, plain_container
+from fiqa.train.module import build_backbone, check_choice, param_groups
 
 log = logging.getLogger(__name__)
 

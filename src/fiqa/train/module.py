@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fiqa.config import plain_container
 from fiqa.fr import FRModelInfo, load_fr_model
 from fiqa.train.metrics import mean_absolute_error, pearson, spearman
 
@@ -90,16 +91,6 @@ def head_parameter_names(net: nn.Module, input_size: tuple[int, int]) -> set[str
             p.requires_grad_(flag)
         net.train(was_training)
     return {n for (n, _), g in zip(named, grads, strict=True) if g is not None}
-
-
-def plain_container(value: Any) -> Any:
-    """Hydra/OmegaConf containers -> plain dicts and lists, so hyper-parameters saved in a
-    checkpoint load without omegaconf."""
-    if isinstance(value, Mapping):
-        return {str(k): plain_container(v) for k, v in value.items()}
-    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
-        return [plain_container(v) for v in value]
-    return value
 
 
 def build_head(name: str, in_dim: int, hidden: int) -> nn.Module:
