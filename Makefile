@@ -41,6 +41,9 @@ bench: setup  ## print the benchmark figures
 	$(RUN) python benchmarks/serfiq_cost.py
 	$(RUN) python benchmarks/embedding_pipeline.py
 	$(RUN) python benchmarks/label_scale.py
+	$(RUN) python benchmarks/eval_matrix.py
+	$(RUN) python benchmarks/train_throughput.py
+	$(RUN) python benchmarks/scoring_latency.py
 	$(RUN) python benchmarks/recordio_read.py
 	$(RUN) python benchmarks/prepare_throughput.py
 	$(RUN) python benchmarks/prepare_memory.py
