@@ -62,3 +62,31 @@ def test_experiment_labels_and_trains(demo_root: Path, experiment: str) -> None:
     assert "train/loss" in result and torch.isfinite(torch.tensor(result["train/loss"]))
     if cfg.model.name == "distill":
         assert (demo_root / "models" / "student.pth").is_file()
+
+
+@pytest.mark.slow
+def test_distillation_chain_writes_student_model_costs_and_one_wandb_run(
+    demo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """huo2022 end to end (short): distil, train the regressor on the student, export it, the
+    Table-1 costs, both fits logged into one offline W&B run."""
+    import json
+
+    wandb_dir = demo_root / "wandb-home"
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(wandb_dir))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_config(["experiment=huo2022", f"paths.root={demo_root}",
+                          f"data.root={demo_root / 'raw'}", "logger=wandb", "debug=limit",
+                          "train.batch_size=8", "label.methods.serfiq.passes=4"])  # fmt: skip
+    run_stage("label", cfg)
+    run_stage("train", cfg)
+    metrics = json.loads((demo_root / "metrics" / "train.json").read_text())
+    for role in ("teacher", "student", "quality_model"):
+        assert metrics[f"cost/{role}/params_m"] > 0
+    assert metrics["cost/student/params_m"] < metrics["cost/teacher/params_m"]
+    assert (demo_root / "models" / "quality.onnx").is_file()
+    cost = (demo_root / "models" / "cost.md").read_text()
+    assert "student (mobilefacenet)" in cost and "teacher (sface)" in cost
+    runs = list((demo_root / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs

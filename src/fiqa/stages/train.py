@@ -148,22 +148,29 @@ def _callbacks(cfg: DictConfig, model: QualityRegressor, datamodule: QualityData
     return best, callbacks
 
 
-def _cost_report(cfg: DictConfig, model: QualityRegressor, distilled: DistillationModule | None):
-    """Params and FLOPs of the FR teacher, the student and the quality model (seed 004, Table 1)."""
+def _cost_report(
+    cfg: DictConfig, model: QualityRegressor, distilled: DistillationModule | None
+) -> dict[str, float]:
+    """Params and FLOPs of the FR teacher, the student and the quality model (seed 004, Table 1):
+    models/cost.md, and ``cost/<role>/params_m`` / ``gflops`` metrics."""
     if distilled is not None:
         t, s = distilled.teacher_info, distilled.student_info
-        nets: dict[str, tuple[nn.Module, tuple[int, int]]] = {
-            f"teacher ({t.name})": (distilled.teacher, t.input_size),
-            f"student ({s.name})": (distilled.student, s.input_size),
+        nets: dict[str, tuple[str, nn.Module, tuple[int, int]]] = {
+            "teacher": (t.name, distilled.teacher, t.input_size),
+            "student": (s.name, distilled.student, s.input_size),
         }
     else:
         fr = load_fr_model(fr_config(cfg, cfg.label.fr_models[0]))
-        nets = {f"FR model of the labels ({fr.info.name})": (fr.net, fr.info.input_size)}
-    name = f"quality model ({model.hparams.backbone} + {model.hparams.head} head)"
-    nets[name] = (model, model.input_size)
-    rows = cost_table(nets)
+        nets = {"fr_model": (fr.info.name, fr.net, fr.info.input_size)}
+    head = f"{model.hparams.backbone} + {model.hparams.head} head"
+    nets["quality_model"] = (head, model, model.input_size)
+    rows = cost_table({f"{role} ({name})": (net, size) for role, (name, net, size) in nets.items()})
     write_text_atomic(Path(cfg.paths.models) / "cost.md", cost_markdown(rows))
-    return rows
+    metrics = {}
+    for role, row in zip(nets, rows, strict=True):
+        metrics[f"cost/{role}/params_m"] = float(row["params_m"])
+        metrics[f"cost/{role}/gflops"] = float(row["flops_g"])
+    return metrics
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -216,8 +223,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "train/global_step": float(trainer.global_step),
             "train/onnx_max_abs_diff": float(export["max_abs_diff"]),
             **{k: v for k, v in metrics.items() if k.startswith("val/")},
-            **{f"cost/{row['model']}/params_m": float(row["params_m"]) for row in costs},
-            **{f"cost/{row['model']}/gflops": float(row["flops_g"]) for row in costs},
+            **costs,
         }
         write_json_atomic(Path(cfg.paths.metrics) / "train.json", summary)
         if isinstance(logger, WandbLogger):
@@ -230,14 +236,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
             wandb.finish()
 
 
-def _log_wandb(logger: WandbLogger, summary: dict, costs: list[dict], model: QualityRegressor,
-               datamodule: QualityDataModule) -> None:  # fmt: skip
+def _log_wandb(logger: WandbLogger, summary: dict, costs: dict[str, float],
+               model: QualityRegressor, datamodule: QualityDataModule) -> None:  # fmt: skip
     """Summary, the model-cost table and a grid of validation faces: predicted vs label."""
     import torch
     import wandb
 
     logger.experiment.summary.update(summary)
-    logger.experiment.log({"train/cost": wandb.Table(dataframe=_frame(costs))})
+    roles = dict.fromkeys(key.split("/")[1] for key in costs)
+    table = [[r, costs[f"cost/{r}/params_m"], costs[f"cost/{r}/gflops"]] for r in roles]
+    logger.experiment.log({"train/cost": wandb.Table(["model", "params_m", "gflops"], table)})
     batch = next(iter(datamodule.val_dataloader()))
     with torch.no_grad():
         pred = model.eval()(batch["image"][:16]).numpy()
@@ -246,9 +254,3 @@ def _log_wandb(logger: WandbLogger, summary: dict, costs: list[dict], model: Qua
         f"pred {p:.3f} / label {q:.3f}" for p, q in zip(pred, batch["quality"], strict=False)
     ]
     logger.log_image("val/samples", list(faces), caption=captions)
-
-
-def _frame(rows: list[dict]):
-    import pandas as pd
-
-    return pd.DataFrame(rows)
