@@ -171,3 +171,8 @@ def test_exp_run_with_other_label_method_reruns_from_label(pipeline_repo):
         assert f"Running stage '{stage}'" in log
     labels = pd.read_parquet(repo / "data/labels/labels.parquet")
     assert labels["quality"].equals(labels["serfiq"])
+    # the local comparison of the DVC experiments: the baseline commit and the new experiment
+    sh(repo, "fiqa", "report", "--dvc", "--out", "reports/experiments", env=env)
+    text = (repo / "reports" / "experiments.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| model (")]
+    assert len(rows) >= 2, text[:2000]  # one model row per experiment with eval metrics

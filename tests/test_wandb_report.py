@@ -125,7 +125,7 @@ def test_cli_report_argument_errors(tmp_path: Path) -> None:
     env = offline_env(tmp_path)
     base = [sys.executable, "-m", "fiqa.cli.main", "report"]
     cases = [
-        ([], "give eval.json files, or --wandb ENTITY/PROJECT --group G"),
+        ([], "give eval.json files, --dvc, or --wandb ENTITY/PROJECT --group G"),
         (["--wandb", "team/proj"], "--wandb needs --group G"),
         (["--wandb", "team", "--group", "g"], "--wandb expects ENTITY/PROJECT"),
         (["--wandb", "team/proj", "--group", "g"], "--wandb needs eval.json files or --metric"),

@@ -2,7 +2,7 @@
 
 fiqa prepare|label|train|evaluate [hydra overrides...]   e.g. fiqa label label=serfiq trainer=cpu
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
-fiqa report metrics/eval.json [other/eval.json ...] --out reports/compare
+fiqa report metrics/eval.json [other/eval.json ...] --out reports/compare   (or --dvc, --wandb)
 fiqa demo-data --out data/raw
 """
 
@@ -91,6 +91,9 @@ def _report(argv: list[str]) -> int:
         "report and, with --wandb, in a W&B Report of a run group (needs `wandb login`).",
     )
     parser.add_argument("evals", nargs="*", help="eval.json files (one per run or experiment)")
+    parser.add_argument("--dvc", action="store_true",
+                        help="compare the workspace and every DVC experiment of this repository "
+                        "(dvc exp show) instead of files")  # fmt: skip
     parser.add_argument("--out", default="reports/compare", help="output stem (.md and .html)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also save a W&B Report there")
     parser.add_argument("--group", help="W&B run group to compare (the experiment name)")
@@ -102,8 +105,8 @@ def _report(argv: list[str]) -> int:
         "(repeatable; default: pauc@0.3 of every method in the given eval.json files)",
     )
     args = parser.parse_args(argv)
-    if not args.evals and not args.wandb:
-        parser.error("give eval.json files, or --wandb ENTITY/PROJECT --group G")
+    if not args.evals and not args.wandb and not args.dvc:
+        parser.error("give eval.json files, --dvc, or --wandb ENTITY/PROJECT --group G")
     if args.wandb and not args.group:
         parser.error("--wandb needs --group G (the W&B run group: the experiment name)")
 
@@ -116,6 +119,15 @@ def _report(argv: list[str]) -> int:
     if evals:
         md, html = write_comparison(evals, Path(args.out))
         log.info("wrote %s and %s", md, html)
+    if args.dvc:
+        from fiqa.eval.experiments import dvc_experiment_results
+        from fiqa.eval.report import write_comparison_of
+
+        sources = dvc_experiment_results()
+        if not sources:
+            parser.error("no DVC experiment with metrics/eval.json here (run dvc exp run first)")
+        md, html = write_comparison_of(sources, Path(args.out))
+        log.info("wrote %s and %s (%d experiments)", md, html, len(sources))
     if not args.wandb:
         return 0
 

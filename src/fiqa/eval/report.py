@@ -326,6 +326,11 @@ def write_comparison(eval_files: list[Path], out_stem: Path) -> tuple[Path, Path
     sources = [
         (run if labels.count(run) == 1 else str(path), results) for run, path, results in loaded
     ]
+    return write_comparison_of(sources, out_stem)
+
+
+def write_comparison_of(sources: list[tuple[str, dict]], out_stem: Path) -> tuple[Path, Path]:
+    """Markdown and HTML comparison of named results dicts (runs, DVC experiments)."""
     title = "fiqa evaluation comparison"
     if len(sources) == 1:  # one run: plain method rows, the run named in the title
         title, sources = f"{title}: {sources[0][0]}", [("", sources[0][1])]
