@@ -93,7 +93,7 @@ class AdaFaceIR(nn.Module):
         self.first_stage_units = ADAFACE_LAYERS[depth][0]
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(in_ch),
-            nn.Dropout(self.dropout_p),  # placeholder keeping upstream indices; see forward_head
+            nn.Dropout(self.dropout_p),  # keeps upstream's indices; forward_head applies dropout
             nn.Flatten(),
             nn.Linear(FEATURE_SIZE, EMBEDDING_SIZE),
             nn.BatchNorm1d(EMBEDDING_SIZE, affine=False),
