@@ -32,8 +32,7 @@ from fiqa.atomic import atomic_path
 from fiqa.config import plain_container
 from fiqa.eval.sets import EvalSet
 from fiqa.extract import Request
-from fiqa.extract.configured import extract_outputs, fr_entries
-from fiqa.fr import load_fr_model
+from fiqa.extract.configured import FRModels, extract_outputs, fr_entries
 from fiqa.label.methods import METHODS, extraction_request
 from fiqa.provenance import file_sha256
 
@@ -51,8 +50,8 @@ class MethodQuality:
     fr_models: frozenset[str]  # FR models the scores come from (empty: none)
 
 
-def method_qualities(cfg: DictConfig, data: EvalSet) -> dict[str, MethodQuality]:
-    """Every method of ``eval.methods`` available on ``data``.
+def method_qualities(cfg: DictConfig, data: EvalSet, models: FRModels) -> dict[str, MethodQuality]:
+    """Every method of ``eval.methods`` available on ``data`` (FR models from ``models``).
 
     Raises:
         ValueError: For an unknown method name or a missing quality-model file.
@@ -61,7 +60,7 @@ def method_qualities(cfg: DictConfig, data: EvalSet) -> dict[str, MethodQuality]
     extra = dict(cfg.eval.quality_models or {})
     out: dict[str, MethodQuality] = {}
     direct = [m for m in cfg.eval.methods if m in DIRECT and m not in data.label_qualities]
-    computed = _direct_qualities(cfg, data, direct) if direct else {}
+    computed = _direct_qualities(cfg, data, direct, models) if direct else {}
     for method in cfg.eval.methods:
         base, _, model = str(method).partition("@")
         if method == "model":
@@ -86,7 +85,7 @@ def method_qualities(cfg: DictConfig, data: EvalSet) -> dict[str, MethodQuality]
 
 
 def _direct_qualities(
-    cfg: DictConfig, data: EvalSet, methods: list[str]
+    cfg: DictConfig, data: EvalSet, methods: list[str], models: FRModels
 ) -> dict[str, MethodQuality]:
     """SER-FIQ / FaceQAN over the PyTorch models of ``label.fr_models`` (averaged), MagFace with
     its own model, from the extraction cache of these faces."""
@@ -97,7 +96,7 @@ def _direct_qualities(
         scores: dict[str, list[np.ndarray]] = {m: [] for m in per_face}
         used: set[str] = set()
         for name, fr in fr_entries(cfg, cfg.label.fr_models, "label.fr_models").items():
-            model = load_fr_model(fr)
+            model = models.get(fr)
             if not model.info.white_box:
                 continue
             outputs = extract_outputs(cfg, model, fr, data.source, request)
@@ -112,7 +111,7 @@ def _direct_qualities(
         if fr is None:
             log.warning("eval.methods: magface needs label.methods.magface.model; skipped")
         else:
-            norms = extract_outputs(cfg, load_fr_model(fr), fr, data.source, Request(norm=True))
+            norms = extract_outputs(cfg, models.get(fr), fr, data.source, Request(norm=True))
             out["magface"] = MethodQuality(np.asarray(norms["norm"][data.rows], np.float64),
                                            frozenset([str(fr["name"])]))  # fmt: skip
     return out

@@ -3,16 +3,17 @@ run's cache, batch and Trainer settings: the one place stages turn config into `
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from fiqa.config import ConfigError
+from fiqa.config import ConfigError, plain_container
 from fiqa.extract.cache import FaceSource, Request
 from fiqa.extract.predict import extract
-from fiqa.fr import FRModel
+from fiqa.fr import FRModel, load_fr_model
 
 
 def fr_config(cfg: DictConfig, entry: str | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -39,6 +40,21 @@ def fr_entries(
     if duplicates:
         raise ConfigError(f"{key}: FR models listed twice: {duplicates}")
     return dict(zip(names, configs, strict=True))
+
+
+class FRModels:
+    """The FR models of one stage run, each loaded once (keyed by its whole config: name,
+    weights, options), however many benchmarks or methods use it."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, FRModel] = {}
+
+    def get(self, fr: Mapping[str, Any]) -> FRModel:
+        """The loaded model of an FR config mapping (``fr_config`` / ``fr_entries`` values)."""
+        key = json.dumps(plain_container(fr), sort_keys=True, default=str)
+        if key not in self._loaded:
+            self._loaded[key] = load_fr_model(fr)
+        return self._loaded[key]
 
 
 def extract_outputs(

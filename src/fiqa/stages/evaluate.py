@@ -26,8 +26,7 @@ from fiqa.eval.qualities import MethodQuality, method_qualities
 from fiqa.eval.report import metric_key, write_eval_report
 from fiqa.eval.sets import EvalSet, load_eval_sets
 from fiqa.extract import Request
-from fiqa.extract.configured import extract_outputs, fr_entries
-from fiqa.fr import load_fr_model
+from fiqa.extract.configured import FRModels, extract_outputs, fr_entries
 from fiqa.stages import StageError
 from fiqa.tracking import stage_run
 
@@ -36,9 +35,9 @@ log = logging.getLogger(__name__)
 FIGURE_FORMATS = ("png", "svg")
 
 
-def _embeddings(cfg: DictConfig, data: EvalSet, fr) -> np.ndarray:
+def _embeddings(cfg: DictConfig, data: EvalSet, fr, models: FRModels) -> np.ndarray:
     """Unit float32 embeddings of ``data``'s faces by one FR model (from the extraction cache)."""
-    out = extract_outputs(cfg, load_fr_model(fr), fr, data.source, Request())
+    out = extract_outputs(cfg, models.get(fr), fr, data.source, Request())
     emb = np.asarray(out["embedding"][data.rows], dtype=np.float32)  # float16 in the cache
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
@@ -89,6 +88,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     except (FileNotFoundError, ValueError) as err:
         raise StageError(f"evaluate: {err}") from err
     frs = fr_entries(cfg, e.fr_models, "eval.fr_models")
+    models = FRModels()  # each FR model loaded once for all benchmarks
     results: dict = {}
     summary: dict[str, float] = {}
     figures: list[str] = []
@@ -99,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 raise StageError(f"{data.name}: needs genuine and impostor pairs, got "
                                  f"{len(data.pairs)} pairs")  # fmt: skip
             try:
-                qualities = method_qualities(cfg, data)
+                qualities = method_qualities(cfg, data, models)
             except ValueError as err:
                 raise StageError(f"evaluate on {data.name}: {err}") from err
             if not qualities:
@@ -107,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             summary[f"eval/{data.name}/dropped_images"] = float(data.n_dropped)
             results[data.name] = {}
             for fr_name, fr in frs.items():
-                scores = pair_scores(_embeddings(cfg, data, fr), data.pairs)
+                scores = pair_scores(_embeddings(cfg, data, fr, models), data.pairs)
                 curves = _cell_curves(qualities, data, scores, fmrs, e.pair_quality)
                 cell = {}
                 for method, per_fmr in curves.items():

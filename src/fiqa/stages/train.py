@@ -18,8 +18,7 @@ from fiqa.atomic import write_json_atomic, write_text_atomic
 from fiqa.config import plain_container
 from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import FaceSource, Request
-from fiqa.extract.configured import extract_outputs, fr_config
-from fiqa.fr import load_fr_model
+from fiqa.extract.configured import FRModels, extract_outputs, fr_config
 from fiqa.stages import StageError
 from fiqa.stages.label import LABELS
 from fiqa.tracking import wandb_init_kwargs, wandb_mode
@@ -103,7 +102,9 @@ def distill(cfg: DictConfig, logger: Logger | bool) -> tuple[dict[str, Any], Dis
     return backbone, module
 
 
-def _validation_edc(cfg: DictConfig, datamodule: QualityDataModule) -> ValidationEDC | None:
+def _validation_edc(
+    cfg: DictConfig, datamodule: QualityDataModule, models: FRModels
+) -> ValidationEDC | None:
     """val/pauc@0.2 with the first label FR model's cached embeddings (None when unusable)."""
     val = datamodule.val_dataframe()
     if val["identity"].nunique() < 2 or val["identity"].duplicated().sum() == 0:
@@ -112,7 +113,7 @@ def _validation_edc(cfg: DictConfig, datamodule: QualityDataModule) -> Validatio
     fr = fr_config(cfg, cfg.label.fr_models[0])
     prepared = PreparedFaces(cfg.paths.prepared)
     embeddings = extract_outputs(
-        cfg, load_fr_model(fr), fr, FaceSource.from_prepared(prepared), Request()
+        cfg, models.get(fr), fr, FaceSource.from_prepared(prepared), Request()
     )["embedding"]
     rows = prepared.manifest.reset_index(drop=True).reset_index().set_index("sample_id")["index"]
     emb = np.asarray(embeddings[rows.loc[val["sample_id"]].to_numpy()], dtype=np.float64)
@@ -122,7 +123,9 @@ def _validation_edc(cfg: DictConfig, datamodule: QualityDataModule) -> Validatio
                          fmr=float(e.fmr), limits=(float(e.discard_limits[0]),))  # fmt: skip
 
 
-def _callbacks(cfg: DictConfig, model: QualityRegressor, datamodule: QualityDataModule):
+def _callbacks(
+    cfg: DictConfig, model: QualityRegressor, datamodule: QualityDataModule, models: FRModels
+):
     models_dir = Path(cfg.paths.models)
     best = ModelCheckpoint(
         dirpath=models_dir,
@@ -143,13 +146,16 @@ def _callbacks(cfg: DictConfig, model: QualityRegressor, datamodule: QualityData
         callbacks.append(UnfreezeBackbone(int(model.hparams.unfreeze_at_epoch)))
     if cfg.train.val_edc:
         datamodule.setup()
-        edc = _validation_edc(cfg, datamodule)
+        edc = _validation_edc(cfg, datamodule, models)
         callbacks += [edc] if edc is not None else []
     return best, callbacks
 
 
 def _cost_report(
-    cfg: DictConfig, model: QualityRegressor, distilled: DistillationModule | None
+    cfg: DictConfig,
+    model: QualityRegressor,
+    distilled: DistillationModule | None,
+    models: FRModels,
 ) -> dict[str, float]:
     """Params and FLOPs of the FR teacher, the student and the quality model (seed 004, Table 1):
     models/cost.md, and ``cost/<role>/params_m`` / ``gflops`` metrics."""
@@ -160,7 +166,7 @@ def _cost_report(
             "student": (s.name, distilled.student, s.input_size),
         }
     else:
-        fr = load_fr_model(fr_config(cfg, cfg.label.fr_models[0]))
+        fr = models.get(fr_config(cfg, cfg.label.fr_models[0]))
         nets = {"fr_model": (fr.info.name, fr.net, fr.info.input_size)}
     head = f"{model.hparams.backbone} + {model.hparams.head} head"
     nets["quality_model"] = (head, model, model.input_size)
@@ -197,7 +203,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             augment=cfg.train.augment,
             template=model.template,
         )
-        best, callbacks = _callbacks(cfg, model, datamodule)
+        models = FRModels()  # the label FR model: validation pAUC and cost table share it
+        best, callbacks = _callbacks(cfg, model, datamodule, models)
         trainer = _trainer(cfg, callbacks, logger)
         last = models_dir / LAST
         resume = str(last) if cfg.train.resume and last.is_file() else None
@@ -216,7 +223,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         export = export_onnx(
             best_model, models_dir / "quality.onnx", atol=cfg.train.onnx_max_abs_diff
         )
-        costs = _cost_report(cfg, best_model, distilled)
+        costs = _cost_report(cfg, best_model, distilled, models)
         summary = {
             "train/best_val_spearman": float(best.best_model_score),
             "train/epochs": float(trainer.current_epoch),
