@@ -241,3 +241,10 @@ def write_part(directory: Path, rank: int, index: int, arrays: dict[str, np.ndar
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     return path
+
+
+def unit_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of a cached (float16, memory-mapped) embedding product as float32 unit
+    vectors (re-normalised after the float16 rounding)."""
+    emb = np.asarray(embeddings[rows], dtype=np.float32)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

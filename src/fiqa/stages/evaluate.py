@@ -25,7 +25,7 @@ from fiqa.eval.pairs import pair_scores
 from fiqa.eval.qualities import MethodQuality, method_qualities
 from fiqa.eval.report import metric_key, write_eval_report
 from fiqa.eval.sets import EvalSet, load_eval_sets
-from fiqa.extract import Request
+from fiqa.extract import Request, unit_rows
 from fiqa.extract.configured import FRModels, extract_outputs, fr_entries
 from fiqa.stages import StageError
 from fiqa.tracking import stage_run
@@ -38,8 +38,7 @@ FIGURE_FORMATS = ("png", "svg")
 def _embeddings(cfg: DictConfig, data: EvalSet, fr, models: FRModels) -> np.ndarray:
     """Unit float32 embeddings of ``data``'s faces by one FR model (from the extraction cache)."""
     out = extract_outputs(cfg, models.get(fr), fr, data.source, Request())
-    emb = np.asarray(out["embedding"][data.rows], dtype=np.float32)  # float16 in the cache
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return unit_rows(out["embedding"], data.rows)
 
 
 def _metrics(curves: dict[float, EDCCurve], limits: list[float], primary: float) -> dict:

@@ -17,7 +17,7 @@ from torch import nn
 from fiqa.atomic import write_json_atomic, write_text_atomic
 from fiqa.config import plain_container
 from fiqa.data.prepared import PreparedFaces
-from fiqa.extract import FaceSource, Request
+from fiqa.extract import FaceSource, Request, unit_rows
 from fiqa.extract.configured import FRModels, extract_outputs, fr_config
 from fiqa.stages import StageError
 from fiqa.stages.label import LABELS
@@ -116,8 +116,7 @@ def _validation_edc(
         cfg, models.get(fr), fr, FaceSource.from_prepared(prepared), Request()
     )["embedding"]
     rows = prepared.manifest.reset_index(drop=True).reset_index().set_index("sample_id")["index"]
-    emb = np.asarray(embeddings[rows.loc[val["sample_id"]].to_numpy()], dtype=np.float64)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = unit_rows(embeddings, rows.loc[val["sample_id"]].to_numpy())
     e = cfg.eval
     return ValidationEDC(val["sample_id"].to_numpy(), val["identity"].to_numpy(), emb,
                          fmr=float(e.fmr), limits=(float(e.discard_limits[0]),))  # fmt: skip
