@@ -1,4 +1,4 @@
-"""EDC + pAUC speed: the vectorised ``fiqa.eval.edc`` versus a per-discard-step loop.
+"""EDC + pAUC speed: the vectorised ``fiqa.core.edc`` versus a per-discard-step loop.
 
 Compares, in one run on the same synthetic scores (seeded):
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fiqa.eval.edc import edc_curve, pauc
+from fiqa.core.edc import edc_curve, pauc
 
 
 def loop_threshold(impostor: np.ndarray, fmr: float) -> float:

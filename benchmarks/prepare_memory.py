@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-from fiqa.data.align import align_face
+from fiqa.core.align import align_face
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.ms1m import write_ms1m
 

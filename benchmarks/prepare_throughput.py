@@ -42,10 +42,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from fiqa.data.align import align_face
+from fiqa.core.align import align_face
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.face_pipeline import FaceAligner, PrepareDataset, worker_init
-from fiqa.data.images import read_image
+from fiqa.core.images import read_image
 from fiqa.data.sources import FileBytes
 from fiqa.stages import run_stage
 

@@ -33,9 +33,9 @@ import onnxruntime as ort
 import pytorch_lightning as pl
 import torch
 
-from fiqa.train.export import export_onnx
-from fiqa.train.module import QualityRegressor
-from fiqa.train.scoring import QualityScorer
+from fiqa.quality.export import export_onnx
+from fiqa.quality.model import QualityRegressor
+from fiqa.quality.scoring import QualityScorer
 
 SIZES = {"iresnet18": "eDifFIQA(S)", "iresnet50": "eDifFIQA(M)", "iresnet100": "eDifFIQA(L)"}
 LARGE = ("iresnet50", "iresnet100")  # fewer timed calls at large batches (seconds each)

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from fiqa.data.prepared import write_prepared
 from fiqa.train.datamodule import QualityDataModule
-from fiqa.train.module import QualityRegressor
+from fiqa.quality.model import QualityRegressor
 
 N_VAL = 8  # the datamodule needs a val split; limit_val_batches=0 never reads it
 

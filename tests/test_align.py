@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from fiqa.data.align import (
+from fiqa.core.align import (
     ALIGNMENT_TEMPLATES,
     align_face,
     alignment_matrix,

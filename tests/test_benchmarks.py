@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from skimage import data as skimage_data
 
-from fiqa.data.benchmarks import (
+from fiqa.data.verification import (
     VerificationBenchmark,
     _sample_impostor_pairs,
     load_benchmark,
@@ -24,8 +24,8 @@ from fiqa.data.benchmarks import (
     load_identity_folder,
     load_pairs_txt,
 )
-from fiqa.data.images import ImageReadError
-from fiqa.eval.pairs import Pairs, all_pairs
+from fiqa.core.images import ImageReadError
+from fiqa.core.pairs import Pairs, all_pairs
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_load_pairs_txt_reads_both_line_kinds_and_drops_missing(
         "Carol\t1\tDave\t1\n"  # Dave is missing
         "\n"
     )
-    with caplog.at_level(logging.WARNING, logger="fiqa.data.benchmarks"):
+    with caplog.at_level(logging.WARNING, logger="fiqa.data.verification"):
         bench = load_pairs_txt(pairs_txt, lfw_root)
 
     assert bench.name == "lfw"

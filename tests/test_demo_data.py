@@ -30,7 +30,7 @@ from fiqa.data.demo import (
     pair_counts,
 )
 from fiqa.data.detect import YuNetDetector
-from fiqa.data.images import ImageReadError, read_image
+from fiqa.core.images import ImageReadError, read_image
 
 SMALL = {"portrait_images": 10, "lfw_identities": 3, "lfw_images": 5}
 

@@ -23,7 +23,7 @@ from fiqa.train.distill import (
     distillation_losses,
 )
 from fiqa.train.distill_data import IdentityFacesDataModule
-from fiqa.train.module import QualityRegressor
+from fiqa.quality.model import QualityRegressor
 
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
 

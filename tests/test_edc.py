@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from fiqa.eval.edc import (
+from fiqa.core.edc import (
     EDCCurve,
     curve_values,
     edc_curve,
@@ -20,7 +20,7 @@ from fiqa.eval.edc import (
     pauc,
     random_baseline,
 )
-from fiqa.eval.edc_recomputed import edc_curve_recomputed_threshold
+from fiqa.core.edc_recomputed import edc_curve_recomputed_threshold
 
 # Tiny case. Impostors (10): at fmr=0.25 at most 2 false matches (2/10 <= 0.25 < 3/10).
 # t = 0.50 -> #{imp >= 0.50} = 2 (0.50, 0.60), FMR 0.2; t = 0.45 would give 3 -> 0.3 > 0.25.
@@ -239,7 +239,7 @@ def test_zero_fnmr_rule(caplog: pytest.LogCaptureFixture) -> None:
     curve = edc_curve([0.8, 0.9, 0.7], [0.1, 0.2, 0.3], TINY_IMPOSTOR, fmr=0.25)
     assert curve.fnmr[0] == 0.0
     assert pauc(curve, 0.2, normalise=False) == 0.0
-    with caplog.at_level(logging.WARNING, logger="fiqa.eval.edc"):
+    with caplog.at_level(logging.WARNING, logger="fiqa.core.edc"):
         assert math.isnan(pauc(curve, 0.2))
     assert "FNMR(0) is 0" in caplog.text
 

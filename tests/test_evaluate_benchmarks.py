@@ -13,7 +13,7 @@ import skimage.data
 from PIL import Image
 
 from fiqa.config import compose_config
-from fiqa.data.align import align_face
+from fiqa.core.align import align_face
 from fiqa.data.detect import YuNetDetector
 from fiqa.stages import run_stage
 

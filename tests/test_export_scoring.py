@@ -15,9 +15,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fiqa.train import export as export_mod
-from fiqa.train.export import ExportMismatchError, export_onnx
-from fiqa.train.module import QualityRegressor
-from fiqa.train.scoring import NOT_ALIGNED, QualityScorer
+from fiqa.quality.export import ExportMismatchError, export_onnx
+from fiqa.quality.model import QualityRegressor
+from fiqa.quality.scoring import NOT_ALIGNED, QualityScorer
 
 # Frozen-backbone fits: Lightning notes the eval-mode BatchNorm layers; that is intended.
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
@@ -198,7 +198,7 @@ def test_score_prepared_and_external_onnx_input_conventions(
     """Scoring a prepared directory follows its manifest; a foreign ONNX graph that wants BGR
     input in [-1, 1] scores like fiqa's own graph once its convention is given."""
     from fiqa.data.prepared import write_prepared
-    from fiqa.train.export import INPUT_NAME, OUTPUT_NAME
+    from fiqa.quality.export import INPUT_NAME, OUTPUT_NAME
 
     model, _, onnx_path = trained
     faces = random_faces(5, 4)

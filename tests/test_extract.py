@@ -133,7 +133,7 @@ def test_faces_are_rewarped_to_the_model_template(
     sface: FRModel, prepared: PreparedFaces, tmp_path
 ) -> None:
     """Faces prepared on faceqnet_224 reach SFace on arcface_112 (its template)."""
-    from fiqa.data.align import retarget_faces
+    from fiqa.core.align import retarget_faces
 
     faces = prepared.faces()
     wide = retarget_faces(faces, "arcface_112", "faceqnet_224")

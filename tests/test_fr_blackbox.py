@@ -16,14 +16,14 @@ import torch
 from onnx import TensorProto, helper
 from scipy.stats import mannwhitneyu
 
-from fiqa.data.align import (
+from fiqa.core.align import (
     get_template,
     retarget_faces,
     similarity_transform,
     transform_points,
 )
 from fiqa.data.face_pipeline import FaceAligner
-from fiqa.data.images import read_image
+from fiqa.core.images import read_image
 from fiqa.fr import FRModel, load_fr_model
 from fiqa.fr.dlib_model import DLIB_150_POINTS, DLIB_TEMPLATE, import_dlib
 from fiqa.fr.onnx_model import OnnxFRNet

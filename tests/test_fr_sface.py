@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from skimage.data import astronaut
 
-from fiqa.data.align import align_face
+from fiqa.core.align import align_face
 from fiqa.data.detect import YuNetDetector, default_yunet_path
 from fiqa.fr import FRModel, SFaceNet, load_fr_model
 from fiqa.fr.sface import (

@@ -12,7 +12,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fiqa.data.images import (
+from fiqa.core.images import (
     READ_FAILURE_REASONS,
     ImageReadError,
     _decode_with_pil,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fiqa.eval.pairs import Pairs, all_pairs, pair_scores
+from fiqa.core.pairs import Pairs, all_pairs, pair_scores
 
 
 def test_all_pairs_counts_and_labels() -> None:

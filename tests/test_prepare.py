@@ -13,7 +13,7 @@ from PIL import Image
 
 import fiqa.stages.prepare as prepare_stage
 from fiqa.config import compose_config
-from fiqa.data.align import get_template
+from fiqa.core.align import get_template
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.prepared import PreparedFaces
 from fiqa.stages import StageError, run_stage

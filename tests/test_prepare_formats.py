@@ -12,7 +12,7 @@ import skimage.data
 from PIL import Image
 
 from fiqa.config import compose_config
-from fiqa.data.align import align_face
+from fiqa.core.align import align_face
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.ms1m import export_prepared, write_ms1m
 from fiqa.data.prepared import PreparedFaces

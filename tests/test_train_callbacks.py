@@ -11,11 +11,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from fiqa.eval.edc import edc_curve, pair_quality, pauc
-from fiqa.eval.pairs import all_pairs, pair_scores
+from fiqa.core.edc import edc_curve, pair_quality, pauc
+from fiqa.core.pairs import all_pairs, pair_scores
 from fiqa.train.callbacks import UnfreezeBackbone, ValidationEDC
 from fiqa.train.datamodule import QualityDataModule
-from fiqa.train.module import QualityRegressor, head_parameter_names
+from fiqa.quality.model import QualityRegressor, head_parameter_names
 from test_train_module import make_prepared
 
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")

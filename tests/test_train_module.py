@@ -19,8 +19,8 @@ from fiqa.train.datamodule import (
     geometry_neutral_augmentation,
     seed_augmentation,
 )
-from fiqa.train.metrics import average_ranks, mean_absolute_error, pearson, spearman
-from fiqa.train.module import QualityRegressor
+from fiqa.quality.metrics import average_ranks, mean_absolute_error, pearson, spearman
+from fiqa.quality.model import QualityRegressor
 
 # Frozen-backbone fits: Lightning notes the eval-mode BatchNorm layers; that is intended.
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")

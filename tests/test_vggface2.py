@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fiqa.data.align import align_face, get_template
+from fiqa.core.align import align_face, get_template
 from fiqa.data.detect import YuNetDetector
-from fiqa.data.images import read_image
+from fiqa.core.images import read_image
 from fiqa.data.vggface2 import (
     check_landmark_convention,
     read_identity_names,

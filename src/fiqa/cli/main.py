@@ -58,8 +58,8 @@ def _score(argv: list[str]) -> int:
     if bool(args.inputs) == bool(args.prepared):
         parser.error("give image inputs or --prepared DIR (one of the two)")
 
-    from fiqa.atomic import atomic_path
-    from fiqa.train.scoring import QualityScorer
+    from fiqa.core.atomic import atomic_path
+    from fiqa.quality.scoring import QualityScorer
 
     options = {k: getattr(args, k) for k in ("template", "colour", "mean", "std")}
     scorer = QualityScorer.from_path(
@@ -120,7 +120,7 @@ def _report(argv: list[str]) -> int:
         md, html = write_comparison(evals, Path(args.out))
         log.info("wrote %s and %s", md, html)
     if args.dvc:
-        from fiqa.eval.experiments import dvc_experiment_results
+        from fiqa.eval.dvc_experiments import dvc_experiment_results
         from fiqa.eval.report import write_comparison_of
 
         sources = dvc_experiment_results()

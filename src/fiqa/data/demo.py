@@ -34,7 +34,8 @@ import matplotlib.cbook
 import numpy as np
 import skimage.data
 
-from fiqa.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from fiqa.core.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from fiqa.core.images import read_image
 from fiqa.data.degrade import (
     DEGRADATIONS,
     JPEG_QUALITY,
@@ -43,7 +44,6 @@ from fiqa.data.degrade import (
     random_jitter,
 )
 from fiqa.data.detect import YuNetDetector
-from fiqa.data.images import read_image
 
 log = logging.getLogger(__name__)
 

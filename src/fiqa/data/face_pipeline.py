@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from fiqa.data.align import align_face, get_template
+from fiqa.core.align import align_face, get_template
+from fiqa.core.images import ImageReadError, decode_image
 from fiqa.data.detect import Detection, YuNetDetector
-from fiqa.data.images import ImageReadError, decode_image
 from fiqa.data.prepared import encode_face
 
 SELECTIONS = ("largest", "central")
+DETECTORS = ("yunet",)  # prepare.detector
 MIN_EYE_DISTANCE = 4.0  # px in the source image; closer "eyes" are bad landmarks
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fiqa.atomic import write_text_atomic
+from fiqa.core.atomic import write_text_atomic
 from fiqa.data.recordio import (
     RecordHeader,
     RecordIOError,

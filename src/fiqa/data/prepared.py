@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from fiqa.atomic import atomic_path
-from fiqa.data.images import decode_image
+from fiqa.core.artifacts import FAILURES, MANIFEST
+from fiqa.core.atomic import atomic_path
+from fiqa.core.images import decode_image
 
-MANIFEST = "manifest.parquet"
-FAILURES = "failures.parquet"
+DEFAULT_TEMPLATE = "arcface_112"  # of an empty prepared set
 MANIFEST_COLUMNS = [
     "sample_id",  # int, stable index of the face in the prepared set
     "path",  # str, source relative to data.root ("train.rec#<key>" for RecordIO)
@@ -89,54 +89,6 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
         table.to_parquet(tmp, index=False)
 
 
-def write_prepared(
-    directory: Path,
-    faces: np.ndarray,
-    identities: Sequence[str],
-    splits: Sequence[str] | None = None,
-    template: str = "arcface_112",
-    shard_size: int = 1000,
-) -> PreparedFaces:
-    """A prepared directory from already aligned faces (tests, benchmarks, imports).
-
-    Args:
-        directory: Created if needed; must not hold a manifest yet.
-        faces: ``(N, H, W, 3)`` uint8 RGB faces aligned on ``template``.
-        identities: Identity of each face.
-        splits: ``train`` / ``val`` per face (default all ``train``).
-        template: Alignment template of the faces.
-        shard_size: Faces per shard file.
-    """
-    directory = Path(directory)
-    if (directory / MANIFEST).exists():
-        raise FileExistsError(f"{directory / MANIFEST} exists; not overwriting a prepared set")
-    directory.mkdir(parents=True, exist_ok=True)
-    n = len(faces)
-    if len(identities) != n or (splits is not None and len(splits) != n):
-        raise ValueError(f"{n} faces but {len(identities)} identities / splits")
-    rows = []
-    for index, start in enumerate(range(0, n, shard_size)):
-        name, spans = write_shard(directory, index, faces[start : start + shard_size])
-        rows += [(name, offset, nbytes) for offset, nbytes in spans]
-    manifest = pd.DataFrame(
-        {
-            "sample_id": np.arange(n, dtype=np.int64),
-            "path": [f"face_{i:07d}.png" for i in range(n)],
-            "identity": [str(i) for i in identities],
-            "split": list(splits) if splits is not None else ["train"] * n,
-            "shard": [r[0] for r in rows],
-            "offset": np.array([r[1] for r in rows], dtype=np.int64),
-            "nbytes": np.array([r[2] for r in rows], dtype=np.int64),
-            "landmarks": [[0.0] * 10] * n,
-            "det_score": np.ones(n),
-            "detector": ["given"] * n,
-            "template": [template] * n,
-        }
-    )
-    write_table(directory / MANIFEST, manifest)
-    return PreparedFaces(directory)
-
-
 class PreparedFaces:
     """Read access to a prepared directory: the manifest and the aligned faces."""
 
@@ -155,6 +107,16 @@ class PreparedFaces:
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    @property
+    def template(self) -> str:
+        """The alignment template of the faces (one per prepared set)."""
+        templates = self.manifest["template"].unique().tolist()
+        if len(templates) > 1:
+            raise ValueError(
+                f"{self.directory / MANIFEST}: faces aligned with several templates {templates}"
+            )
+        return templates[0] if templates else DEFAULT_TEMPLATE
 
     @property
     def failures(self) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fiqa.atomic import atomic_path, write_text_atomic
+from fiqa.core.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from fiqa.core.images import ImageReadError
 from fiqa.data.folder import list_identity_folder
-from fiqa.data.images import ImageReadError
 
 FORMATS = ("folder", "vggface2", "ms1m")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from fiqa.atomic import atomic_path
-from fiqa.eval.edc import EDCCurve, curve_values
+from fiqa.core.atomic import atomic_path
+from fiqa.core.edc import EDCCurve, curve_values
 
 # Discard fractions at which the exact step curves are sampled for DVC plots and W&B.
 PLOT_GRID = np.round(np.linspace(0.0, 1.0, 201), 4)

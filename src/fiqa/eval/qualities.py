@@ -6,9 +6,9 @@ A method is one of (``eval.methods``):
 - a key of ``eval.quality_models``: any other quality model file (a run's ``.ckpt`` / ``.onnx``,
   or a published ONNX quality model with its input convention, e.g. eDifFIQA's);
 - a label method: its column of the labels table on the prepared set (``crfiqa``,
-  ``faceqnet``, ... and ``<method>@<model>`` columns); on external benchmarks the per-face
-  methods are computed directly from the faces (``serfiq``, ``faceqan``; ``magface`` with its
-  model), while the identity-based ones (FaceQnet, CR-FIQA, SDD-FIQA, Huo) are skipped.
+  ``faceqnet``, ... and ``<method>@<model>`` columns); on external benchmarks the blind methods
+  (``fiqa.label.blind_methods``: SER-FIQ, FaceQAN, MagFace) are computed directly from the faces,
+  while the identity-based ones (FaceQnet, CR-FIQA, SDD-FIQA, Huo, fused) are skipped.
 
 Each method records the FR models its scores came from (``fr_models``): an EDC cell is
 "same-model" when it is evaluated with one of them. Quality-model scores are cached per (model
@@ -17,8 +17,6 @@ file, faces) under ``paths.cache/quality``, so adding a method re-computes only 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,19 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
 
-from fiqa.atomic import atomic_path
-from fiqa.config import plain_container
+from fiqa.core.atomic import atomic_path
+from fiqa.core.provenance import digest, file_sha256
 from fiqa.eval.sets import EvalSet
-from fiqa.extract import Request
-from fiqa.extract.configured import FRModels, extract_outputs, fr_entries
-from fiqa.label.methods import METHODS, extraction_request
-from fiqa.provenance import file_sha256
+from fiqa.extract import Extractor, FREntry
+from fiqa.label import METHODS, LabelContext, blind_methods
+from fiqa.label.compute import method_columns, method_outputs
+from fiqa.quality.scoring import QualityScorer
 
 log = logging.getLogger(__name__)
 
-DIRECT = ("serfiq", "faceqan", "magface")  # per-face label methods computable on any faces
 CHUNK = 1024  # faces decoded and scored at a time
 
 
@@ -50,26 +46,55 @@ class MethodQuality:
     fr_models: frozenset[str]  # FR models the scores come from (empty: none)
 
 
-def method_qualities(cfg: DictConfig, data: EvalSet, models: FRModels) -> dict[str, MethodQuality]:
-    """Every method of ``eval.methods`` available on ``data`` (FR models from ``models``).
+@dataclass
+class QualitySources:
+    """Where each method of ``eval.methods`` gets its scores.
+
+    Attributes:
+        methods: ``eval.methods``.
+        model_path: The trained quality model (``paths.models/quality.onnx``).
+        quality_models: ``eval.quality_models``: name -> {path, fr_models?, template?, colour?,
+            mean?, std?}.
+        label_frs: ``label.fr_models`` (blind methods are computed with their PyTorch models).
+        label_params: Every label method's settings (``label.methods``).
+        seed: ``label.seed``.
+        fr_defaults: Batch size and flip of FR entries that leave them out (``fr``).
+        extractor: The run's extraction settings and loaded FR models.
+        cache_dir: Cache of quality-model scores (``paths.cache/quality``).
+    """
+
+    methods: list[str]
+    model_path: Path
+    quality_models: Mapping[str, Mapping[str, Any]]
+    label_frs: Mapping[str, FREntry]
+    label_params: Mapping[str, Any]
+    seed: int
+    fr_defaults: FREntry
+    extractor: Extractor
+    cache_dir: Path
+
+
+def method_qualities(data: EvalSet, sources: QualitySources) -> dict[str, MethodQuality]:
+    """Every method of ``sources.methods`` available on ``data``.
 
     Raises:
         ValueError: For an unknown method name or a missing quality-model file.
     """
-    label_frs = frozenset(fr_entries(cfg, cfg.label.fr_models, "label.fr_models"))
-    extra = dict(cfg.eval.quality_models or {})
+    label_frs = frozenset(sources.label_frs)
     out: dict[str, MethodQuality] = {}
-    direct = [m for m in cfg.eval.methods if m in DIRECT and m not in data.label_qualities]
-    computed = _direct_qualities(cfg, data, direct, models) if direct else {}
-    for method in cfg.eval.methods:
+    blind = blind_methods()
+    direct = [m for m in sources.methods if m in blind and m not in data.label_qualities]
+    computed = _blind_qualities(data, direct, sources) if direct else {}
+    for method in sources.methods:
         base, _, model = str(method).partition("@")
         if method == "model":
-            path = Path(cfg.paths.models) / "quality.onnx"
-            out[method] = MethodQuality(cached_scores(cfg, data, path, {}), label_frs)
-        elif method in extra:
-            spec = dict(extra[method])
+            out[method] = MethodQuality(cached_scores(data, sources.model_path, {},
+                                                      sources.cache_dir), label_frs)  # fmt: skip
+        elif method in sources.quality_models:
+            spec = dict(sources.quality_models[method])
             frs = frozenset(spec.pop("fr_models", []) or [])
-            out[method] = MethodQuality(cached_scores(cfg, data, Path(spec.pop("path")), spec), frs)
+            scores = cached_scores(data, Path(spec.pop("path")), spec, sources.cache_dir)
+            out[method] = MethodQuality(scores, frs)
         elif method in data.label_qualities:
             frs = frozenset([model]) if model else label_frs
             out[method] = MethodQuality(data.label_qualities[method], frs)
@@ -79,55 +104,39 @@ def method_qualities(cfg: DictConfig, data: EvalSet, models: FRModels) -> dict[s
             log.warning("eval.methods: %r needs identities or labels; skipped on %s",
                         method, data.name)  # fmt: skip
         else:
-            names = ["model", *extra, *METHODS]
+            names = ["model", *sources.quality_models, *METHODS]
             raise ValueError(f"eval.methods: unknown method {method!r}; use one of {names}")
     return out
 
 
-def _direct_qualities(
-    cfg: DictConfig, data: EvalSet, methods: list[str], models: FRModels
+def _blind_qualities(
+    data: EvalSet, methods: list[str], sources: QualitySources
 ) -> dict[str, MethodQuality]:
-    """SER-FIQ / FaceQAN over the PyTorch models of ``label.fr_models`` (averaged), MagFace with
-    its own model, from the extraction cache of these faces."""
+    """Blind label methods on the set's faces: SER-FIQ / FaceQAN averaged over the PyTorch
+    models of ``label.fr_models``, MagFace with its own model (from the extraction cache)."""
+    ctx = LabelContext(sources.label_params, sources.seed)
+    chosen = [METHODS[m] for m in methods]
+    outputs = method_outputs(chosen, sources.label_frs, data.source, ctx, sources.extractor,
+                             sources.fr_defaults, every_model=False)  # fmt: skip
     out: dict[str, MethodQuality] = {}
-    per_face = [m for m in methods if m != "magface"]
-    if per_face:
-        request = extraction_request(cfg, per_face)
-        scores: dict[str, list[np.ndarray]] = {m: [] for m in per_face}
-        used: set[str] = set()
-        for name, fr in fr_entries(cfg, cfg.label.fr_models, "label.fr_models").items():
-            model = models.get(fr)
-            if not model.info.white_box:
-                continue
-            outputs = extract_outputs(cfg, model, fr, data.source, request)
-            used.add(name)
-            for m in per_face:
-                scores[m].append(np.asarray(outputs[m][data.rows], dtype=np.float64))
-        for m, values in scores.items():
-            if values:
-                out[m] = MethodQuality(np.mean(values, axis=0), frozenset(used))
-    if "magface" in methods:
-        fr = cfg.label.methods.get("magface", {}).get("model") if cfg.label.methods else None
-        if fr is None:
-            log.warning("eval.methods: magface needs label.methods.magface.model; skipped")
-        else:
-            norms = extract_outputs(cfg, models.get(fr), fr, data.source, Request(norm=True))
-            out["magface"] = MethodQuality(np.asarray(norms["norm"][data.rows], np.float64),
-                                           frozenset([str(fr["name"])]))  # fmt: skip
+    for method in chosen:
+        try:
+            columns, used = method_columns(method, ctx, outputs)
+        except ValueError as err:
+            log.warning("eval.methods: %s skipped on %s: %s", method.name, data.name, err)
+            continue
+        out[method.name] = MethodQuality(columns[method.name][data.rows], used)
     return out
 
 
 def cached_scores(
-    cfg: DictConfig, data: EvalSet, path: Path, options: Mapping[str, Any]
+    data: EvalSet, path: Path, options: Mapping[str, Any], cache_dir: Path
 ) -> np.ndarray:
     """Quality-model scores of ``data``'s faces, cached by (model file hash, faces, options)."""
-    from fiqa.train.scoring import QualityScorer  # deferred: pulls in Lightning
-
     if not path.is_file():
         raise ValueError(f"quality model {path} not found (run the train stage, or fix the path)")
-    options = plain_container(options)
-    key = _digest([file_sha256(str(path)), data.source.fingerprint, data.rows.tolist(), options])
-    cache = Path(cfg.paths.cache) / "quality" / f"{path.stem}-{key}.npy"
+    key = digest([file_sha256(str(path)), data.source.fingerprint, data.rows.tolist(), options])
+    cache = Path(cache_dir) / f"{path.stem}-{key}.npy"
     if cache.is_file():
         return np.load(cache).astype(np.float64)
     scorer = QualityScorer.from_path(path, onnx_options=options)
@@ -139,7 +148,3 @@ def cached_scores(
     with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
         np.save(fh, scores)
     return scores.astype(np.float64)
-
-
-def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

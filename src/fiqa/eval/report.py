@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fiqa.atomic import write_text_atomic
+from fiqa.core.atomic import write_text_atomic
 
 BASELINES = ("random", "oracle")
 DAGGER = "†"

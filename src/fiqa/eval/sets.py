@@ -2,7 +2,7 @@
 
 Two kinds: the prepared set's own split (``eval.benchmark.format=prepared``: all pairs of the
 selected faces, label-method qualities and embeddings reused from the label stage) and external
-verification benchmarks (``bin`` / ``pairs_txt`` / ``folder``, see ``fiqa.data.benchmarks``):
+verification benchmarks (``bin`` / ``pairs_txt`` / ``folder``, see ``fiqa.data.verification``):
 raw photos are detected and aligned like ``prepare`` does; a face that cannot be loaded or
 aligned is counted and its pairs are left out.
 """
@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from fiqa.data.benchmarks import load_benchmark
+from fiqa.core.images import ImageReadError
+from fiqa.core.pairs import Pairs, all_pairs
 from fiqa.data.face_pipeline import FaceAligner
-from fiqa.data.images import ImageReadError
 from fiqa.data.prepared import PreparedFaces
-from fiqa.eval.pairs import Pairs, all_pairs
+from fiqa.data.verification import load_benchmark
 from fiqa.extract import FaceSource
+from fiqa.label.table import read_labels
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,35 @@ class EvalSet:
         return self.source.faces(self.rows[rows])
 
 
-def load_eval_sets(cfg: DictConfig) -> list[EvalSet]:
-    """The evaluation sets of ``eval.benchmark`` and ``eval.benchmarks``, in that order.
+Aligner = Callable[[bool], FaceAligner]  # pre_aligned -> the aligner of external benchmarks
+
+
+def load_eval_sets(
+    specs: Sequence[Mapping[str, Any]],
+    *,
+    prepared_dir: str | Path,
+    labels_dir: str | Path,
+    data_name: str,
+    aligner: Aligner,
+) -> list[EvalSet]:
+    """The evaluation sets of the benchmark specs (``eval.benchmark`` + ``eval.benchmarks``).
+
+    Args:
+        specs: Benchmark configs: ``format`` plus its keys (``conf/eval/benchmark/``).
+        prepared_dir: The prepared set (``format: prepared``).
+        labels_dir: Its labels (the label-method columns of ``format: prepared``).
+        data_name: Dataset name: the default name ``<data_name>_<split>`` of a prepared split.
+        aligner: Builds the face aligner of raw benchmark photos (``prepare``'s settings).
 
     Raises:
         ValueError: When two benchmarks get the same name (set ``name`` on one of them).
     """
-    specs = [cfg.eval.benchmark, *cfg.eval.benchmarks]
-    sets = [load_eval_set(cfg, spec) for spec in specs]
+    sets = [
+        prepared_split(spec, PreparedFaces(prepared_dir), read_labels(labels_dir), data_name)
+        if spec["format"] == "prepared"
+        else external_set(spec, aligner)
+        for spec in specs
+    ]
     names = [s.name for s in sets]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -63,25 +86,18 @@ def load_eval_sets(cfg: DictConfig) -> list[EvalSet]:
     return sets
 
 
-def load_eval_set(cfg: DictConfig, spec: DictConfig | None = None) -> EvalSet:
-    """The evaluation set of one benchmark spec (default ``cfg.eval.benchmark``)."""
-    spec = cfg.eval.benchmark if spec is None else spec
-    if spec.format == "prepared":
-        return _prepared(cfg, spec)
-    return _external(cfg, spec)
-
-
-def _prepared(cfg: DictConfig, spec: DictConfig) -> EvalSet:
-    if spec.split not in SPLITS:
-        raise ValueError(f"eval.benchmark.split={spec.split!r}; choose one of {', '.join(SPLITS)}")
-    prepared = PreparedFaces(cfg.paths.prepared)
+def prepared_split(
+    spec: Mapping[str, Any], prepared: PreparedFaces, labels: pd.DataFrame, data_name: str
+) -> EvalSet:
+    """One split of the prepared set: all its pairs, and the float columns of its labels."""
+    split = spec.get("split")
+    if split not in SPLITS:
+        raise ValueError(f"eval.benchmark.split={split!r}; choose one of {', '.join(SPLITS)}")
     manifest = prepared.manifest
     rows = (
-        np.arange(len(manifest))
-        if spec.split == "all"
-        else np.flatnonzero(manifest["split"] == spec.split)
+        np.arange(len(manifest)) if split == "all" else np.flatnonzero(manifest["split"] == split)
     )
-    labels = pd.read_parquet(Path(cfg.paths.labels) / "labels.parquet").set_index("sample_id")
+    labels = labels.set_index("sample_id")
     sample_ids = manifest["sample_id"].to_numpy()[rows]
     methods = [c for c in labels.columns if c not in ("path", "identity", "split", "quality")]
     qualities = {
@@ -89,9 +105,8 @@ def _prepared(cfg: DictConfig, spec: DictConfig) -> EvalSet:
         for m in methods
         if pd.api.types.is_float_dtype(labels[m])
     }
-
     return EvalSet(
-        name=spec.name or f"{cfg.data.name}_{spec.split}",
+        name=spec.get("name") or f"{data_name}_{split}",
         n=len(rows),
         pairs=all_pairs(manifest["identity"].to_numpy()[rows]),
         source=FaceSource.from_prepared(prepared),  # the label stage's cache entry
@@ -100,20 +115,18 @@ def _prepared(cfg: DictConfig, spec: DictConfig) -> EvalSet:
     )
 
 
-def _external(cfg: DictConfig, spec: DictConfig) -> EvalSet:
-    bench = load_benchmark(OmegaConf.to_container(spec, resolve=True))
-    p = cfg.prepare
-    aligner = FaceAligner(
-        p.template, p.face_selection, p.score_threshold, p.pad_ratio, pre_aligned=bench.aligned
-    )
+def external_set(spec: Mapping[str, Any], aligner: Aligner) -> EvalSet:
+    """A verification benchmark's faces, detected and aligned (``fiqa.data.verification``)."""
+    bench = load_benchmark(spec)
+    align = aligner(bench.aligned)
     n = len(bench.images)
-    w, h = aligner.size
+    w, h = align.size
     faces = np.zeros((n, h, w, 3), np.uint8)
     ok = np.zeros(n, bool)
     reasons: dict[str, int] = {}
     for i in tqdm(range(n), desc=f"align {bench.name}", unit="img", mininterval=2):
         try:
-            face, result = aligner.align(i, {"path": bench.paths[i]}, bench.images.load(i))
+            face, result = align.align(i, {"path": bench.paths[i]}, bench.images.load(i))
         except ImageReadError as err:
             face, reason = None, err.reason
         else:
@@ -132,7 +145,7 @@ def _external(cfg: DictConfig, spec: DictConfig) -> EvalSet:
     source = FaceSource(
         name=bench.name,
         n=n,
-        template=p.template,
+        template=align.template,
         fingerprint=hashlib.sha256(faces.data).hexdigest(),
         faces=faces.__getitem__,
     )

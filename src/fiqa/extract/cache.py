@@ -4,10 +4,8 @@ Layout of one cache entry ``<root>/<model>-<key16>/``::
 
     key.json               what the key hashes: faces fingerprint, model, weights, templates, flip
     embedding.npy          (n, D) float16, L2-normalised        } one file per finished product,
-    norm.npy               (n,)   float32, raw embedding norm   } written atomically after all
-    low_level.npy          (n, C) float16, pooled early layer   } rows are done
-    serfiq-<hash>.npy      (n,)   float32, per SER-FIQ params   }
-    faceqan-<hash>.npy     (n,)   float32, per FaceQAN params   }
+    <product>[-<hash>].npy (n, ...) its dtype, per settings     } written atomically after all
+                           (norm, low_level, serfiq-..., ...)   } rows are done
     parts-<hash>/          rank<r>-<id>.npz partial results of an unfinished pass (rows + values)
 
 A pass computes the missing products for fixed row batches (batch b = rows [b*B, (b+1)*B)); each
@@ -17,105 +15,21 @@ on disk and a merge is the same for any number of ranks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fiqa.atomic import atomic_path, write_json_atomic
-from fiqa.data.prepared import MANIFEST, PreparedFaces
+from fiqa.core.atomic import atomic_path, write_json_atomic
+from fiqa.core.provenance import digest
+from fiqa.extract.faces import FaceSource
 from fiqa.fr.model import FRModel
-from fiqa.label.faceqan import FaceQanParams
-from fiqa.label.serfiq import SerfiqParams
-from fiqa.provenance import file_sha256
 
 log = logging.getLogger(__name__)
-
-FLOAT16_PRODUCTS = ("embedding", "low_level")
-
-
-@dataclass(frozen=True)
-class FaceSource:
-    """Aligned faces addressed by row.
-
-    Attributes:
-        name: For logs and errors.
-        n: Number of faces.
-        template: Alignment template of the faces (``fiqa.data.align``).
-        fingerprint: Changes whenever the faces change (e.g. sha256 of the prepared manifest).
-        faces: ``rows -> (k, H, W, 3)`` uint8 RGB faces.
-        picklable: ``faces`` can be sent to spawned DataLoader workers.
-    """
-
-    name: str
-    n: int
-    template: str
-    fingerprint: str
-    faces: Callable[[np.ndarray], np.ndarray]
-    picklable: bool = False
-
-    @classmethod
-    def from_prepared(cls, prepared: PreparedFaces) -> FaceSource:
-        """Every face of a prepared directory, fingerprinted by its manifest's bytes."""
-        manifest = prepared.directory / MANIFEST
-        templates = prepared.manifest["template"].unique().tolist() if len(prepared) else []
-        if len(templates) > 1:
-            raise ValueError(f"{manifest}: faces aligned with several templates {templates}")
-        return cls(
-            name=str(prepared.directory),
-            n=len(prepared),
-            template=templates[0] if templates else "arcface_112",
-            fingerprint=file_sha256(str(manifest)),
-            faces=prepared.faces,
-            picklable=True,
-        )
-
-
-@dataclass(frozen=True)
-class Request:
-    """Which products to compute besides the L2-normalised embedding.
-
-    Attributes:
-        norm: Norm of the unnormalised embedding (MagFace quality).
-        low_level: Pooled early-layer activations (Huo et al. S_v).
-        serfiq: SER-FIQ parameters, or None.
-        faceqan: FaceQAN parameters, or None.
-    """
-
-    norm: bool = False
-    low_level: bool = False
-    serfiq: SerfiqParams | None = None
-    faceqan: FaceQanParams | None = None
-
-    def products(self, batch_size: int) -> list[str]:
-        """File stems of the requested products (``embedding`` first)."""
-        names = ["embedding"]
-        names += ["norm"] if self.norm else []
-        names += ["low_level"] if self.low_level else []
-        # the random draws are seeded per batch: the batch size is part of the result
-        for name, params in (("serfiq", self.serfiq), ("faceqan", self.faceqan)):
-            if params is not None:
-                names.append(f"{name}-" + _digest({**asdict(params), "batch_size": batch_size}))
-        return names
-
-    @property
-    def white_box(self) -> str | None:
-        """The first requested product that needs a PyTorch network, or None."""
-        for name, wanted in (("SER-FIQ", self.serfiq), ("FaceQAN", self.faceqan),
-                             ("low-level features", self.low_level)):  # fmt: skip
-            if wanted:
-                return name
-        return None
-
-
-def _digest(obj: object, length: int = 12) -> str:
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def entry_key(source: FaceSource, model: FRModel, flip: bool, precision: str) -> dict:
@@ -139,7 +53,7 @@ class CacheEntry:
 
     def __init__(self, root: str | Path, key: dict):
         self.key = key
-        self.directory = Path(root) / f"{key['fr_model']}-{_digest(key, 16)}"
+        self.directory = Path(root) / f"{key['fr_model']}-{digest(key, 16)}"
         self.n = int(key["n"])
 
     def path(self, product: str) -> Path:
@@ -149,7 +63,7 @@ class CacheEntry:
         return [p for p in products if not self.path(p).is_file()]
 
     def parts_dir(self, products: list[str]) -> Path:
-        return self.directory / f"parts-{_digest(sorted(products))}"
+        return self.directory / f"parts-{digest(sorted(products), 12)}"
 
     def open(self) -> None:
         """Create the directory and record (or check) its key."""
@@ -171,8 +85,10 @@ class CacheEntry:
             done.update((rows[rows % batch_size == 0] // batch_size).tolist())
         return done
 
-    def merge(self, products: list[str]) -> None:
-        """Assemble each product from the part files, check every row is there, write it."""
+    def merge(self, layouts: Mapping[str, tuple[Any, int]]) -> None:
+        """Assemble each product (``{file stem: (storage dtype, ndim)}``, ``Request.layouts``)
+        from the part files, check every row is there, write it."""
+        products = list(layouts)
         parts = sorted(self.parts_dir(products).glob("*.npz"))
         covered = np.zeros(self.n, dtype=bool)
         outputs: dict[str, np.ndarray] = {}
@@ -190,9 +106,11 @@ class CacheEntry:
                     if product not in outputs:
                         tmp = self.path(product).with_suffix(".npy.merging")
                         tmp_paths[product] = tmp
-                        dtype = np.float16 if product in FLOAT16_PRODUCTS else np.float32
                         outputs[product] = np.lib.format.open_memmap(
-                            tmp, mode="w+", dtype=dtype, shape=(self.n, *values.shape[1:])
+                            tmp,
+                            mode="w+",
+                            dtype=layouts[product][0],
+                            shape=(self.n, *values.shape[1:]),
                         )
                     outputs[product][rows] = values
         if bad:
@@ -213,9 +131,9 @@ class CacheEntry:
             )
         for product in products:
             if product not in outputs:  # n == 0
-                shape = (0, 0) if product in FLOAT16_PRODUCTS else (0,)
                 with atomic_path(self.path(product)) as tmp, open(tmp, "wb") as fh:
-                    np.save(fh, np.zeros(shape, np.float32))
+                    dtype, ndim = layouts[product]
+                    np.save(fh, np.zeros((0,) * ndim, dtype))
                 continue
             outputs[product].flush()
             del outputs[product]
@@ -228,8 +146,8 @@ class CacheEntry:
 
     def load(self, product: str) -> np.ndarray:
         """A finished product, memory-mapped read-only: (n, d) float16 embeddings (unit rows up
-        to float16 rounding; chunked consumers re-normalise) and low-level features, (n,)
-        float32 scores. Nothing is read into memory until used."""
+        to float16 rounding; chunked consumers re-normalise), the other products in their
+        storage dtype. Nothing is read into memory until used."""
         return np.load(self.path(product), mmap_mode="r")
 
 

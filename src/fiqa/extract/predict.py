@@ -1,7 +1,7 @@
 """Per-face FR outputs as a Lightning predict loop: batched, DDP-ready, cached, resumable.
 
-``extract(model, source, request, ...)`` returns the L2-normalised embeddings (and, on request,
-raw norms, low-level features and SER-FIQ scores) of every face of ``source``. Results come
+``extract(model, source, request, ...)`` returns the L2-normalised embeddings (and the
+requested batch products, ``fiqa.extract.products``) of every face of ``source``. Results come
 from the cache entry of (faces, model, preprocessing) when it has them; otherwise the missing
 row batches run through ``Trainer.predict`` on any accelerator / device count / strategy, each
 rank writing the batches it owns to its own part files, and rank 0 merges them (see
@@ -24,12 +24,11 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from fiqa.data.align import retarget_faces
-from fiqa.extract.cache import CacheEntry, FaceSource, Request, entry_key, write_part
+from fiqa.core.align import retarget_faces
+from fiqa.extract.cache import CacheEntry, entry_key, write_part
+from fiqa.extract.faces import FaceSource
+from fiqa.extract.products import Batch, Request
 from fiqa.fr.model import FRModel
-from fiqa.label.faceqan import faceqan_batch
-from fiqa.label.magface import magface_quality
-from fiqa.label.serfiq import serfiq_scores
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +81,6 @@ class _Data(pl.LightningDataModule):
         )
 
 
-def batch_generator(
-    seed: int, stream: int, batch_index: int, device: torch.device
-) -> torch.Generator:
-    """Random source of one row batch and one product (``stream``): the same (seed, stream,
-    batch) gives the same draws on any rank, device count and after any resume."""
-    entropy = [int(seed), int(stream), int(batch_index)]
-    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
-
-
 class ExtractionModule(pl.LightningModule):
     """Wraps an FR network; ``predict_step`` returns every requested product of a batch."""
 
@@ -100,38 +89,21 @@ class ExtractionModule(pl.LightningModule):
         self.net = model.net
         self.white_box = model.info.white_box
         self.request, self.flip = request, flip
-        self.products = request.products(batch_size)
+        self.stems = request.stems(batch_size)
         self.batch_size = batch_size
-
-    def _product(self, method: str) -> str:
-        return next(p for p in self.products if p.startswith(f"{method}-"))
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
         rows, faces = batch
         x = faces.permute(0, 3, 1, 2).float()  # keeps NHWC strides: faster CPU convolutions
-        out: dict[str, torch.Tensor] = {"rows": rows}
         features = self.net.forward_features(x) if self.white_box else None
         raw = (self.net.forward_head(features) if self.white_box else self.net(x)).float()
-        if self.request.norm:
-            out["norm"] = magface_quality(raw)
+        context = Batch(self.net, x, raw, features, int(rows[0]) // self.batch_size)
+        out: dict[str, torch.Tensor] = {"rows": rows}
+        for product in self.request.products:
+            out[self.stems[product.name]] = product.compute(context)
         if self.flip:
             raw = raw + self.net(x.flip(3)).float()
         out["embedding"] = F.normalize(raw, dim=1).half()
-        if self.request.low_level:
-            out["low_level"] = self.net.forward_low_level(x).half()
-        batch = int(rows[0]) // self.batch_size
-        if self.request.serfiq is not None:
-            p = self.request.serfiq
-            generator = batch_generator(p.seed, 0, batch, x.device)
-            out[self._product("serfiq")] = torch.from_numpy(
-                serfiq_scores(
-                    self.net.forward_head, features, p.passes, p.dropout, generator, p.calibrate
-                )
-            )
-        if self.request.faceqan is not None:
-            p = self.request.faceqan
-            generator = batch_generator(p.seed, 1, batch, x.device)
-            out[self._product("faceqan")] = faceqan_batch(self.net, x, p, generator)
         return {k: v.detach().cpu().numpy() for k, v in out.items()}
 
 
@@ -196,8 +168,8 @@ def extract(
         model: FR model (its ``info`` names the cache entry; its template is the target of
             the re-warp from ``source.template``).
         source: The faces.
-        request: Products besides the embedding (default: embedding only).
-        cache_root: Directory holding cache entries (``extract.cache``).
+        request: Batch products besides the embedding (default: embedding only).
+        cache_root: Directory holding cache entries (``paths.cache``).
         flip: Embed as the mean of face and mirror (the other products ignore the mirror).
         batch_size: Faces per forward pass; fixed batches are the unit of resumption.
         num_workers: DataLoader workers decoding faces (spawned; 0 = in the main process).
@@ -206,9 +178,8 @@ def extract(
             ``progress`` for the Lightning Trainer (default: one CPU process, float32).
 
     Returns:
-        ``{"embedding": (n, D) float16 unit rows, "norm": (n,), "low_level": (n, C) float16,
-        "serfiq": (n,), "faceqan": (n,)}`` with the requested keys only, rows in ``source``
-        order, memory-mapped read-only from the cache (``CacheEntry.load``).
+        ``{"embedding": (n, D) float16 unit rows, <product name>: its values}``, rows in
+        ``source`` order, memory-mapped read-only from the cache (``CacheEntry.load``).
 
     Raises:
         FloatingPointError: Naming the rows whose outputs are NaN or infinite (checked once,
@@ -222,8 +193,9 @@ def extract(
         model.require_white_box(request.white_box)
     key = entry_key(source, model, flip, str(options.get("precision", "32-true")))
     entry = CacheEntry(cache_root, key)
-    products = request.products(batch_size)
-    todo = entry.missing(products)
+    stems = request.stems(batch_size)
+    layouts = request.layouts(batch_size)
+    todo = entry.missing(list(stems.values()))
     if todo:
         entry.open()
         done = entry.done_batches(todo, batch_size)
@@ -236,21 +208,22 @@ def extract(
         rank = 0
         if batches:
             writer = _PartWriter(entry.parts_dir(todo), part_rows)
-            module = ExtractionModule(model, request, flip, batch_size)
+            missing = Request(tuple(p for p in request.products if stems[p.name] in todo))
+            module = ExtractionModule(model, missing, flip, batch_size)
             data = _Data(source, batches, batch_size, model.info.template, num_workers)
-            runner = _trainer(options, writer, gradients=request.faceqan is not None)
+            runner = _trainer(options, writer, gradients=missing.gradients)
             try:
                 runner.predict(module, datamodule=data, return_predictions=False)
             finally:
                 model.net.to(model.device).eval()  # Lightning may have moved it
             rank = runner.global_rank
             if rank == 0:
-                entry.merge(todo)
+                entry.merge({stem: layouts[stem] for stem in todo})
             runner.strategy.barrier()
         else:
-            entry.merge(todo)
+            entry.merge({stem: layouts[stem] for stem in todo})
         if rank != 0:
             log.debug("rank %d: extraction done", rank)
     else:
         log.info("extract %s on %s: cache hit %s", model.info.name, source.name, entry.directory)
-    return {product.split("-")[0]: entry.load(product) for product in products}
+    return {name: entry.load(stem) for name, stem in stems.items()}

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fiqa.core.provenance import file_sha256
 from fiqa.fr.model import FRModel, FRModelInfo
 from fiqa.fr.registry import FRSpec
-from fiqa.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def load_upstream_checkpoint(
         embedding_size: Embedding dimension D of the network.
         input_size: Aligned face ``(height, width)``.
         colour: Channel order the network was trained on (it converts RGB input itself).
-        template: Alignment template name in ``fiqa.data.align``.
+        template: Alignment template name in ``fiqa.core.align``.
         keep_prefixes: When given, only keys starting with one of these are read (before
             stripping), e.g. the backbone of a file that also holds a head named like a layer.
         strip_prefixes: Wrapper prefixes removed from keys (``fit_state_dict``).

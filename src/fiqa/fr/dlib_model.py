@@ -4,7 +4,7 @@ dlib's network was trained on 150x150 chips cut by ``dlib.get_face_chip(img, sha
 padding=0.25)`` from its own 5-point shape predictor (eye corners + nose base). fiqa aligns
 faces on five ArcFace-order points instead, so this module registers the ``dlib_150`` template:
 the ArcFace-order points placed where dlib's chips put them. The extraction pipeline re-warps
-prepared faces onto it (``fiqa.data.align.retarget_faces``), and the faces reach dlib as chips.
+prepared faces onto it (``fiqa.core.align.retarget_faces``), and the faces reach dlib as chips.
 
 Needs the ``dlib`` module (``pip install -e '.[dlib]'``: the prebuilt ``dlib-bin`` wheel) and
 the weights file ``dlib_face_recognition_resnet_model_v1.dat`` (CC0, dlib-models) as
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fiqa.data.align import ALIGNMENT_TEMPLATES, register_template
+from fiqa.core.align import ALIGNMENT_TEMPLATES, register_template
+from fiqa.core.provenance import file_sha256
 from fiqa.fr.model import FRModel, FRModelInfo
 from fiqa.fr.registry import FRSpec, register_fr_model
-from fiqa.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fiqa.data.align import ALIGNMENT_TEMPLATES, register_template
+from fiqa.core.align import ALIGNMENT_TEMPLATES, register_template
 from fiqa.fr.checkpoint import load_upstream_checkpoint
 from fiqa.fr.layers import InputNorm, check_dropout, pool_low_level
 from fiqa.fr.model import FRModel

@@ -26,7 +26,7 @@ class FRModelInfo:
         input_size: Aligned face ``(height, width)``.
         colour: Channel order the network was trained on (``"RGB"`` or ``"BGR"``). Input is
             always RGB; the network converts internally.
-        template: Alignment template name in ``fiqa.data.align``.
+        template: Alignment template name in ``fiqa.core.align``.
         weights_path: File the weights were read from.
         weights_sha256: SHA-256 of that file (for provenance in metrics and W&B).
         white_box: A PyTorch network with ``forward_features`` / ``forward_head`` /
@@ -82,7 +82,7 @@ class FRModel:
             raise ValueError(
                 f"{self.info.name}: expected (N, {height}, {width}, 3) images, i.e. {height}x"
                 f"{width} {self.info.colour} faces aligned with the '{self.info.template}' "
-                f"template (fiqa.data.align.align_face); got shape {tuple(tensor.shape)}"
+                f"template (fiqa.core.align.align_face); got shape {tuple(tensor.shape)}"
             )
         if tensor.dtype != torch.uint8:
             raise ValueError(

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fiqa.data.align import get_template
+from fiqa.core.align import get_template
+from fiqa.core.provenance import file_sha256
 from fiqa.fr.model import FRModel, FRModelInfo
 from fiqa.fr.registry import FRSpec, register_fr_model
-from fiqa.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def build_onnx(spec: FRSpec) -> FRModel:
         raise ValueError(
             f"{path}: template {template_name!r} makes {template.size[0]}x{template.size[1]} "
             f"(w x h) faces but the model takes {width}x{height}; set options.template to a "
-            "template of the model's input size (fiqa.data.align.register_template)"
+            "template of the model's input size (fiqa.core.align.register_template)"
         )
     info = FRModelInfo(
         name=spec.name,

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fiqa.core.provenance import file_sha256
 from fiqa.fr.checkpoint import fit_state_dict, read_state_dict
 from fiqa.fr.layers import InputNorm, check_dropout, pool_low_level
 from fiqa.fr.model import FRModel, FRModelInfo
 from fiqa.fr.registry import FRSpec, register_fr_model
-from fiqa.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 

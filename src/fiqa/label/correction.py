@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,21 @@ from fiqa.label.grouping import (
 )
 
 log = logging.getLogger(__name__)
+
+CORRECTIONS = ("none", "ediffiqa")
+
+
+@dataclass
+class EdiffiqaParams:
+    """eDifFIQA correction settings (``label.ediffiqa``).
+
+    Attributes:
+        eps: Correction strength (0.5 in the public code).
+        top: Global fraction of best-quality samples that define the identity centres.
+    """
+
+    eps: float
+    top: float
 
 
 def top_quality_rows(

@@ -16,11 +16,14 @@ Work is in float32 for float16/float32 embeddings and float64 for float64 ones.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from fiqa.label.context import LabelContext
 from fiqa.label.grouping import identity_codes, identity_sums, l2_normalise, work_dtype
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,17 @@ log = logging.getLogger(__name__)
 EPS = 1e-9
 BLOCK_ELEMENTS = 2**26  # chunk x K block of ~256 MB in float32
 CENTRE_CHUNK_ROWS = 8192  # float64 (8192, d) blocks: 32 MB at d = 512
+
+
+@dataclass
+class CrFiqaParams:
+    """CR-FIQA settings (``label.methods.crfiqa``).
+
+    Attributes:
+        chunk_rows: Rows per chunk of the sample x centre product (None: ~256 MB blocks).
+    """
+
+    chunk_rows: int | None
 
 
 def class_centres(
@@ -146,3 +160,11 @@ def _codes_for_centres(
             "are given; pass the class ids the FR head was trained with"
         )
     return codes.astype(np.int64)
+
+
+def crfiqa_label(
+    ctx: LabelContext, params: CrFiqaParams, outputs: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """CR-FIQA labels of one FR model's embeddings, centres from the identities."""
+    identities = ctx.require_identities("crfiqa")
+    return crfiqa_scores(outputs["embedding"], identities, chunk_rows=params.chunk_rows)

@@ -20,25 +20,35 @@ range [0, 255] (the public code clips to [-1, 1] in [0, 1] units, i.e. effective
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fiqa.extract.products import Batch, BatchProduct
+
 PIXEL_RANGE = 255.0  # eps is given in [0, 1] image units; the networks take 0..255
 
 
-@dataclass(frozen=True)
+@dataclass
 class FaceQanParams:
-    """FaceQAN settings (the paper's defaults)."""
+    """FaceQAN settings (``label.methods.faceqan``; the paper's values are in its config).
 
-    eps: float = 0.001
-    iterations: int = 5
-    copies: int = 10
-    power: float = 5.0
-    seed: int = 0
-    batch_size: int = 8  # faces attacked together (batch_size * copies images per pass)
+    Attributes:
+        eps: Noise spread and BIM step, in [0, 1] pixel units.
+        iterations: l, BIM iterations.
+        copies: k, noisy copies attacked per face.
+        power: p.
+        batch_size: Faces attacked together (``batch_size * copies`` images per pass).
+    """
+
+    eps: float
+    iterations: int
+    copies: int
+    power: float
+    batch_size: int
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eps < 1.0:
@@ -134,3 +144,22 @@ def faceqan_batch(
         for p in trainable:
             p.requires_grad_(True)
     return torch.from_numpy(np.concatenate(scores) if scores else np.zeros(0))
+
+
+@dataclass(frozen=True)
+class FaceQanProduct(BatchProduct):
+    """FaceQAN scores as an extraction product (gradients on inside the predict loop)."""
+
+    params: FaceQanParams
+    seed: int
+
+    name: ClassVar[str] = "faceqan"
+    white_box: ClassVar[str | None] = "FaceQAN"
+    gradients: ClassVar[bool] = True
+    seeded: ClassVar[bool] = True
+    stream: ClassVar[int] = 1  # random stream of the batch generator
+
+    def compute(self, batch: Batch) -> torch.Tensor:
+        return faceqan_batch(
+            batch.net, batch.x, self.params, batch.generator(self.seed, self.stream)
+        )

@@ -14,16 +14,36 @@ identity by an ICAO-style proxy: sharpness, frontal pose, uniform illumination a
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from fiqa.data.prepared import PreparedFaces
+from fiqa.label.context import LabelContext
 from fiqa.label.grouping import iter_row_chunks, l2_normalise
 
 log = logging.getLogger(__name__)
 
 PROXY_CRITERIA = ("sharpness", "frontality", "illumination", "face_size")
+REFERENCES = ("proxy", "list", "manifest")
+
+
+@dataclass
+class FaceQnetParams:
+    """FaceQnet settings (``label.methods.faceqnet``).
+
+    Attributes:
+        reference: How each identity's reference image is chosen: ``proxy`` (ICAO-style
+            sharpness/pose/illumination/size), ``list`` (a CSV) or ``manifest`` (an
+            ``is_reference`` column, e.g. VGGFace2 + ``data.references``).
+        reference_list: CSV (identity, path) when ``reference=list``.
+    """
+
+    reference: str
+    reference_list: str | None
 
 
 def icao_proxy(faces: np.ndarray, landmarks: np.ndarray) -> pd.DataFrame:
@@ -99,3 +119,34 @@ def _distances(embeddings: np.ndarray, reference_rows: np.ndarray) -> np.ndarray
         references = l2_normalise(np.asarray(embeddings[reference_rows[rows]], dtype=np.float64))
         d[rows] = np.linalg.norm(block - references, axis=1)
     return d
+
+
+def select_references(prepared: PreparedFaces, params: FaceQnetParams) -> np.ndarray:
+    """Row of each sample's reference image, as ``params.reference`` says."""
+    manifest = prepared.manifest
+    if params.reference == "list":
+        ref_list = pd.read_csv(params.reference_list)
+        return references_from_list(manifest["identity"], manifest["path"], ref_list)
+    if params.reference == "manifest":  # e.g. data=vggface2 with data.references
+        if "is_reference" not in manifest.columns:
+            raise ValueError("reference=manifest needs an is_reference column (data.references)")
+        is_ref = manifest["is_reference"].fillna(False).astype(bool)
+        ref_list = manifest.loc[is_ref, ["identity", "path"]]
+        return references_from_list(manifest["identity"], manifest["path"], ref_list)
+    if params.reference == "proxy":
+        landmarks = np.stack(manifest["landmarks"].to_numpy()).reshape(-1, 5, 2)
+        proxy = pd.concat(
+            [icao_proxy(faces, landmarks[rows]) for rows, faces in prepared.chunks()],
+            ignore_index=True,
+        )
+        return select_reference_images(manifest["identity"], proxy)
+    raise ValueError(f"reference must be one of {REFERENCES}, got {params.reference!r}")
+
+
+def faceqnet_label(
+    ctx: LabelContext, params: FaceQnetParams, outputs: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """FaceQnet labels of one FR model's embeddings (references chosen once for all models)."""
+    prepared = ctx.require_prepared("faceqnet")
+    references = ctx.once("faceqnet_references", lambda: select_references(prepared, params))
+    return faceqnet_scores([outputs["embedding"]], references)

@@ -1,4 +1,4 @@
-"""Fusion of label columns, and the Huo et al. (2022) fused label S = a*S_v + b*S_r + c*S_c.
+"""Fusion of label columns: the ``fused`` method (Huo et al.'s label is in ``fiqa.label.huo``).
 
 Generic fusion of columns x_k with weights w_k >= 0 after a per-column normalisation N:
 
@@ -8,42 +8,21 @@ N is one of ``none``, ``minmax`` ((x - min) / (max - min)), ``rank`` ((r - 1) / 
 average rank, ties averaged) or ``z`` (Phi((x - mean) / std), Phi the standard normal CDF, std
 with ddof 0). The last three map to [0, 1] (z to (0, 1)), so S does too. A constant column maps to
 0.5 under all three (no information, mid-scale).
-
-Huo et al. (seed 004), for sample i of identity y with n_y images:
-
-    S_v,i = 1 - d_i / (d_max - d_min),  d_i = ||f_i - mean_{j in y} f_j||_2     (eq. 1, 2)
-    S_r,i = SER-FIQ score                                                        (eq. 3)
-    S_c,i = mean_{j in y, j != i} (cos(e_i, e_j) + 1) / 2                        (eq. 4)
-    S_i   = 0.2 S_v,i + 0.4 S_r,i + 0.4 S_c,i                                    (eq. 5)
-
-f are LOW-level FR features (any (n, k) array, e.g. pooled early-block activations); d_min and
-d_max are taken over identity y. Eq. 1 divides by the range but does not subtract d_min, so S_v
-lies in [-d_min / (d_max - d_min), 1 - d_min / (d_max - d_min)] and is negative wherever d_min
-> 0 and d_i > d_max - d_min; it is implemented as written (no clipping), ``subtract_min=True``
-gives the [0, 1] form 1 - (d_i - d_min) / (d_max - d_min). S_c uses, for unit vectors,
-sum_{j != i} cos(e_i, e_j) = e_i . (sum_{j in y} e_j) - e_i . e_i, so no pairwise matrix is formed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy.special import ndtr
 from scipy.stats import rankdata
 
-from fiqa.label.grouping import (
-    DEFAULT_CHUNK,
-    identity_codes,
-    identity_sums,
-    iter_row_chunks,
-)
+from fiqa.label.context import LabelContext
 
 NORMALISATIONS = ("none", "minmax", "rank", "z")
-HUO_WEIGHTS = (0.2, 0.4, 0.4)
-
-IdentityLabels = Sequence | np.ndarray | pd.Series
 
 
 def normalise(values: np.ndarray, how: str, name: str = "values") -> np.ndarray:
@@ -114,92 +93,26 @@ def fuse(
     return np.asarray(fused, dtype=np.float64) / total
 
 
-def intra_class_score(
-    embeddings: np.ndarray,
-    identities: IdentityLabels,
-    single_value: float = 0.5,
-    chunk: int = DEFAULT_CHUNK,
-) -> np.ndarray:
-    """Huo et al. S_c (eq. 4): mean over same-identity j != i of (cos(e_i, e_j) + 1) / 2.
+@dataclass
+class FusedParams:
+    """Fused label settings (``label.methods.fused``).
 
-    Seed eq. 4 divides by N but sums over the OTHER images j of the identity ("image i and j are
-    different face images"); the mean over the n_y - 1 others is used here.
-
-    Args:
-        embeddings: (n, d) FR features (normalised here; float16 memmaps are fine).
-        identities: (n,) identity label per sample.
-        single_value: S_c of an image that is its identity's only one. Default 0.5 = the value of
-            an orthogonal pair (cos = 0), i.e. no evidence either way; pass ``float("nan")`` to
-            mark such rows for the caller to drop (``fuse`` rejects NaN).
-        chunk: rows read at a time.
-
-    Returns:
-        (n,) float64 scores in [0, 1] (or ``single_value``).
+    Attributes:
+        how: Normalisation of each column first (``normalise``).
+        weights: Column name (a method, or ``method@model``) -> weight.
     """
-    n = embeddings.shape[0]
-    codes, n_ids = identity_codes(identities, n)
-    sums = identity_sums(embeddings, codes, n_ids, chunk=chunk)
-    sizes = np.bincount(codes, minlength=n_ids)
-    out = np.empty(n, dtype=np.float64)
-    for sl, block in iter_row_chunks(embeddings, chunk):
-        # Sum of cosines to the others = e_i . sum_y - e_i . e_i (1, or 0 for a zero vector).
-        others = np.einsum("ij,ij->i", block, sums[codes[sl]]) - np.einsum("ij,ij->i", block, block)
-        m = sizes[codes[sl]] - 1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[sl] = np.where(m > 0, (others / np.maximum(m, 1) + 1.0) / 2.0, single_value)
-    return out
+
+    how: str
+    weights: dict[str, float]
 
 
-def visual_score(
-    features: np.ndarray,
-    identities: IdentityLabels,
-    subtract_min: bool = False,
-    chunk: int = DEFAULT_CHUNK,
+def fused_label(
+    ctx: LabelContext, params: FusedParams, outputs: Mapping[str, Any] | None
 ) -> np.ndarray:
-    """Huo et al. S_v (eq. 1, 2): 1 - d_i / (d_max - d_min) over the identity's images.
-
-    Args:
-        features: (n, k) LOW-level features (used as given, not normalised).
-        identities: (n,) identity label per sample.
-        subtract_min: use 1 - (d_i - d_min) / (d_max - d_min) (in [0, 1]) instead of eq. 1 as
-            written (which is not clipped and can go below 0, see the module docstring).
-        chunk: rows read at a time.
-
-    Returns:
-        (n,) float64 scores; an identity whose distances are all equal (one image included)
-        has d_max = d_min and gets S_v = 1 for every image.
-    """
-    if features.ndim != 2:
-        raise ValueError(f"features must be (n, k), got shape {features.shape}")
-    n = features.shape[0]
-    codes, n_ids = identity_codes(identities, n)
-    sizes = np.bincount(codes, minlength=n_ids)
-    means = identity_sums(features, codes, n_ids, unit=False, chunk=chunk) / sizes[:, None]
-    d = np.empty(n, dtype=np.float64)
-    for sl, block in iter_row_chunks(features, chunk, unit=False):
-        d[sl] = np.linalg.norm(block - means[codes[sl]], axis=1)
-    d_min = np.full(n_ids, np.inf)
-    d_max = np.full(n_ids, -np.inf)
-    np.minimum.at(d_min, codes, d)
-    np.maximum.at(d_max, codes, d)
-    span = (d_max - d_min)[codes]
-    num = d - d_min[codes] if subtract_min else d
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(span > 0, 1.0 - num / span, 1.0)
+    """The fused method: ``fuse`` of the columns computed before it."""
+    return fuse(ctx.columns, dict(params.weights), how=params.how)
 
 
-def huo_fused(
-    s_v: np.ndarray,
-    s_r: np.ndarray,
-    s_c: np.ndarray,
-    weights: tuple[float, float, float] = HUO_WEIGHTS,
-    how: str = "none",
-) -> np.ndarray:
-    """Huo et al. fused label (eq. 5): (a N(S_v) + b N(S_r) + c N(S_c)) / (a + b + c).
-
-    The default ``how="none"`` with weights (0.2, 0.4, 0.4) (sum 1) is eq. 5 as in the paper.
-    The three terms sit on different scales (SER-FIQ in a narrow band, S_v unbounded below), so
-    ``rank`` or ``z`` normalisation is offered. Weights not summing to 1 are divided by their sum.
-    """
-    a, b, c = weights
-    return fuse({"s_v": s_v, "s_r": s_r, "s_c": s_c}, {"s_v": a, "s_r": b, "s_c": c}, how=how)
+def fused_range(params: FusedParams) -> tuple[float, float]:
+    """[0, 1] after a normalisation; unbounded for ``how=none`` (a weighted mean of raw columns)."""
+    return (-np.inf, np.inf) if params.how == "none" else (0.0, 1.0)

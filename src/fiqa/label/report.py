@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from fiqa.atomic import atomic_path
+from fiqa.core.atomic import atomic_path
 
 
 def label_report(table: pd.DataFrame, methods: list[str]) -> dict:

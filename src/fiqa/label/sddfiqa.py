@@ -34,17 +34,33 @@ Randomness is drawn per block of ``SAMPLE_BLOCK`` samples (in identity-sorted or
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from fiqa.label.context import LabelContext
 from fiqa.label.grouping import identity_codes, l2_normalise, work_dtype
 
 log = logging.getLogger(__name__)
 
 SAMPLE_BLOCK = 1024
 POOL_MIN = 1024
+
+
+@dataclass
+class SddFiqaParams:
+    """SDD-FIQA settings (``label.methods.sddfiqa``).
+
+    Attributes:
+        samples: m intra and m inter similarities per repeat (24 in the paper).
+        repeats: Repeats averaged (12 in the paper).
+    """
+
+    samples: int
+    repeats: int
 
 
 def wasserstein1_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -234,3 +250,12 @@ def _rows(embeddings: np.ndarray, index: np.ndarray, dtype: np.dtype) -> np.ndar
     """Normalised rows ``index`` of ``embeddings`` in ``dtype`` (sorted reads for memmaps)."""
     uniq, inv = np.unique(index, return_inverse=True)
     return l2_normalise(np.asarray(embeddings[uniq], dtype=dtype))[inv.reshape(-1)]
+
+
+def sddfiqa_label(
+    ctx: LabelContext, params: SddFiqaParams, outputs: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """SDD-FIQA labels of one FR model's embeddings (seeded by ``label.seed``)."""
+    identities = ctx.require_identities("sddfiqa")
+    return sddfiqa_scores(outputs["embedding"], identities, m=params.samples,
+                          repeats=params.repeats, seed=ctx.seed)  # fmt: skip

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fiqa.extract.products import Batch, BatchProduct
 
 CALIBRATION_A = 130.0
 CALIBRATION_R = 0.88
@@ -33,14 +36,19 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 PASS_GROUP_ELEMENTS = 2**25  # masked features per head call (128 MB of float32)
 
 
-@dataclass(frozen=True)
-class SerfiqParams:
-    """SER-FIQ settings (m passes, dropout p, mask seed, calibration)."""
+@dataclass
+class SerFiqParams:
+    """SER-FIQ settings (``label.methods.serfiq``).
 
-    passes: int = 100
-    dropout: float = 0.5
-    seed: int = 0
-    calibrate: bool = False
+    Attributes:
+        passes: m stochastic passes of the last layer.
+        dropout: Drop probability p.
+        calibrate: Apply the SER-FIQ repository's calibration (``calibrate``).
+    """
+
+    passes: int
+    dropout: float
+    calibrate: bool
 
 
 def serfiq_from_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
@@ -100,3 +108,22 @@ def serfiq_scores(
         stochastic.append(head(masked.reshape(k * n, width)).reshape(k, n, -1))
     q = serfiq_from_embeddings(torch.cat(stochastic).transpose(0, 1)).cpu().numpy()
     return calibrate(q) if calibrated else q
+
+
+@dataclass(frozen=True)
+class SerFiqProduct(BatchProduct):
+    """SER-FIQ scores as an extraction product: the m passes reuse the batch's features."""
+
+    params: SerFiqParams
+    seed: int
+
+    name: ClassVar[str] = "serfiq"
+    white_box: ClassVar[str | None] = "SER-FIQ"
+    seeded: ClassVar[bool] = True
+    stream: ClassVar[int] = 0  # random stream of the batch generator
+
+    def compute(self, batch: Batch) -> torch.Tensor:
+        p = self.params
+        scores = serfiq_scores(batch.net.forward_head, batch.features, p.passes, p.dropout,
+                               batch.generator(self.seed, self.stream), p.calibrate)  # fmt: skip
+        return torch.from_numpy(scores)

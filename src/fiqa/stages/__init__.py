@@ -1,4 +1,10 @@
-"""Pipeline stages. Each module exposes ``run(cfg) -> dict[str, float]``."""
+"""Pipeline stages: each ``fiqa.stages.<stage>`` module exposes ``run(cfg) -> dict[str, float]``.
+
+``STAGES`` declares, once, what each stage reads and writes: the config keys its outputs
+depend on (DVC ``params``), its input and output directories (``paths.*`` keys) and metric and
+plot files. ``fiqa dvc-yaml`` writes ``dvc.yaml`` from these declarations and each stage's import
+closure (its code ``deps``); tests keep both true.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,68 @@ import importlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from fiqa.config import validate_config
-
-STAGES = ("prepare", "label", "train", "evaluate")
-
 log = logging.getLogger(__name__)
+
+# Config keys any stage may read that change no output byte (where outputs go, tracking,
+# parallelism and progress display).
+RUNTIME_KEYS = (
+    "paths",
+    "logger",
+    "experiment_name",
+    "extract.accelerator",
+    "extract.devices",
+    "extract.num_nodes",
+    "extract.strategy",
+    "extract.num_workers",
+    "extract.part_rows",
+    "extract.progress",
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage reads and writes.
+
+    Attributes:
+        name: Stage name (``fiqa <name>``, the DVC stage, ``fiqa.stages.<name>``).
+        params: Config keys (or groups) whose values its outputs depend on.
+        deps: ``paths`` keys of its input directories.
+        outs: ``paths`` keys of its output directories.
+        metrics: ``(paths key, file)`` of its DVC metrics files (not cached).
+        plots: ``(paths key, directory)`` of its DVC plots (not cached).
+    """
+
+    name: str
+    params: tuple[str, ...]
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    metrics: tuple[tuple[str, str], ...] = ()
+    plots: tuple[tuple[str, str], ...] = ()
+
+
+_EXTRACTION = ("fr", "extract.precision")  # embeddings: the models and their precision
+_ALIGNMENT = ("prepare.template", "prepare.face_selection", "prepare.score_threshold",
+              "prepare.pad_ratio")  # fmt: skip
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("prepare", ("data", "prepare"), deps=("raw",), outs=("prepared",)),
+        Stage("label", ("label", "prepare.templates", *_EXTRACTION),
+              deps=("prepared",), outs=("labels",)),
+        Stage("train", ("model", "trainer", "train", "label.fr_models", "eval.fmr",
+                        "eval.discard_limits", "prepare.templates", *_EXTRACTION),
+              deps=("prepared", "labels"), outs=("models",),
+              metrics=(("metrics", "train.json"),)),
+        Stage("evaluate", ("data.name", "eval", "label.fr_models", "label.methods", "label.seed",
+                           "prepare.templates", *_ALIGNMENT, *_EXTRACTION),
+              deps=("prepared", "labels", "models"), outs=("reports",),
+              metrics=(("metrics", "eval.json"),), plots=(("plots", "edc"),)),
+    )
+}  # fmt: skip
 
 
 class StageError(RuntimeError):
@@ -28,10 +88,22 @@ def stage_function(stage: str) -> Callable[[DictConfig], dict[str, float]]:
 
 
 def run_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
-    """Run ``stage`` on a composed config, with the process-wide settings every stage needs."""
+    """Validate a composed config, then run ``stage`` on it."""
+    from fiqa.config import validate_config
+
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    validate_config(cfg)
-    result = stage_function(stage)(cfg)
+    validate_config(cfg)  # reads every key: done before the stage's own reads
+    return execute_stage(stage, cfg)
+
+
+def execute_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
+    """Run ``stage`` on a validated config: everything here reads only the keys the stage's
+    outputs depend on (``STAGES[stage].params``) or ``RUNTIME_KEYS``."""
+    from fiqa.config.builders import register_templates
+
+    run = stage_function(stage)
+    register_templates(cfg)
+    result = run(cfg)
     log.info("%s finished: %s", stage, {k: round(v, 4) for k, v in result.items()})
     return result

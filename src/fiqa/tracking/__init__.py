@@ -1,5 +1,11 @@
-"""Experiment tracking (W&B)."""
+"""Experiment tracking: one W&B run per stage execution (offline unless told otherwise)."""
 
-from fiqa.tracking.wandb_run import stage_run, wandb_init_kwargs, wandb_mode
+from fiqa.tracking.wandb_run import (
+    LOGGER_BACKENDS,
+    lightning_logger,
+    stage_run,
+    wandb_init_kwargs,
+    wandb_mode,
+)
 
-__all__ = ["stage_run", "wandb_init_kwargs", "wandb_mode"]
+__all__ = ["LOGGER_BACKENDS", "lightning_logger", "stage_run", "wandb_init_kwargs", "wandb_mode"]

@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+LOGGER_BACKENDS = ("wandb", "csv", "none")  # logger.backend
+
 
 def wandb_mode(cfg: DictConfig) -> str:
     """The W&B mode: ``WANDB_MODE`` from the environment wins over ``logger.mode``."""
@@ -56,3 +58,23 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[Any | None]:
         log.info(
             "W&B %s run of %s written under %s/wandb", run.settings.mode, stage, cfg.paths.root
         )
+
+
+def lightning_logger(cfg: DictConfig, stage: str, prefix: str = "", run: Any = None):
+    """Lightning logger from ``cfg.logger``: W&B (offline by default), CSV, or none (False).
+
+    Args:
+        cfg: The run's config.
+        stage: The stage (W&B job type).
+        prefix: Metric prefix (the distillation fit logs ``distill-train/loss`` ...).
+        run: An open W&B run to log into (both fits of model=distill share one run).
+    """
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    if cfg.logger.backend == "wandb" and wandb_mode(cfg) != "disabled":
+        if run is not None:
+            return WandbLogger(experiment=run, prefix=prefix, log_model=False)
+        return WandbLogger(**wandb_init_kwargs(cfg, stage), prefix=prefix, log_model=False)
+    if cfg.logger.backend == "csv":
+        return CSVLogger(save_dir=cfg.paths.models, name=f"logs{'-' + prefix if prefix else ''}")
+    return False

@@ -10,9 +10,10 @@ import torch
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 
-from fiqa.eval.edc import edc_curve, pair_quality, pauc
-from fiqa.eval.pairs import all_pairs, pair_scores
-from fiqa.train.module import QualityRegressor, param_groups
+from fiqa.core.edc import pauc, quality_curves
+from fiqa.core.pairs import all_pairs, pair_scores
+from fiqa.quality.model import QualityRegressor
+from fiqa.quality.optim import param_groups
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ValidationEDC(pl.Callback):
 
     The pairs are all pairs of the validation faces; the comparison scores come from an FR
     model's embeddings of those faces (the "teacher", computed once by the caller); quality of a
-    pair = min of the two predictions; threshold fixed once at ``fmr`` (``fiqa.eval.edc``).
+    pair = min of the two predictions; threshold fixed once at ``fmr`` (``fiqa.core.edc``).
     Logs ``val/pauc@<limit>`` for each limit.
 
     Args:
@@ -74,16 +75,15 @@ class ValidationEDC(pl.Callback):
         sample_ids: np.ndarray,
         identities: np.ndarray,
         embeddings: np.ndarray,
-        fmr: float = 1e-3,
-        limits: tuple[float, ...] = (0.2,),
+        fmr: float,
+        limits: tuple[float, ...],
     ) -> None:
         super().__init__()
         self.rows = {int(s): i for i, s in enumerate(sample_ids)}
         self.pairs = all_pairs(identities)
         if self.pairs.n_genuine == 0 or self.pairs.n_impostor == 0:
             raise ValueError("the validation split needs genuine and impostor pairs for its EDC")
-        scores = pair_scores(embeddings, self.pairs)
-        self.genuine, self.impostor = scores[self.pairs.genuine], scores[~self.pairs.genuine]
+        self.scores = pair_scores(embeddings, self.pairs)
         self.fmr, self.limits = fmr, tuple(limits)
         self._preds: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -107,7 +107,6 @@ class ValidationEDC(pl.Callback):
         if np.isnan(quality).any():
             log.warning("validation EDC skipped: predictions for only part of the split")
             return
-        pq = pair_quality(quality[self.pairs.a], quality[self.pairs.b])[self.pairs.genuine]
-        curve = edc_curve(self.genuine, pq, self.impostor, fmr=self.fmr)
+        curve = quality_curves(self.scores, self.pairs, quality, (self.fmr,))[self.fmr]
         for limit in self.limits:
             pl_module.log(f"val/pauc@{limit:g}", pauc(curve, limit), on_epoch=True, batch_size=1)

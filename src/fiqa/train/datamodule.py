@@ -23,9 +23,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fiqa.data.align import retarget_faces
+from fiqa.core.align import retarget_faces
 from fiqa.data.prepared import PreparedFaces
-from fiqa.extract import FaceSource
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
@@ -175,17 +174,17 @@ class QualityDataModule(pl.LightningDataModule):
         aug_shift_px: Largest augmentation shift in pixels.
         aug_scale: Largest augmentation relative zoom.
         template: Alignment template the model takes (its backbone's); faces prepared on
-            another template are re-warped (``fiqa.data.align.retarget_faces``).
+            another template are re-warped (``fiqa.core.align.retarget_faces``).
     """
 
     def __init__(
         self,
         prepared_dir: str | Path,
         labels_path: str | Path,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        augment: bool = True,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        augment: bool,
         label_column: str = "quality",
         aug_shift_px: int = 4,
         aug_scale: float = 0.05,
@@ -221,7 +220,7 @@ class QualityDataModule(pl.LightningDataModule):
         for split in SPLITS:
             if not (self.table["split"] == split).any():
                 raise ValueError(f"{self.prepared_dir}: no {split!r} rows in the manifest")
-        source = FaceSource.from_prepared(self.prepared).template
+        source = self.prepared.template
         self.retarget = (source, self.template) if source != self.template else None
         counts = self.table["split"].value_counts().to_dict()
         log.info("quality data: %s samples per split from %s", counts, self.prepared_dir)

@@ -26,22 +26,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fiqa.atomic import atomic_path
-from fiqa.config import plain_container
+from fiqa.core.atomic import atomic_path
+from fiqa.core.containers import plain_container
 from fiqa.fr import load_fr_model
-from fiqa.train.module import build_backbone, check_choice, param_groups
+from fiqa.quality.model import build_backbone, check_choice
+from fiqa.quality.optim import SCHEDULERS, param_groups, with_schedule
 
 log = logging.getLogger(__name__)
 
 TEACHER_HEADS = ("cosine", "linear")
-SCHEDULERS = ("cosine", "step", "none")
 STUDENT_FILE_KEY = "fr_model"  # what a save_student file holds, next to its "state_dict"
 
 
@@ -108,16 +107,14 @@ class DistillationModule(pl.LightningModule):
 
     Args:
         num_classes: Number of training identities K.
-        teacher: Teacher registry name (``load_fr_model``).
-        teacher_weights: Teacher weights file (None: the model's bundled file).
-        teacher_options: Teacher architecture options.
+        teacher: The teacher FR model ``{name, weights, options}`` (``load_fr_model``; weights
+            None: the model's bundled file).
         teacher_class_weights: File with the teacher's head, a ``(K, D_t)`` tensor or a dict
             with ``weight`` (and ``bias`` for ``"linear"``); None: identity centres.
         teacher_head: ``"cosine"`` or ``"linear"``: how ``teacher_class_weights`` make logits.
-        student: Student registry name (a PyTorch FR model of ``fiqa.fr``).
-        student_pretrained: Start the student from FR weights (else random init).
-        student_weights: Student FR weights file when pretrained.
-        student_options: Student architecture options (e.g. MobileFaceNet ``blocks``).
+        student: The student ``{name, pretrained, weights, options}``: a PyTorch FR model of
+            ``fiqa.fr``, started from FR weights when ``pretrained`` (else random init), with
+            its architecture options (e.g. MobileFaceNet ``blocks``).
         loss_weights: ``(a, b, c)`` of eq. 6.
         temperature: Soft-target temperature T.
         scale: Cosine-logit scale s of the student head and the teacher's cosine logits.
@@ -132,23 +129,18 @@ class DistillationModule(pl.LightningModule):
     def __init__(
         self,
         num_classes: int,
-        teacher: str = "iresnet100",
-        teacher_weights: str | None = None,
-        teacher_options: Mapping | None = None,
-        teacher_class_weights: str | None = None,
-        teacher_head: str = "cosine",
-        student: str = "mobilefacenet",
-        student_pretrained: bool = False,
-        student_weights: str | None = None,
-        student_options: Mapping | None = None,
-        loss_weights: Sequence[float] = (0.4, 0.2, 0.4),
-        temperature: float = 1.0,
-        scale: float = 64.0,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: str = "cosine",
-        lr_step_epochs: int = 10,
-        lr_gamma: float = 0.05,
+        teacher: Mapping[str, Any],
+        teacher_class_weights: str | None,
+        teacher_head: str,
+        student: Mapping[str, Any],
+        loss_weights: Sequence[float],
+        temperature: float,
+        scale: float,
+        lr: float,
+        weight_decay: float,
+        scheduler: str,
+        lr_step_epochs: int,
+        lr_gamma: float,
     ) -> None:
         super().__init__()
         check_choice("teacher_head", teacher_head, TEACHER_HEADS)
@@ -158,18 +150,16 @@ class DistillationModule(pl.LightningModule):
         if teacher_head == "linear" and teacher_class_weights is None:
             raise ValueError("teacher_head='linear' needs teacher_class_weights (W and b)")
         # save_hyperparameters reads these locals: store plain values, not Hydra containers.
-        teacher_options = plain_container(teacher_options)
-        student_options = plain_container(student_options)
+        teacher = {"options": {}, **plain_container(teacher)}
+        student = {"options": {}, **plain_container(student)}
         loss_weights = [float(w) for w in loss_weights]
         self.save_hyperparameters()
-        fr = load_fr_model(
-            {"name": teacher, "weights": teacher_weights, "options": teacher_options}
-        )
+        fr = load_fr_model({k: teacher.get(k) for k in ("name", "weights", "options")})
         self.teacher = fr.net.requires_grad_(False)
         self.teacher_info = fr.info
         teacher_dim = fr.embedding_size
         self.student, info = build_backbone(
-            student, student_pretrained, student_weights, student_options
+            student["name"], student["pretrained"], student.get("weights"), student["options"]
         )
         self.student_info = info
         self.student_dim = info.embedding_size
@@ -301,19 +291,8 @@ class DistillationModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             param_groups(list(self.parameters()), hp.lr, hp.weight_decay), lr=hp.lr
         )
-        if hp.scheduler == "none":
-            return optimizer
-        if hp.scheduler == "step":
-            step = torch.optim.lr_scheduler.StepLR(optimizer, hp.lr_step_epochs, hp.lr_gamma)
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": step, "interval": "epoch"},
-            }
-        total = self.trainer.estimated_stepping_batches
-        if not np.isfinite(total):
-            raise ValueError("scheduler='cosine' needs max_epochs or max_steps")
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+        return with_schedule(optimizer, hp.scheduler, self.trainer.estimated_stepping_batches,
+                             step_epochs=hp.lr_step_epochs, gamma=hp.lr_gamma)  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the teacher out: it is rebuilt from its registry name and weights file."""
@@ -338,8 +317,8 @@ class DistillationModule(pl.LightningModule):
         """
         state = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
         spec = {
-            "name": self.hparams.student,
-            "options": dict(self.hparams.student_options or {}),
+            "name": self.hparams.student["name"],
+            "options": dict(self.hparams.student["options"] or {}),
             "embedding_size": int(self.student_dim),
         }
         with atomic_path(path) as tmp:

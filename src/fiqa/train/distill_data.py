@@ -54,10 +54,10 @@ class IdentityFacesDataModule(pl.LightningDataModule):
     def __init__(
         self,
         prepared_dir: str | Path,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        augment: bool = True,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        augment: bool,
         aug_shift_px: int = 4,
         aug_scale: float = 0.05,
     ) -> None:

@@ -3,7 +3,7 @@
 ``dvc repro`` reads params.yaml as committed; ``dvc exp run -S group=option`` recomposes it with
 DVC's own Hydra composition. Regenerate after editing ``conf/``::
 
-    python -m fiqa.params            # or: make params
+    python -m fiqa.config.params_file            # or: make params
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dvc.utils.hydra import compose_and_dump
 
-from fiqa.atomic import write_text_atomic
+from fiqa.core.atomic import write_text_atomic
 
 
 def compose_params(config_dir: Path, overrides: list[str] | None = None) -> str:

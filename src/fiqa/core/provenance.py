@@ -1,9 +1,10 @@
-"""Where an output came from: code version and file checksums."""
+"""Where an output came from: code version, file checksums and content digests."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -43,3 +44,9 @@ def file_sha256(path: str) -> str:
 def code_version() -> dict[str, str]:
     """The fiqa version and git revision, for provenance records."""
     return {"fiqa": fiqa.__version__, "git_revision": git_revision()}
+
+
+def digest(obj: object, length: int = 16) -> str:
+    """Short SHA-256 hex digest of a JSON-serialisable value (keys sorted): cache keys."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from fiqa.eval.edc import EDCCurve, _as_scores, _check_fraction
+from fiqa.core.edc import EDCCurve, _as_scores, _check_fraction
 
 
 @dataclass(frozen=True, eq=False)

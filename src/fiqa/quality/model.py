@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fiqa.config import plain_container
+from fiqa.core.containers import plain_container
 from fiqa.fr import FRModelInfo, load_fr_model
-from fiqa.train.metrics import mean_absolute_error, pearson, spearman
+from fiqa.quality.metrics import mean_absolute_error, pearson, spearman
+from fiqa.quality.optim import SCHEDULERS, param_groups, with_schedule
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
     "smooth_l1": nn.SmoothL1Loss,
     "mse": nn.MSELoss,
 }
-SCHEDULERS = ("cosine", "step", "none")
-STEP_MILESTONES = (0.6, 0.85)  # "step": learning rates x0.1 at these fractions of the run
 # What stays fixed: nothing, the trunk (everything but the embedding layers of forward_head), or
 # the whole backbone.
 FREEZE = ("none", "trunk", "backbone")
@@ -101,17 +100,6 @@ def build_head(name: str, in_dim: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
 
-def param_groups(params: list[nn.Parameter], lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on weight matrices/kernels only, none on biases, norms, PReLU."""
-    decay = [p for p in params if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
-    groups = [
-        {"params": decay, "lr": lr, "weight_decay": weight_decay},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
 class QualityRegressor(pl.LightningModule):
     """Face image quality regressor: ``forward(faces) -> (N,)`` quality, higher = better.
 
@@ -138,20 +126,20 @@ class QualityRegressor(pl.LightningModule):
 
     def __init__(
         self,
-        backbone: str = "sface",
-        pretrained: bool = True,
-        backbone_weights: str | None = None,
-        backbone_options: dict[str, Any] | None = None,
-        head: str = "mlp",
-        head_hidden: int = 1024,
-        loss: str = "l1",
-        lr: float = 1e-3,
-        backbone_lr: float = 1e-4,
-        weight_decay: float = 1e-4,
-        scheduler: str = "cosine",
-        freeze: str = "none",
-        unfreeze_at_epoch: int | None = None,
-        consistency_weight: float = 0.0,
+        backbone: str,
+        pretrained: bool,
+        backbone_weights: str | None,
+        backbone_options: dict[str, Any] | None,
+        head: str,
+        head_hidden: int,
+        loss: str,
+        lr: float,
+        backbone_lr: float,
+        weight_decay: float,
+        scheduler: str,
+        freeze: str,
+        unfreeze_at_epoch: int | None,
+        consistency_weight: float,
     ) -> None:
         super().__init__()
         for key, value, choices in (("head", head, HEADS), ("loss", loss, LOSSES),
@@ -286,20 +274,7 @@ class QualityRegressor(pl.LightningModule):
         groups = param_groups(list(self.head.parameters()), hp.lr, hp.weight_decay)
         groups += param_groups(list(self.backbone.parameters()), hp.backbone_lr, hp.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        if hp.scheduler == "none":
-            return optimizer
-        total = self.trainer.estimated_stepping_batches
-        if not 0 < total < float("inf"):
-            raise ValueError(
-                f"model.scheduler={hp.scheduler} needs a finite run length: set trainer "
-                "max_epochs or max_steps, or use model.scheduler=none"
-            )
-        if hp.scheduler == "cosine":
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total))
-        else:
-            milestones = [max(1, int(f * total)) for f in STEP_MILESTONES]
-            schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return with_schedule(optimizer, hp.scheduler, self.trainer.estimated_stepping_batches)
 
 
 def _first_occurrences(ids: torch.Tensor) -> list[int]:

@@ -110,7 +110,7 @@ def get_template(name: str) -> AlignmentTemplate:
         known = ", ".join(sorted(ALIGNMENT_TEMPLATES))
         raise KeyError(
             f"unknown alignment template {name!r}; registered: {known} "
-            "(add one with fiqa.data.align.register_template)"
+            "(add one with fiqa.core.align.register_template)"
         ) from None
 
 

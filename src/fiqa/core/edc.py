@@ -6,7 +6,7 @@ comparisons are discarded, lowest quality first, equal qualities together; EDC v
 remaining genuine comparisons; pAUC = area on ``[0, limit]``, normalised by ``FNMR(0) * limit``.
 O(n log n) in the genuine count, O(m) in the impostor count (O(m log m) for several FMRs at
 once, ``edc_curves``); no Python loop over discard steps. The threshold-recomputing variant of
-CR-FIQA's and MagFace's code, for comparison only, is in ``fiqa.eval.edc_recomputed``.
+CR-FIQA's and MagFace's code, for comparison only, is in ``fiqa.core.edc_recomputed``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from fiqa.core.pairs import Pairs
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +288,29 @@ def edc_curves(
     return {
         fmr: _curve_at(sorted_gen, discarded, t, fmr, imp.size) for fmr, t in thresholds.items()
     }
+
+
+def quality_curves(
+    scores: NDArray[np.float64],
+    pairs: Pairs,
+    quality: ArrayLike,
+    fmrs: Sequence[float],
+    how: PairQualityRule = "min",
+) -> dict[float, EDCCurve]:
+    """EDC of a per-sample quality on comparison pairs: ``{fmr: curve}``.
+
+    The one path from per-sample qualities to curves (evaluation matrix, validation pAUC).
+
+    Args:
+        scores: Comparison score of each pair, shape ``(len(pairs),)``.
+        pairs: The pairs (genuine flags split the scores).
+        quality: Quality of each sample the pairs index.
+        fmrs: Target FMRs of the thresholds (fixed once from all impostor scores).
+        how: Pair-quality rule (``pair_quality``).
+    """
+    q = np.asarray(quality, dtype=np.float64)
+    genuine_quality = pair_quality(q[pairs.a], q[pairs.b], how=how)[pairs.genuine]
+    return edc_curves(scores[pairs.genuine], genuine_quality, scores[~pairs.genuine], fmrs)
 
 
 def oracle_curve(

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fiqa.atomic import atomic_path
-from fiqa.train.module import QualityRegressor
+from fiqa.core.atomic import atomic_path
+from fiqa.quality.model import QualityRegressor
 
 log = logging.getLogger(__name__)
 

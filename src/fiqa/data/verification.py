@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fiqa.core.images import decode_image, read_image
+from fiqa.core.pairs import Pairs, identity_pairs
 from fiqa.data.folder import list_identity_folder
-from fiqa.data.images import decode_image, read_image
-from fiqa.eval.pairs import Pairs
 
 log = logging.getLogger(__name__)
 
@@ -213,25 +213,6 @@ def load_pairs_txt(
     return VerificationBenchmark(name or root.name, source, pairs, False, people, paths, missing)
 
 
-def _sample_impostor_pairs(
-    group_end: np.ndarray, n_samples: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform sample without replacement of cross-identity pairs ``i < j``, sorted.
-
-    Images are grouped by identity, so the impostor partners ``j > i`` of ``i`` are exactly
-    ``group_end[i] .. n - 1``: pairs are numbered row by row and sampled numbers mapped back
-    through the cumulative row lengths, with no ``n x n`` matrix.
-    """
-    row_start = np.concatenate(([0], np.cumsum(group_end.size - group_end)))
-    total = int(row_start[-1])
-    if n_samples >= total:
-        flat = np.arange(total, dtype=np.int64)
-    else:
-        flat = np.sort(rng.choice(total, size=n_samples, replace=False)).astype(np.int64)
-    rows = np.searchsorted(row_start, flat, side="right") - 1  # skips empty rows
-    return rows, group_end[rows] + (flat - row_start[rows])
-
-
 def load_identity_folder(
     root: str | Path, impostors: int = 10000, seed: int = 0, name: str | None = None
 ) -> VerificationBenchmark:
@@ -255,18 +236,7 @@ def load_identity_folder(
     except ValueError as exc:
         raise ValueError(f"benchmark folder {root} holds no <identity>/<image> files") from exc
     paths, identities = table["path"].tolist(), table["identity"].tolist()
-    # list_identity_folder lists identity by identity: each one is a contiguous block.
-    labels = np.asarray(identities)
-    starts = np.concatenate(([0], np.flatnonzero(labels[1:] != labels[:-1]) + 1))
-    counts = np.diff(np.concatenate((starts, [labels.size])))
-    blocks = [np.triu_indices(int(count), k=1) for count in counts]
-    genuine_a = [a + start for (a, _), start in zip(blocks, starts, strict=True)]
-    genuine_b = [b + start for (_, b), start in zip(blocks, starts, strict=True)]
-    group_end = np.repeat(starts + counts, counts)
-    rng = np.random.default_rng(seed)
-    impostor_a, impostor_b = _sample_impostor_pairs(group_end, int(impostors), rng)
-    a, b = np.concatenate([*genuine_a, impostor_a]), np.concatenate([*genuine_b, impostor_b])
-    pairs = Pairs(a=a, b=b, genuine=np.arange(a.size) < a.size - impostor_a.size)
+    pairs = identity_pairs(identities, int(impostors), seed)
     if pairs.n_genuine == 0 or pairs.n_impostor == 0:
         log.warning("%s: %d genuine, %d impostor pairs", root, pairs.n_genuine, pairs.n_impostor)
     images = ImageFileSource(str(root), paths)

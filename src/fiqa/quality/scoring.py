@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fiqa.data.align import retarget_faces
+from fiqa.core.align import retarget_faces
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class QualityScorer:
         if not path.is_file():
             raise FileNotFoundError(f"quality model {path} not found: run the train stage first")
         if path.suffix == ".ckpt":
-            from fiqa.train.module import QualityRegressor
+            from fiqa.quality.model import QualityRegressor
 
             model = QualityRegressor.load_from_checkpoint(path, map_location=device,
                                                           pretrained=False).eval()  # fmt: skip
@@ -125,8 +125,8 @@ class QualityScorer:
             DataFrame ``path, quality, failure``: ``failure`` is None for scored files, else
             the reason (read failure, ``no_face``, ``not_aligned``); ``quality`` is then NaN.
         """
+        from fiqa.core.images import ImageReadError, read_image
         from fiqa.data.face_pipeline import FaceAligner
-        from fiqa.data.images import ImageReadError, read_image
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -179,10 +179,9 @@ class QualityScorer:
                        batch_size: int = 64) -> pd.DataFrame:  # fmt: skip
         """Every face of a prepared directory: ``sample_id, path, identity, split, quality``."""
         from fiqa.data.prepared import PreparedFaces
-        from fiqa.extract import FaceSource
 
         prepared = PreparedFaces(prepared_dir)
-        template = FaceSource.from_prepared(prepared).template
+        template = prepared.template
         quality = np.empty(len(prepared), np.float32)
         for rows, faces in prepared.chunks(max(batch_size, 512)):
             quality[rows] = self.score(faces, batch_size, template)
@@ -219,14 +218,14 @@ def _onnx_predictor(path: Path, device: str,
     session = ort.InferenceSession(str(path), providers=providers)
     meta = session.get_modelmeta().custom_metadata_map
     graph_input = session.get_inputs()[0]
-    if "fiqa.template" in meta:  # exported by fiqa.train.export: RGB 0..255 as is
+    if "fiqa.template" in meta:  # exported by fiqa.quality.export: RGB 0..255 as is
         opts = {**ONNX_DEFAULTS, "template": meta["fiqa.template"]}
         size = tuple(json.loads(meta["fiqa.input_size"]))
     else:
         opts = {**ONNX_DEFAULTS, **dict(options)}
         size = tuple(graph_input.shape[2:4])
         if not all(isinstance(d, int) for d in size):
-            from fiqa.data.align import get_template
+            from fiqa.core.align import get_template
 
             width, height = get_template(opts["template"]).size
             size = (height, width)

@@ -1,0 +1,155 @@
+"""Typed schemas of every config group: types only, the values live in ``conf/``.
+
+Merging the composed config into these dataclasses rejects wrong types (``model.lr=fast``) and
+missing keys at stage start, naming the key (Hydra's struct mode already rejects unknown keys,
+``model.lrr=1``). Where a library function consumes a group, its settings dataclass is the schema
+(``PrepareSettings``, ``ExtractionSettings``, ``FREntry``, each label method's settings), so
+the names and types are stated once; the ``model`` schemas list the LightningModules'
+constructor arguments (a test keeps them equal). ``trainer`` is passed to
+``pytorch_lightning.Trainer`` as is and validated there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, make_dataclass
+from typing import Any
+
+from fiqa.data.preparation import PrepareSettings
+from fiqa.extract import ExtractionSettings, FREntry
+from fiqa.label import METHODS
+from fiqa.label.correction import EdiffiqaParams
+from fiqa.train.settings import TrainSettings
+
+
+@dataclass
+class PathsConfig:
+    root: str
+    raw: str
+    prepared: str
+    labels: str
+    models: str
+    metrics: str
+    plots: str
+    reports: str
+    cache: str
+
+
+@dataclass
+class DataConfig:
+    name: str
+    format: str
+    root: str
+    metadata: str | None
+    # Format-specific keys (None where a format does not use them).
+    subsets: list[str] | None = None  # vggface2
+    use_landmarks: bool | None = None  # vggface2
+    references: str | None = None  # vggface2: FaceQnet reference list
+    rec: str | None = None  # ms1m
+    idx: str | None = None  # ms1m
+
+
+# label.methods: one field per registered method, typed by its settings dataclass.
+LabelMethods = make_dataclass("LabelMethods", [(m.name, m.params) for m in METHODS.values()])
+
+
+@dataclass
+class LabelConfig:
+    target: str
+    compute: list[str]
+    fr_models: list[Any]  # registry names or {name, weights, options} mappings
+    seed: int
+    correction: str
+    ediffiqa: EdiffiqaParams
+    methods: LabelMethods  # type: ignore[valid-type]
+
+
+@dataclass
+class RegressorHead:
+    """The regressor settings that do not name the backbone (also the second fit of distill)."""
+
+    head: str
+    head_hidden: int
+    loss: str
+    lr: float
+    backbone_lr: float
+    weight_decay: float
+    scheduler: str
+    freeze: str
+    unfreeze_at_epoch: int | None
+    consistency_weight: float
+
+
+@dataclass
+class RegressorConfig(RegressorHead):
+    name: str  # the option's name (model=regressor)
+    backbone: str
+    pretrained: bool
+    backbone_weights: str | None
+    backbone_options: dict[str, Any]
+
+
+@dataclass
+class NetConfig:
+    name: str
+    weights: str | None
+    options: dict[str, Any]
+
+
+@dataclass
+class StudentConfig(NetConfig):
+    pretrained: bool
+
+
+@dataclass
+class DistillConfig:
+    name: str
+    teacher: NetConfig
+    teacher_class_weights: str | None
+    teacher_head: str
+    student: StudentConfig
+    loss_weights: list[float]
+    temperature: float
+    scale: float
+    lr: float
+    weight_decay: float
+    scheduler: str
+    lr_step_epochs: int
+    lr_gamma: float
+    max_epochs: int
+    regressor: RegressorHead
+
+
+@dataclass
+class LoggerConfig:
+    backend: str
+    project: str
+    entity: str | None
+    mode: str
+
+
+@dataclass
+class EvalConfig:
+    benchmark: dict[str, Any]  # format + its keys (conf/eval/benchmark/)
+    bin_root: str | None  # eval=insightface: folder of the .bin files
+    benchmarks: list[dict[str, Any]]  # more benchmarks of the matrix
+    fr_models: list[Any]  # registry names or {name, weights, options} mappings
+    methods: list[str]
+    quality_models: dict[str, Any]  # name -> {path, template, colour, mean, std, fr_models}
+    fmr: float
+    extra_fmrs: list[float]
+    discard_limits: list[float]
+    pair_quality: str
+
+
+SCHEMAS: dict[str, type | dict[str, type]] = {
+    "paths": PathsConfig,
+    "data": DataConfig,
+    "fr": FREntry,
+    "extract": ExtractionSettings,
+    "prepare": PrepareSettings,
+    "label": LabelConfig,
+    "model": {"regressor": RegressorConfig, "distill": DistillConfig},  # by model.name
+    "train": TrainSettings,
+    "logger": LoggerConfig,
+    "eval": EvalConfig,
+}

@@ -1,0 +1,35 @@
+"""File names of every stage output: the one place a stage's output is named.
+
+Directories come from ``conf/paths/`` (``paths.prepared``, ``paths.labels``, ...); the names
+inside them are fixed here, so a stage and the stages that read its output cannot disagree::
+
+    paths.prepared/  MANIFEST, FAILURES, PREPARE_SUMMARY, faces-NNNNN.bin shards
+    paths.labels/    LABELS, LABELS_PROVENANCE, LABEL_REPORT, LABEL_FIGURES/
+    paths.models/    QUALITY_CHECKPOINT, QUALITY_ONNX, LAST_CHECKPOINT, STUDENT, COST_TABLE
+    paths.metrics/   TRAIN_METRICS, EVAL_METRICS
+    paths.plots/     EDC_PLOTS/<benchmark>__<fr model>.json
+    paths.reports/   EVAL_REPORT.md / .html, edc_<benchmark>__<fr model>.png / .svg
+    paths.cache/     QUALITY_SCORES/ (quality-model scores), <fr model>-<key>/ (extraction)
+"""
+
+MANIFEST = "manifest.parquet"
+FAILURES = "failures.parquet"
+PREPARE_SUMMARY = "summary.json"
+
+LABELS = "labels.parquet"
+LABELS_PROVENANCE = "labels.json"
+LABEL_REPORT = "report.json"
+LABEL_FIGURES = "report"
+
+QUALITY_CHECKPOINT = "quality.ckpt"
+QUALITY_ONNX = "quality.onnx"
+LAST_CHECKPOINT = "checkpoints/last.ckpt"  # full training state for train.resume
+STUDENT = "student.pth"
+COST_TABLE = "cost.md"
+
+TRAIN_METRICS = "train.json"
+EVAL_METRICS = "eval.json"
+EDC_PLOTS = "edc"
+EVAL_REPORT = "eval"
+
+QUALITY_SCORES = "quality"

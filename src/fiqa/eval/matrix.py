@@ -1,0 +1,138 @@
+"""The cross-model EDC matrix: benchmarks x FR models x quality methods (DESIGN section 6).
+
+For every evaluation set and FR model: cosine comparison scores of the set's pairs, the EDC of
+every quality method and of the random and oracle baselines at each FMR (the threshold fixed
+once from all impostors), and pAUC at each discard limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fiqa.core.edc import EDCCurve, oracle_curve, pauc, quality_curves, random_baseline
+from fiqa.core.pairs import pair_scores
+from fiqa.eval.qualities import MethodQuality, QualitySources, method_qualities
+from fiqa.eval.report import metric_key
+from fiqa.eval.sets import EvalSet
+from fiqa.extract import Extractor, FREntry, Request, unit_rows
+
+
+@dataclass
+class Cell:
+    """One (benchmark, FR model) cell: every method's curves and metrics."""
+
+    benchmark: str
+    fr_model: str
+    curves: dict[str, dict[float, EDCCurve]]  # method -> fmr -> curve
+    metrics: dict[str, dict]  # method -> metric -> value
+
+
+@dataclass
+class Matrix:
+    """The evaluation matrix.
+
+    Attributes:
+        results: ``{benchmark: {fr_model: {method: metrics}}}`` (metrics/eval.json).
+        cells: The cells in evaluation order.
+        dropped: Images per benchmark that could not be loaded or aligned.
+        fmrs: The FMRs, primary first.
+        limits: The discard limits of the pAUCs.
+    """
+
+    results: dict = field(default_factory=dict)
+    cells: list[Cell] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    fmrs: list[float] = field(default_factory=list)
+    limits: list[float] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        """One record per (benchmark, FR model, method) with its metrics (the W&B table)."""
+        return [{"benchmark": c.benchmark, "fr_model": c.fr_model, "method": m, **metrics}
+                for c in self.cells for m, metrics in c.metrics.items()]  # fmt: skip
+
+    def summary(self) -> dict[str, float]:
+        """``eval/<benchmark>/dropped_images`` and ``eval/<bench>/<fr>/<method>/pauc@<limit>``."""
+        out: dict[str, float] = {}
+        for name, dropped in self.dropped.items():
+            out[f"eval/{name}/dropped_images"] = float(dropped)
+            for cell in (c for c in self.cells if c.benchmark == name):
+                for method, metrics in cell.metrics.items():
+                    for lim in self.limits:
+                        key = f"eval/{name}/{cell.fr_model}/{method}/pauc@{lim:g}"
+                        out[key] = float(metrics[f"pauc@{lim:g}"])
+        return out
+
+
+def evaluate_matrix(
+    sets: Sequence[EvalSet],
+    fr_models: Mapping[str, FREntry],
+    sources: QualitySources,
+    extractor: Extractor,
+    fmrs: Sequence[float],
+    limits: Sequence[float],
+    how: str = "min",
+) -> Matrix:
+    """The matrix of ``sets`` x ``fr_models`` x the methods of ``sources`` (+ baselines).
+
+    Raises:
+        ValueError: A set without both genuine and impostor pairs, an unknown method, or no
+            method available on a set.
+    """
+    matrix = Matrix(fmrs=list(fmrs), limits=list(limits))
+    for data in sets:
+        if not data.pairs.genuine.any() or data.pairs.genuine.all():
+            raise ValueError(f"{data.name}: needs genuine and impostor pairs, got "
+                             f"{len(data.pairs)} pairs")  # fmt: skip
+        try:
+            qualities = method_qualities(data, sources)
+        except ValueError as err:
+            raise ValueError(f"evaluate on {data.name}: {err}") from err
+        if not qualities:
+            raise ValueError(f"eval.methods={sources.methods} leaves no method on {data.name}")
+        matrix.dropped[data.name] = data.n_dropped
+        matrix.results[data.name] = {}
+        for fr_name, fr in fr_models.items():
+            embeddings = unit_rows(extractor.outputs(fr, data.source, Request())["embedding"],
+                                   data.rows)  # fmt: skip
+            scores = pair_scores(embeddings, data.pairs)
+            curves = cell_curves(qualities, data, scores, fmrs, how)
+            metrics = {}
+            for method, per_fmr in curves.items():
+                metrics[method] = curve_metrics(per_fmr, limits, fmrs[0])
+                if method in qualities:
+                    metrics[method]["same_model"] = fr_name in qualities[method].fr_models
+            matrix.results[data.name][fr_name] = metrics
+            matrix.cells.append(Cell(data.name, fr_name, curves, metrics))
+    return matrix
+
+
+def cell_curves(
+    qualities: Mapping[str, MethodQuality], data: EvalSet, scores, fmrs: Sequence[float], how: str
+) -> dict[str, dict[float, EDCCurve]]:
+    """``{method: {fmr: curve}}`` of every method and both baselines on one FR model's scores."""
+    pairs = data.pairs
+    curves = {
+        name: quality_curves(scores, pairs, q.values, fmrs, how) for name, q in qualities.items()
+    }
+    genuine, impostor = scores[pairs.genuine], scores[~pairs.genuine]
+    curves["oracle"] = {fmr: oracle_curve(genuine, impostor, fmr) for fmr in fmrs}
+    curves["random"] = {fmr: random_baseline(curves["oracle"][fmr]) for fmr in fmrs}
+    return curves
+
+
+def curve_metrics(
+    curves: Mapping[float, EDCCurve], limits: Sequence[float], primary: float
+) -> dict:
+    """pAUC (normalised and raw), FNMR(0), threshold and pair counts at every FMR; keys of the
+    primary FMR plain, others suffixed ``/fmr=<fmr>`` (``fiqa.eval.report.metric_key``)."""
+    out: dict[str, float] = {"fmr": primary}
+    for fmr, curve in curves.items():
+        at = None if fmr == primary else fmr
+        for lim in limits:
+            out[metric_key(f"pauc@{lim:g}", at)] = pauc(curve, lim)
+            out[metric_key(f"pauc_raw@{lim:g}", at)] = pauc(curve, lim, normalise=False)
+        out[metric_key("fnmr@0", at)] = float(curve.fnmr[0])
+        out[metric_key("threshold", at)] = curve.threshold
+    first = curves[primary]
+    return out | {"n_genuine": first.n_genuine, "n_impostor": first.n_impostor}

@@ -1,0 +1,269 @@
+"""Training a quality model end to end: (distillation, then) the regressor, best checkpoint,
+ONNX export, model-cost table and metrics.
+
+``fit_quality_model(job, extractor, logger)`` is the whole train stage as a library call:
+
+    models/quality.ckpt           best weights by val/spearman
+    models/checkpoints/last.ckpt  full training state (train.resume)
+    models/quality.onnx           the exported model, checked against torch
+    models/student.pth            the distilled student (model=distill)
+    models/cost.md                params / FLOPs of teacher, student and quality model
+    metrics/train.json            the summary
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import Logger, WandbLogger
+from torch import nn
+
+from fiqa.core.artifacts import (
+    COST_TABLE,
+    LAST_CHECKPOINT,
+    QUALITY_CHECKPOINT,
+    QUALITY_ONNX,
+    STUDENT,
+    TRAIN_METRICS,
+)
+from fiqa.core.atomic import write_json_atomic, write_text_atomic
+from fiqa.data.prepared import PreparedFaces
+from fiqa.extract import Extractor, FaceSource, FREntry, Request, unit_rows
+from fiqa.quality.export import export_onnx
+from fiqa.quality.model import QualityRegressor
+from fiqa.train.callbacks import UnfreezeBackbone, ValidationEDC
+from fiqa.train.cost import cost_markdown, cost_table
+from fiqa.train.datamodule import QualityDataModule
+from fiqa.train.distill import DistillationModule
+from fiqa.train.distill_data import IdentityFacesDataModule
+from fiqa.train.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val/spearman"
+DISTILL_ONLY = ("name", "max_epochs", "regressor")  # model=distill keys that are not the module's
+
+
+class TrainingError(RuntimeError):
+    """Training produced no usable model."""
+
+
+@dataclass
+class TrainJob:
+    """What to train, on what, and where the outputs go.
+
+    Attributes:
+        model: The ``model`` group: ``QualityRegressor`` arguments plus ``name: regressor``, or
+            ``DistillationModule`` arguments plus ``name: distill``, ``max_epochs`` and the
+            ``regressor`` head settings.
+        trainer: ``pytorch_lightning.Trainer`` options (the ``trainer`` group).
+        settings: The ``train`` group.
+        prepared_dir: The prepared faces.
+        labels_path: The labels table.
+        models_dir: Where checkpoints and exports go.
+        metrics_dir: Where ``train.json`` goes.
+        validation_fr: The FR model of the validation pAUC and the cost table (the first of
+            ``label.fr_models``).
+        fmr: FMR of the validation pAUC's threshold.
+        val_limit: Discard limit of the validation pAUC.
+    """
+
+    model: Mapping[str, Any]
+    trainer: Mapping[str, Any]
+    settings: TrainSettings
+    prepared_dir: Path
+    labels_path: Path
+    models_dir: Path
+    metrics_dir: Path
+    validation_fr: FREntry
+    fmr: float
+    val_limit: float
+
+
+def fit_quality_model(
+    job: TrainJob,
+    extractor: Extractor,
+    logger: Logger | bool,
+    distill_logger: Logger | bool = False,
+) -> dict[str, float]:
+    """Train the quality model of ``job`` and write its outputs (module docstring).
+
+    Args:
+        job: The job.
+        extractor: Extraction for the validation pAUC's embeddings (cached).
+        logger: Lightning logger of the regressor fit (False: none).
+        distill_logger: Lightning logger of the distillation fit (model=distill).
+
+    Returns:
+        The summary (``train/...``, ``val/...``, ``cost/...``); the fit's metrics only when
+        ``fast_dev_run`` (nothing is written then).
+    """
+    pl.seed_everything(job.settings.seed, workers=True)
+    distilled = None
+    if job.model["name"] == "distill":
+        backbone, distilled = distill(job, distill_logger)
+        hparams = {**backbone, **job.model["regressor"]}
+    else:
+        hparams = {k: v for k, v in job.model.items() if k != "name"}
+    model = QualityRegressor(**hparams)
+    s = job.settings
+    datamodule = QualityDataModule(job.prepared_dir, job.labels_path, s.batch_size, s.num_workers,
+                                   s.seed, s.augment, template=model.template)  # fmt: skip
+    best, callbacks = _callbacks(job, model, datamodule, extractor)
+    trainer = _trainer(job, callbacks, logger)
+    last = job.models_dir / LAST_CHECKPOINT
+    resume = str(last) if s.resume and last.is_file() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.fast_dev_run:
+        log.info("fast_dev_run: no checkpoint or export")
+        return metrics
+    if not best.best_model_path:
+        raise TrainingError(f"train: no checkpoint was saved (is {MONITOR!r} logged?)")
+    best_model = QualityRegressor.load_from_checkpoint(best.best_model_path, map_location="cpu",
+                                                       pretrained=False)  # fmt: skip
+    export = export_onnx(best_model, job.models_dir / QUALITY_ONNX, atol=s.onnx_max_abs_diff)
+    costs = cost_report(job, best_model, distilled, extractor)
+    summary = {
+        "train/best_val_spearman": float(best.best_model_score),
+        "train/epochs": float(trainer.current_epoch),
+        "train/global_step": float(trainer.global_step),
+        "train/onnx_max_abs_diff": float(export["max_abs_diff"]),
+        **{k: v for k, v in metrics.items() if k.startswith("val/")},
+        **costs,
+    }
+    write_json_atomic(job.metrics_dir / TRAIN_METRICS, summary)
+    if isinstance(logger, WandbLogger):
+        log_to_wandb(logger, summary, costs, best_model, datamodule)
+    return summary
+
+
+def _trainer(job: TrainJob, callbacks: list[Callback], logger: Logger | bool, **overrides):
+    return pl.Trainer(**{**job.trainer, **overrides}, callbacks=callbacks, logger=logger,
+                      default_root_dir=job.models_dir)  # fmt: skip
+
+
+def distill(job: TrainJob, logger: Logger | bool) -> tuple[dict[str, Any], DistillationModule]:
+    """Fit ``DistillationModule`` (model=distill) and write models/student.pth.
+
+    Returns:
+        The regressor's backbone arguments (the student) and the fitted module.
+    """
+    m, s = job.model, job.settings
+    data = IdentityFacesDataModule(job.prepared_dir, s.batch_size, s.num_workers, s.seed,
+                                   s.augment)  # fmt: skip
+    module = DistillationModule(
+        num_classes=data.num_classes, **{k: v for k, v in m.items() if k not in DISTILL_ONLY}
+    )
+    trainer = _trainer(job, [], logger, max_epochs=int(m["max_epochs"]), enable_checkpointing=False)
+    trainer.fit(module, datamodule=data)
+    path = module.save_student(job.models_dir / STUDENT)
+    log.info("distilled %s -> %s: %s", m["teacher"]["name"], m["student"]["name"], path)
+    backbone = {
+        "backbone": m["student"]["name"],
+        "pretrained": True,
+        "backbone_weights": str(path),
+        "backbone_options": dict(m["student"].get("options") or {}),
+    }
+    return backbone, module
+
+
+def validation_edc(
+    job: TrainJob, datamodule: QualityDataModule, extractor: Extractor
+) -> ValidationEDC | None:
+    """val/pauc@<limit> with the validation FR model's cached embeddings (None when unusable)."""
+    val = datamodule.val_dataframe()
+    if val["identity"].nunique() < 2 or val["identity"].duplicated().sum() == 0:
+        log.warning("train.val_edc: the validation split needs genuine and impostor pairs")
+        return None
+    prepared = PreparedFaces(job.prepared_dir)
+    source = FaceSource.from_prepared(prepared)
+    embeddings = extractor.outputs(job.validation_fr, source, Request())["embedding"]
+    rows = prepared.manifest.reset_index(drop=True).reset_index().set_index("sample_id")["index"]
+    emb = unit_rows(embeddings, rows.loc[val["sample_id"]].to_numpy())
+    return ValidationEDC(val["sample_id"].to_numpy(), val["identity"].to_numpy(), emb,
+                         fmr=job.fmr, limits=(job.val_limit,))  # fmt: skip
+
+
+def _callbacks(
+    job: TrainJob, model: QualityRegressor, datamodule: QualityDataModule, extractor: Extractor
+) -> tuple[ModelCheckpoint, list[Callback]]:
+    best = ModelCheckpoint(
+        dirpath=job.models_dir,
+        filename=Path(QUALITY_CHECKPOINT).stem,
+        monitor=MONITOR,
+        mode="max",
+        save_top_k=1,
+        save_weights_only=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    last_dir = job.models_dir / Path(LAST_CHECKPOINT).parent
+    callbacks: list[Callback] = [best, ModelCheckpoint(dirpath=last_dir, save_top_k=0,
+                                                       save_last=True)]  # fmt: skip
+    patience = job.settings.early_stopping_patience
+    if patience is not None:  # check_finite: stop on a NaN metric
+        callbacks.append(EarlyStopping(MONITOR, patience=int(patience), mode="max",
+                                       check_finite=True))  # fmt: skip
+    if model.hparams.unfreeze_at_epoch is not None:
+        callbacks.append(UnfreezeBackbone(int(model.hparams.unfreeze_at_epoch)))
+    if job.settings.val_edc:
+        datamodule.setup()
+        edc = validation_edc(job, datamodule, extractor)
+        callbacks += [edc] if edc is not None else []
+    return best, callbacks
+
+
+def cost_report(
+    job: TrainJob, model: QualityRegressor, distilled: DistillationModule | None,
+    extractor: Extractor,
+) -> dict[str, float]:  # fmt: skip
+    """Params and FLOPs of the FR teacher, the student and the quality model (seed 004, Table 1):
+    models/cost.md, and ``cost/<role>/params_m`` / ``gflops`` metrics."""
+    if distilled is not None:
+        t, s = distilled.teacher_info, distilled.student_info
+        nets: dict[str, tuple[str, nn.Module, tuple[int, int]]] = {
+            "teacher": (t.name, distilled.teacher, t.input_size),
+            "student": (s.name, distilled.student, s.input_size),
+        }
+    else:
+        fr = extractor.model(job.validation_fr)
+        nets = {"fr_model": (fr.info.name, fr.net, fr.info.input_size)}
+    head = f"{model.hparams.backbone} + {model.hparams.head} head"
+    nets["quality_model"] = (head, model, model.input_size)
+    rows = cost_table({f"{role} ({name})": (net, size) for role, (name, net, size) in nets.items()})
+    write_text_atomic(job.models_dir / COST_TABLE, cost_markdown(rows))
+    metrics = {}
+    for role, row in zip(nets, rows, strict=True):
+        metrics[f"cost/{role}/params_m"] = float(row["params_m"])
+        metrics[f"cost/{role}/gflops"] = float(row["flops_g"])
+    return metrics
+
+
+def log_to_wandb(logger: WandbLogger, summary: dict, costs: dict[str, float],
+                 model: QualityRegressor, datamodule: QualityDataModule) -> None:  # fmt: skip
+    """Summary, the model-cost table and a grid of validation faces: predicted vs label."""
+    import torch
+    import wandb
+
+    logger.experiment.summary.update(summary)
+    roles = dict.fromkeys(key.split("/")[1] for key in costs)
+    table = [[r, costs[f"cost/{r}/params_m"], costs[f"cost/{r}/gflops"]] for r in roles]
+    logger.experiment.log({"train/cost": wandb.Table(["model", "params_m", "gflops"], table)})
+    batch = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():
+        pred = model.eval()(batch["image"][:16]).numpy()
+    faces = batch["image"][:16].permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    captions = [
+        f"pred {p:.3f} / label {q:.3f}" for p, q in zip(pred, batch["quality"], strict=False)
+    ]
+    logger.log_image("val/samples", list(faces), caption=captions)

@@ -1,0 +1,31 @@
+"""``TrainSettings``: the ``train`` config group (data loading, seeds, checkpoints, export)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainSettings:
+    """How a quality model is trained and exported (the ``train`` config group).
+
+    Attributes:
+        batch_size: Batch size of the train and validation loaders.
+        num_workers: DataLoader workers.
+        augment: Apply the geometry-neutral train augmentation.
+        seed: Seed of everything (shuffle, augmentation, initialisation).
+        onnx_max_abs_diff: Export check: largest ONNX vs torch difference accepted.
+        resume: Continue from the last checkpoint when it exists.
+        early_stopping_patience: Validation epochs without a better ``val/spearman`` before
+            stopping; None = off.
+        val_edc: Log ``val/pauc@<limit>`` on the validation pairs (first ``label.fr_models``).
+    """
+
+    batch_size: int
+    num_workers: int
+    augment: bool
+    seed: int
+    onnx_max_abs_diff: float
+    resume: bool
+    early_stopping_patience: int | None
+    val_edc: bool
