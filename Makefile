@@ -6,7 +6,7 @@ RUN := PATH="$(abspath $(BIN)):$$PATH"
 export NO_ALBUMENTATIONS_UPDATE := 1
 export OPENCV_LOG_LEVEL := ERROR
 
-.PHONY: help setup demo test test-full bench lint format params
+.PHONY: help setup demo check test test-full bench lint format params dvc-yaml
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -57,4 +57,7 @@ format: setup  ## apply ruff format and safe fixes
 	$(RUN) ruff format src tests benchmarks train.py
 
 params: setup  ## regenerate params.yaml from conf/ (as DVC composes it)
-	$(RUN) python -m fiqa.params
+	$(RUN) python -m fiqa.config.params_file
+
+dvc-yaml: setup  ## regenerate dvc.yaml from the stage declarations and the stages' import closure
+	$(RUN) fiqa dvc-yaml

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fiqa.cli.hydra_entry import redirect_multirun_outputs
-from fiqa.stages import run_stage
+from fiqa.stages.runner import run_stage
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

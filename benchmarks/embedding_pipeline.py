@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from fiqa.data.prepared import write_prepared
+from fiqa.data.preparation import write_prepared
 from fiqa.extract import FaceSource, extract
 from fiqa.fr import load_fr_model
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fiqa.config import compose_config
 from fiqa.fr.sface import default_sface_path
-from fiqa.stages import run_stage
+from fiqa.stages.runner import run_stage
 
 METHODS = ["model", "faceqnet", "serfiq", "crfiqa", "sddfiqa", "fused"]
 

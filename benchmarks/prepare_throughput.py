@@ -43,11 +43,11 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from fiqa.core.align import align_face
+from fiqa.core.images import read_image
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.face_pipeline import FaceAligner, PrepareDataset, worker_init
-from fiqa.core.images import read_image
 from fiqa.data.sources import FileBytes
-from fiqa.stages import run_stage
+from fiqa.stages.runner import run_stage
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FACE_CENTRE = (255.0, 135.0)  # (x, y) of the astronaut's face in the 512x512 image

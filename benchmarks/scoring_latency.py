@@ -33,6 +33,7 @@ import onnxruntime as ort
 import pytorch_lightning as pl
 import torch
 
+from fiqa.config.training import regressor_arguments
 from fiqa.quality.export import export_onnx
 from fiqa.quality.model import QualityRegressor
 from fiqa.quality.scoring import QualityScorer
@@ -51,7 +52,9 @@ def save_checkpoint(model: QualityRegressor, path: Path) -> None:
 
 def build_scorers(name: str, tmp: Path, dynamo: bool) -> dict[str, QualityScorer]:
     torch.manual_seed(0)
-    model = QualityRegressor(backbone=name, pretrained=False, head="mlp").eval()
+    model = QualityRegressor(
+        **regressor_arguments(backbone=name, pretrained=False, head="mlp", freeze="none")
+    ).eval()
     save_checkpoint(model, tmp / f"{name}.ckpt")
     export_onnx(model, tmp / f"{name}.onnx", dynamo=dynamo)
     return {

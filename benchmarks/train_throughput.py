@@ -36,9 +36,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fiqa.data.prepared import write_prepared
-from fiqa.train.datamodule import QualityDataModule
+from fiqa.config.training import datamodule_arguments, regressor_arguments
+from fiqa.data.preparation import write_prepared
 from fiqa.quality.model import QualityRegressor
+from fiqa.train.datamodule import QualityDataModule
 
 N_VAL = 8  # the datamodule needs a val split; limit_val_batches=0 never reads it
 
@@ -58,8 +59,9 @@ class StepClock(pl.Callback):
 
 def build_model(args: argparse.Namespace) -> QualityRegressor:
     torch.manual_seed(0)
-    return QualityRegressor(backbone=args.backbone, pretrained=False, freeze=args.freeze,
-                            head=args.head, scheduler="none")  # fmt: skip
+    return QualityRegressor(**regressor_arguments(
+        backbone=args.backbone, pretrained=False, freeze=args.freeze, head=args.head,
+        scheduler="none"))  # fmt: skip
 
 
 def run_lightning(args: argparse.Namespace, datamodule: QualityDataModule) -> float:
@@ -128,8 +130,8 @@ def main() -> None:
         pd.DataFrame({"sample_id": prepared.manifest["sample_id"], "quality": quality}).to_parquet(
             labels
         )
-        datamodule = QualityDataModule(prepared.directory, labels, batch_size=args.batch,
-                                       num_workers=args.workers)  # fmt: skip
+        datamodule = QualityDataModule(prepared.directory, labels, **datamodule_arguments(
+            batch_size=args.batch, num_workers=args.workers))  # fmt: skip
         images = args.steps * args.batch
         for _ in range(args.repeats):
             best["lightning"] = max(best["lightning"], images / run_lightning(args, datamodule))

@@ -8,8 +8,10 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
-from fiqa.config import ConfigError, compose_config, validate_config
-from fiqa.params import compose_params
+from fiqa.config import compose_config
+from fiqa.config.params_file import compose_params
+from fiqa.config.typed import ConfigError
+from fiqa.config.validate import validate_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

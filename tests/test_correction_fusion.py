@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fiqa.label.correction import ediffiqa_correct
-from fiqa.label.fusion import fuse, huo_fused, intra_class_score, normalise, visual_score
+from fiqa.label.fusion import fuse, normalise
+from fiqa.label.huo import huo_fused, intra_class_score, visual_score
 
 R2 = 1 / math.sqrt(2)
 PEN = 0.5 * (1 - R2)  # eps * (1 - cos 45deg) = 0.146447

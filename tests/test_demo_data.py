@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from fiqa.core.images import ImageReadError, read_image
 from fiqa.data.degrade import (
     DEGRADATIONS,
     DOWNSCALE_FACTOR,
@@ -30,7 +31,6 @@ from fiqa.data.demo import (
     pair_counts,
 )
 from fiqa.data.detect import YuNetDetector
-from fiqa.core.images import ImageReadError, read_image
 
 SMALL = {"portrait_images": 10, "lfw_identities": 3, "lfw_images": 5}
 

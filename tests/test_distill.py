@@ -11,10 +11,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from fiqa.data.prepared import write_prepared
+from fiqa.config.training import datamodule_arguments, distillation_arguments, regressor_arguments
+from fiqa.data.preparation import write_prepared
 from fiqa.fr import load_fr_model
 from fiqa.fr.mobilefacenet import MobileFaceNet
 from fiqa.fr.sface import SFaceNet
+from fiqa.quality.model import QualityRegressor
 from fiqa.train.cost import cost_markdown, cost_table, model_cost
 from fiqa.train.distill import (
     DistillationModule,
@@ -23,7 +25,6 @@ from fiqa.train.distill import (
     distillation_losses,
 )
 from fiqa.train.distill_data import IdentityFacesDataModule
-from fiqa.quality.model import QualityRegressor
 
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
 
@@ -131,24 +132,27 @@ class LossRecorder(pl.Callback):
         self.mse.append(float(trainer.callback_metrics["train/loss_mse"]))
 
 
+def distiller(root: Path, num_classes: int, **overrides) -> DistillationModule:
+    """A MobileFaceNet teacher (``root/teacher.pth``) and a small MobileFaceNet student."""
+    teacher = {"name": "mobilefacenet", "weights": str(root / "teacher.pth"),
+               "options": TEACHER_OPTIONS}  # fmt: skip
+    student = {"name": "mobilefacenet", "pretrained": False, "weights": None,
+               "options": STUDENT_OPTIONS}  # fmt: skip
+    arguments = distillation_arguments(teacher=teacher, student=student, **overrides)
+    return DistillationModule(num_classes=num_classes, **arguments)
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("distill")
     faces, identities, splits = make_faces()
     write_prepared(root / "prepared", faces, identities, splits)
     write_teacher(root / "teacher.pth", faces)
-    datamodule = IdentityFacesDataModule(root / "prepared", batch_size=8, augment=False)
-    pl.seed_everything(0, workers=True)
-    module = DistillationModule(
-        num_classes=datamodule.num_classes,
-        teacher="mobilefacenet",
-        teacher_weights=str(root / "teacher.pth"),
-        teacher_options=TEACHER_OPTIONS,
-        student="mobilefacenet",
-        student_options=STUDENT_OPTIONS,
-        lr=3e-3,
-        scheduler="none",
+    datamodule = IdentityFacesDataModule(
+        root / "prepared", **datamodule_arguments(batch_size=8, augment=False)
     )
+    pl.seed_everything(0, workers=True)
+    module = distiller(root, datamodule.num_classes, lr=3e-3, scheduler="none")
     recorder = LossRecorder()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -210,7 +214,7 @@ def test_checkpoint_round_trip_without_hydra(fitted: dict) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
     loaded = DistillationModule.load_from_checkpoint(path).eval()
-    assert loaded.hparams.student_options == STUDENT_OPTIONS
+    assert loaded.hparams.student["options"] == STUDENT_OPTIONS
     assert torch.equal(loaded.teacher_class_weights, module.teacher_class_weights)
     faces = fitted["faces"][:3]
     with torch.no_grad():
@@ -225,11 +229,9 @@ def test_saved_student_loads_for_the_regressor(fitted: dict) -> None:
     config = {"name": "mobilefacenet", "weights": str(path), "options": STUDENT_OPTIONS}
     registry_net = load_fr_model(config).net
     regressor = QualityRegressor(
-        backbone="mobilefacenet",
-        backbone_weights=str(path),
-        backbone_options=STUDENT_OPTIONS,
-        head_hidden=8,
-    ).eval()
+        **regressor_arguments(backbone="mobilefacenet", backbone_weights=str(path),
+                              backbone_options=STUDENT_OPTIONS, head_hidden=8)
+    ).eval()  # fmt: skip
     faces = fitted["faces"][:3]
     with torch.no_grad():
         expected = module.student_backbone().eval()(faces)
@@ -242,30 +244,14 @@ def test_linear_teacher_head_from_file(fitted: dict, tmp_path: Path) -> None:
     weight, bias = torch.zeros(N_TRAIN_IDS, 32), torch.arange(N_TRAIN_IDS, dtype=torch.float32)
     weight[0, 0], weight[1, 1] = 2.0, -1.0
     torch.save({"weight": weight, "bias": bias}, tmp_path / "head.pt")
-    module = DistillationModule(
-        num_classes=N_TRAIN_IDS,
-        teacher="mobilefacenet",
-        teacher_weights=str(fitted["root"] / "teacher.pth"),
-        teacher_options=TEACHER_OPTIONS,
-        teacher_class_weights=str(tmp_path / "head.pt"),
-        teacher_head="linear",
-        student="mobilefacenet",
-        student_options=STUDENT_OPTIONS,
-    )
+    module = distiller(fitted["root"], N_TRAIN_IDS, teacher_class_weights=str(tmp_path / "head.pt"),
+                       teacher_head="linear")  # fmt: skip
     emb = torch.zeros(1, 32)
     emb[0, 0], emb[0, 1] = 3.0, 5.0
     assert module.teacher_logits(emb)[0].tolist() == [6.0, -4.0, 2.0, 3.0]
     torch.save(torch.zeros(N_TRAIN_IDS, 7), tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad\.pt"):
-        DistillationModule(
-            num_classes=N_TRAIN_IDS,
-            teacher="mobilefacenet",
-            teacher_weights=str(fitted["root"] / "teacher.pth"),
-            teacher_options=TEACHER_OPTIONS,
-            teacher_class_weights=str(tmp_path / "bad.pt"),
-            student="mobilefacenet",
-            student_options=STUDENT_OPTIONS,
-        )
+        distiller(fitted["root"], N_TRAIN_IDS, teacher_class_weights=str(tmp_path / "bad.pt"))
 
 
 # --- params and FLOPs ------------------------------------------------------------------------

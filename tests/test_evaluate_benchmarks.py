@@ -15,7 +15,7 @@ from PIL import Image
 from fiqa.config import compose_config
 from fiqa.core.align import align_face
 from fiqa.data.detect import YuNetDetector
-from fiqa.stages import run_stage
+from fiqa.stages.runner import run_stage
 
 
 def faces_of_two_people(n: int) -> list[tuple[str, np.ndarray]]:

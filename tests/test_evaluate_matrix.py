@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fiqa.config import compose_config
-from fiqa.stages import run_stage
+from fiqa.stages.runner import run_stage
 
 METHODS = ["model", "faceqnet", "serfiq", "crfiqa", "sddfiqa"]
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 
 from fiqa.config import compose_config
 from fiqa.fr.iresnet import IResNet
-from fiqa.stages import run_stage
+from fiqa.stages.runner import run_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml"))

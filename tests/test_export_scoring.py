@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fiqa.train import export as export_mod
+from fiqa.config.training import regressor_arguments
+from fiqa.quality import export as export_mod
 from fiqa.quality.export import ExportMismatchError, export_onnx
 from fiqa.quality.model import QualityRegressor
 from fiqa.quality.scoring import NOT_ALIGNED, QualityScorer
@@ -36,7 +37,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[QualityRegressor,
     """
     root = tmp_path_factory.mktemp("quality-model")
     pl.seed_everything(0, verbose=False)
-    model = QualityRegressor(head="mlp", head_hidden=16, freeze="backbone", lr=1e-2)
+    model = QualityRegressor(
+        **regressor_arguments(head="mlp", head_hidden=16, freeze="backbone", lr=1e-2)
+    )
     faces = torch.from_numpy(random_faces(4, 0)).permute(0, 3, 1, 2).float()
     samples = [
         {"image": faces[i], "quality": torch.tensor(i / 4), "sample_id": torch.tensor(i)}
@@ -197,7 +200,7 @@ def test_score_prepared_and_external_onnx_input_conventions(
 ) -> None:
     """Scoring a prepared directory follows its manifest; a foreign ONNX graph that wants BGR
     input in [-1, 1] scores like fiqa's own graph once its convention is given."""
-    from fiqa.data.prepared import write_prepared
+    from fiqa.data.preparation import write_prepared
     from fiqa.quality.export import INPUT_NAME, OUTPUT_NAME
 
     model, _, onnx_path = trained

@@ -10,13 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from fiqa.data.prepared import PreparedFaces, write_prepared
-from fiqa.extract import FaceQanParams, FaceSource, Request, SerfiqParams, extract
+from fiqa.data.preparation import write_prepared
+from fiqa.data.prepared import PreparedFaces
+from fiqa.extract import FaceSource, Request, batch_generator, extract
 from fiqa.fr import FRModel, FRModelInfo, load_fr_model
+from fiqa.label.faceqan import FaceQanParams, FaceQanProduct, faceqan_batch
+from fiqa.label.huo import LowLevelFeatures
+from fiqa.label.magface import EmbeddingNorm
+from fiqa.label.serfiq import SerFiqParams, SerFiqProduct
 
 BATCH = 8
 N_FACES = 37  # 5 batches, the last one partial
-REQUEST = Request(norm=True, low_level=True, serfiq=SerfiqParams(passes=6, seed=3))
+SERFIQ = SerFiqProduct(SerFiqParams(passes=6, dropout=0.5, calibrate=False), seed=3)
+REQUEST = Request((EmbeddingNorm(), LowLevelFeatures(), SERFIQ))
+FACEQAN = FaceQanParams(eps=0.001, iterations=2, copies=3, power=5.0, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -148,23 +155,20 @@ def test_faceqan_product_is_cached_and_seeded(
 ) -> None:
     """FaceQAN runs inside the predict loop (gradients on although Lightning predicts), is
     reproducible from its seed, cached, and a new seed is a new product of the same entry."""
-    from fiqa.extract.predict import batch_generator
-    from fiqa.label.faceqan import faceqan_batch
-
-    params = FaceQanParams(iterations=2, copies=3, seed=5, batch_size=4)
+    request = Request((FaceQanProduct(FACEQAN, seed=5),))
     source = FaceSource.from_prepared(prepared)
     small = replace(source, n=10, fingerprint="first-10")
-    out = extract(sface, small, Request(faceqan=params), cache_root=tmp_path, batch_size=BATCH)
+    out = extract(sface, small, request, cache_root=tmp_path, batch_size=BATCH)
     assert out["faceqan"].shape == (10,) and ((out["faceqan"] >= 0) & (out["faceqan"] <= 1)).all()
     x = sface.preprocess(prepared.faces(np.arange(BATCH)))
-    direct = faceqan_batch(sface.net, x, params, batch_generator(5, 1, 0, x.device))
+    direct = faceqan_batch(sface.net, x, FACEQAN, batch_generator(5, 1, 0, x.device))
     np.testing.assert_allclose(out["faceqan"][:BATCH], direct.numpy(), rtol=1e-5)
     assert all(p.requires_grad for p in sface.net.parameters())  # restored after the attack
-    again = extract(sface, replace(small, faces=None), Request(faceqan=params),
-                    cache_root=tmp_path, batch_size=BATCH)  # fmt: skip
+    again = extract(sface, replace(small, faces=None), request, cache_root=tmp_path,
+                    batch_size=BATCH)  # fmt: skip
     np.testing.assert_array_equal(out["faceqan"], again["faceqan"])
-    reseeded = replace(params, seed=6)
-    other = extract(sface, small, Request(faceqan=reseeded), cache_root=tmp_path, batch_size=BATCH)
+    reseeded = Request((FaceQanProduct(FACEQAN, seed=6),))
+    other = extract(sface, small, reseeded, cache_root=tmp_path, batch_size=BATCH)
     assert not np.array_equal(out["faceqan"], other["faceqan"])
     (entry,) = tmp_path.iterdir()
     assert len(list(entry.glob("faceqan-*.npy"))) == 2
@@ -181,6 +185,6 @@ def test_black_box_limits_and_non_finite_rows(prepared: PreparedFaces, tmp_path)
     model = FRModel(_NaNNet(), FRModelInfo(name="nan", embedding_size=3, white_box=False))
     source = FaceSource.from_prepared(prepared)
     with pytest.raises(ValueError, match="SER-FIQ needs a PyTorch FR model"):
-        extract(model, source, REQUEST, cache_root=tmp_path)
+        extract(model, source, Request((SERFIQ,)), cache_root=tmp_path)
     with pytest.raises(FloatingPointError, match=r"non-finite embedding for rows \[1, 9"):
         extract(model, source, cache_root=tmp_path, batch_size=BATCH)

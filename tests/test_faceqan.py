@@ -23,13 +23,16 @@ def test_quality_formula_by_hand() -> None:
         faceqan_quality(np.ones(3), np.ones(3), power=5.0)
 
 
+PAPER = {"eps": 0.001, "iterations": 5, "copies": 10, "power": 5.0, "batch_size": 8}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"eps": 0.0}, "eps"), ({"copies": 1}, "copies"), ({"power": 0.0}, "power")],
 )
 def test_params_are_checked(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        FaceQanParams(**kwargs)
+        FaceQanParams(**(PAPER | kwargs))
 
 
 class _Linear(nn.Module):
@@ -47,7 +50,7 @@ class _Linear(nn.Module):
 def test_attack_moves_embeddings_away_within_the_budget() -> None:
     net = _Linear()
     x = torch.rand(3, 3, 2, 2, generator=torch.Generator().manual_seed(0)) * 200 + 20
-    params = FaceQanParams(eps=0.002, iterations=4, copies=5)
+    params = FaceQanParams(**(PAPER | {"eps": 0.002, "iterations": 4, "copies": 5}))
     s, s_f = attack_similarities(net, x, params, torch.Generator().manual_seed(1))
     assert s.shape == (3, 4 * 5) and s_f.shape == (3,)
     per_iteration = s.view(3, 4, 5).mean(dim=2)

@@ -22,8 +22,8 @@ from fiqa.core.align import (
     similarity_transform,
     transform_points,
 )
-from fiqa.data.face_pipeline import FaceAligner
 from fiqa.core.images import read_image
+from fiqa.data.face_pipeline import FaceAligner
 from fiqa.fr import FRModel, load_fr_model
 from fiqa.fr.dlib_model import DLIB_150_POINTS, DLIB_TEMPLATE, import_dlib
 from fiqa.fr.onnx_model import OnnxFRNet

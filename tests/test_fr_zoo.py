@@ -22,13 +22,13 @@ from torch import nn
 
 import fiqa.fr.checkpoint as checkpoint_module
 from fiqa.core.align import ALIGNMENT_TEMPLATES, similarity_transform
+from fiqa.core.provenance import file_sha256
 from fiqa.fr import FRModel, load_fr_model
 from fiqa.fr.adaface import AdaFaceIR
 from fiqa.fr.facenet import InceptionResnetV1
 from fiqa.fr.iresnet import IResNet
 from fiqa.fr.layers import InputNorm
 from fiqa.fr.mobilefacenet import MobileFaceNet
-from fiqa.core.provenance import file_sha256
 
 BATCH = 2
 

@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 from fiqa.config import compose_config
 from fiqa.data.detect import YuNetDetector
 from fiqa.label.fusion import fuse
-from fiqa.stages import run_stage
+from fiqa.stages.runner import run_stage
 
 BLUR_SIGMAS = [0.0, 1.5, 3.0, 4.5]  # Gaussian sigma in aligned-face (112 px) pixels
 TEMPLATE_EYE_DISTANCE = 35.24  # px between the eyes of the ArcFace 112x112 template
@@ -114,11 +114,15 @@ def test_same_seed_same_table_and_ediffiqa_correction(real_faces):
     assert (corrected["quality"] <= normalised + 1e-9).all()
 
 
-def test_target_must_be_computed(tmp_path):
-    from fiqa.stages import StageError
+def test_the_target_is_computed_and_compute_names_registered_methods(tmp_path):
+    from fiqa.config.labels import label_job
+    from fiqa.config.typed import ConfigError
+    from fiqa.config.validate import validate_config
 
-    with pytest.raises(StageError, match="not among the computed methods"):
-        run_stage("label", config(tmp_path, "label=crfiqa", "~label.methods.crfiqa"))
+    cfg = config(tmp_path, "label=crfiqa", "label.compute=[fused,serfiq]")
+    assert label_job(cfg).methods == ["serfiq", "crfiqa", "fused"]  # registry order
+    with pytest.raises(ConfigError, match=r"label\.compute: unknown \['magic'\]"):
+        validate_config(config(tmp_path, "label.compute=[serfiq,magic]"))
 
 
 def test_fused_weights_must_name_computed_methods(real_faces):

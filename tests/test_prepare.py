@@ -11,12 +11,13 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import fiqa.stages.prepare as prepare_stage
+import fiqa.data.preparation as preparation
 from fiqa.config import compose_config
 from fiqa.core.align import get_template
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.prepared import PreparedFaces
-from fiqa.stages import StageError, run_stage
+from fiqa.stages import StageError
+from fiqa.stages.runner import run_stage
 
 
 def make_dataset(root: Path) -> None:
@@ -115,7 +116,7 @@ def test_workers_give_identical_output(reference, tmp_path):
 def test_killed_run_resumes_to_identical_output(reference, tmp_path, monkeypatch):
     _, expected = reference
     make_dataset(tmp_path / "raw")
-    real_finish, calls = prepare_stage._finish_shard, []
+    real_finish, calls = preparation.write_shard_part, []
 
     def finish_then_die(*args, **kwargs):
         if len(calls) == 2:
@@ -123,11 +124,11 @@ def test_killed_run_resumes_to_identical_output(reference, tmp_path, monkeypatch
         calls.append(args[1])
         real_finish(*args, **kwargs)
 
-    monkeypatch.setattr(prepare_stage, "_finish_shard", finish_then_die)
+    monkeypatch.setattr(preparation, "write_shard_part", finish_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_stage("prepare", config(tmp_path))
     assert not (tmp_path / "data" / "prepared").exists()
-    monkeypatch.setattr(prepare_stage, "_finish_shard", real_finish)
+    monkeypatch.setattr(preparation, "write_shard_part", real_finish)
     summary = run_stage("prepare", config(tmp_path))
     assert summary["prepare/resumed_shards"] == 2.0
     assert digest(tmp_path / "data" / "prepared") == expected

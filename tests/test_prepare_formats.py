@@ -16,7 +16,8 @@ from fiqa.core.align import align_face
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.ms1m import export_prepared, write_ms1m
 from fiqa.data.prepared import PreparedFaces
-from fiqa.stages import StageError, run_stage
+from fiqa.stages import StageError
+from fiqa.stages.runner import run_stage
 
 
 def config(root: Path, data: str, *overrides: str):

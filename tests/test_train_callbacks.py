@@ -11,18 +11,27 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from fiqa.config.training import datamodule_arguments, regressor_arguments
 from fiqa.core.edc import edc_curve, pair_quality, pauc
 from fiqa.core.pairs import all_pairs, pair_scores
+from fiqa.quality.model import QualityRegressor, head_parameter_names
 from fiqa.train.callbacks import UnfreezeBackbone, ValidationEDC
 from fiqa.train.datamodule import QualityDataModule
-from fiqa.quality.model import QualityRegressor, head_parameter_names
 from test_train_module import make_prepared
 
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
 
-# A tiny MobileFaceNet from scratch: seconds per epoch on a CPU.
-TINY = {"backbone": "mobilefacenet", "pretrained": False, "head_hidden": 16,
+# A tiny MobileFaceNet from scratch, fully trained: seconds per epoch on a CPU.
+TINY = {"backbone": "mobilefacenet", "pretrained": False, "head_hidden": 16, "freeze": "none",
         "backbone_options": {"blocks": [1, 1, 1, 1], "scale": 1, "num_features": 32}}  # fmt: skip
+
+
+def tiny(**overrides) -> QualityRegressor:
+    return QualityRegressor(**regressor_arguments(**(TINY | overrides)))
+
+
+def labelled_data(labelled: tuple[Path, Path], **overrides) -> QualityDataModule:
+    return QualityDataModule(*labelled, **datamodule_arguments(**overrides))
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +49,8 @@ def trainer(tmp_path: Path, max_epochs: int = 1, **kwargs) -> pl.Trainer:
 
 def test_overfitting_one_batch_drives_the_loss_down(labelled, tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
-    model = QualityRegressor(**TINY, lr=3e-3, backbone_lr=3e-3, scheduler="none", loss="mse")
-    data = QualityDataModule(*labelled, batch_size=8, augment=False)
+    model = tiny(lr=3e-3, backbone_lr=3e-3, scheduler="none", loss="mse")
+    data = labelled_data(labelled, batch_size=8, augment=False)
     losses: list[float] = []
 
     class Record(pl.Callback):
@@ -54,22 +63,20 @@ def test_overfitting_one_batch_drives_the_loss_down(labelled, tmp_path: Path) ->
 
 
 def test_resume_continues_the_step_count(labelled, tmp_path: Path) -> None:
-    data = QualityDataModule(*labelled, batch_size=8)
+    data = labelled_data(labelled, batch_size=8)
     last = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=0, save_last=True)
     first = trainer(tmp_path, max_epochs=1, callbacks=[last])
-    first.fit(QualityRegressor(**TINY), datamodule=data)
+    first.fit(tiny(), datamodule=data)
     steps_per_epoch = first.global_step
     assert steps_per_epoch > 0 and (tmp_path / "ckpt" / "last.ckpt").is_file()
     resumed = trainer(tmp_path, max_epochs=3)
-    resumed.fit(
-        QualityRegressor(**TINY), datamodule=data, ckpt_path=tmp_path / "ckpt" / "last.ckpt"
-    )
+    resumed.fit(tiny(), datamodule=data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert resumed.global_step == 3 * steps_per_epoch
     assert resumed.current_epoch == 3
 
 
 def test_unfreeze_at_epoch_trains_the_backbone_from_then_on(labelled, tmp_path: Path) -> None:
-    model = QualityRegressor(**TINY, freeze="backbone", unfreeze_at_epoch=1, scheduler="none")
+    model = tiny(freeze="backbone", unfreeze_at_epoch=1, scheduler="none")
     assert not any(p.requires_grad for p in model.backbone.parameters())
     snapshots: list[list[torch.Tensor]] = []
 
@@ -78,7 +85,7 @@ def test_unfreeze_at_epoch_trains_the_backbone_from_then_on(labelled, tmp_path: 
             snapshots.append([p.detach().clone() for p in pl_module.backbone.parameters()])
 
     start = [p.detach().clone() for p in model.backbone.parameters()]
-    data = QualityDataModule(*labelled, batch_size=8)
+    data = labelled_data(labelled, batch_size=8)
     trainer(tmp_path, max_epochs=2, enable_checkpointing=False,
             callbacks=[UnfreezeBackbone(1), Snapshot()]).fit(model, datamodule=data)  # fmt: skip
     unchanged = all(torch.equal(a, b) for a, b in zip(start, snapshots[0], strict=True))
@@ -89,7 +96,7 @@ def test_unfreeze_at_epoch_trains_the_backbone_from_then_on(labelled, tmp_path: 
 
 
 def test_validation_edc_logs_the_pauc_of_the_predictions(labelled, tmp_path: Path) -> None:
-    data = QualityDataModule(*labelled, batch_size=8)
+    data = labelled_data(labelled, batch_size=8)
     data.setup()
     val = data.val_dataframe()
     rng = np.random.default_rng(0)
@@ -99,7 +106,7 @@ def test_validation_edc_logs_the_pauc_of_the_predictions(labelled, tmp_path: Pat
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     edc = ValidationEDC(val["sample_id"].to_numpy(), val["identity"].to_numpy(), emb,
                         fmr=0.1, limits=(0.2, 0.3))  # fmt: skip
-    model = QualityRegressor(**TINY)
+    model = tiny()
     fitted = trainer(tmp_path, enable_checkpointing=False, callbacks=[edc])
     fitted.fit(model, datamodule=data)
     # recompute from the model's predictions on the validation split
@@ -120,8 +127,9 @@ def test_validation_edc_logs_the_pauc_of_the_predictions(labelled, tmp_path: Pat
 def test_consistency_term_starts_at_zero_and_keeps_the_fr_reference(tmp_path: Path) -> None:
     """With SFace's real weights the backbone starts equal to the FR model: the term is 0 at
     step 0; the reference stays fixed (not trained, not in the checkpoint)."""
-    model = QualityRegressor(head="linear", freeze="none", consistency_weight=2.0,
-                             scheduler="none", lr=1e-4, backbone_lr=1e-4)  # fmt: skip
+    model = QualityRegressor(**regressor_arguments(
+        head="linear", freeze="none", consistency_weight=2.0, scheduler="none", lr=1e-4,
+        backbone_lr=1e-4))  # fmt: skip
     model.setup("fit")
     (reference,) = model._fr_reference
     batch = {"image": torch.rand(4, 3, 112, 112) * 255, "quality": torch.rand(4),
@@ -144,7 +152,7 @@ def test_consistency_term_starts_at_zero_and_keeps_the_fr_reference(tmp_path: Pa
 
 
 def test_trunk_freezing_finds_the_embedding_layers_of_any_architecture() -> None:
-    model = QualityRegressor(**TINY, freeze="trunk")
+    model = tiny(freeze="trunk")
     head = head_parameter_names(model.backbone, model.input_size)
     assert head and all(n.startswith("features.") for n in head)  # MobileFaceNet's GDC head
     trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
@@ -152,8 +160,8 @@ def test_trunk_freezing_finds_the_embedding_layers_of_any_architecture() -> None
 
 
 def test_step_scheduler_divides_the_learning_rate_by_ten(labelled, tmp_path: Path) -> None:
-    model = QualityRegressor(**TINY, scheduler="step", lr=1e-2, backbone_lr=1e-2)
-    data = QualityDataModule(*labelled, batch_size=4)
+    model = tiny(scheduler="step", lr=1e-2, backbone_lr=1e-2)
+    data = labelled_data(labelled, batch_size=4)
     fitted = trainer(tmp_path, max_epochs=2, enable_checkpointing=False)
     fitted.fit(model, datamodule=data)
     assert fitted.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)
@@ -161,6 +169,6 @@ def test_step_scheduler_divides_the_learning_rate_by_ten(labelled, tmp_path: Pat
 
 def test_faces_are_rewarped_to_the_backbone_template(labelled) -> None:
     """A FaceNet-style backbone takes 160x160 faces on facenet_160: the data module re-warps."""
-    data = QualityDataModule(*labelled, batch_size=4, template="facenet_160")
+    data = labelled_data(labelled, batch_size=4, template="facenet_160")
     batch = next(iter(data.val_dataloader()))
     assert tuple(batch["image"].shape) == (4, 3, 160, 160)

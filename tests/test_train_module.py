@@ -13,14 +13,16 @@ import pytorch_lightning as pl
 import torch
 from scipy import stats
 
-from fiqa.data.prepared import PreparedFaces, write_prepared, write_table
+from fiqa.config.training import datamodule_arguments, regressor_arguments
+from fiqa.data.preparation import write_prepared
+from fiqa.data.prepared import PreparedFaces, write_table
+from fiqa.quality.metrics import average_ranks, mean_absolute_error, pearson, spearman
+from fiqa.quality.model import QualityRegressor
 from fiqa.train.datamodule import (
     QualityDataModule,
     geometry_neutral_augmentation,
     seed_augmentation,
 )
-from fiqa.quality.metrics import average_ranks, mean_absolute_error, pearson, spearman
-from fiqa.quality.model import QualityRegressor
 
 # Frozen-backbone fits: Lightning notes the eval-mode BatchNorm layers; that is intended.
 pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
@@ -113,7 +115,7 @@ def test_unknown_names_list_choices(key: str, value: str) -> None:
         else f"unknown model.{key} '{value}'; choose one of"
     )
     with pytest.raises(ValueError, match=message):
-        QualityRegressor(**{key: value})
+        QualityRegressor(**regressor_arguments(**{key: value}))
 
 
 def test_fit_logs_metrics_and_checkpoint_round_trip(labelled: tuple[Path, Path], tmp_path: Path):
@@ -121,8 +123,8 @@ def test_fit_logs_metrics_and_checkpoint_round_trip(labelled: tuple[Path, Path],
     pl.seed_everything(0, verbose=False)
     # A frozen backbone keeps this CPU test fast; test_backbone_step_uses_both_lrs covers
     # fine-tuning.
-    model = QualityRegressor(head="mlp", head_hidden=32, freeze="backbone")
-    dm = QualityDataModule(prepared, labels, batch_size=8, seed=0)
+    model = QualityRegressor(**regressor_arguments(head="mlp", head_hidden=32, freeze="backbone"))
+    dm = QualityDataModule(prepared, labels, **datamodule_arguments(batch_size=8, seed=0))
     trainer = tiny_trainer()
     trainer.fit(model, datamodule=dm)
     metrics = trainer.callback_metrics
@@ -153,7 +155,9 @@ def test_fit_logs_metrics_and_checkpoint_round_trip(labelled: tuple[Path, Path],
 
 
 def test_frozen_backbone_trains_head_only() -> None:
-    model = QualityRegressor(pretrained=False, head="linear", freeze="backbone", scheduler="none")
+    model = QualityRegressor(
+        **regressor_arguments(pretrained=False, head="linear", freeze="backbone", scheduler="none")
+    )
     model.train()
     assert not model.backbone.training and model.head.training
     assert not any(p.requires_grad for p in model.backbone.parameters())
@@ -163,7 +167,8 @@ def test_frozen_backbone_trains_head_only() -> None:
 
 
 def test_frozen_trunk_trains_embedding_layer_and_head() -> None:
-    model = QualityRegressor(head="linear", freeze="trunk", scheduler="none")  # real SFace weights
+    # real SFace weights
+    model = QualityRegressor(**regressor_arguments(head="linear", freeze="trunk", scheduler="none"))
     model.train()
     assert not model.backbone.trunk.training and model.backbone.embedding.training
     trunk_before = [p.detach().clone() for p in model.backbone.trunk.parameters()]
@@ -182,7 +187,8 @@ def test_frozen_trunk_trains_embedding_layer_and_head() -> None:
 
 
 def test_backbone_step_uses_both_lrs() -> None:
-    model = QualityRegressor(head="linear", lr=1e-2, backbone_lr=1e-3, scheduler="none")
+    model = QualityRegressor(**regressor_arguments(head="linear", freeze="none", lr=1e-2,
+                                                   backbone_lr=1e-3, scheduler="none"))  # fmt: skip
     optimizer = model.configure_optimizers()
     lrs = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     assert {lrs[id(p)] for p in model.head.parameters()} == {1e-2}
@@ -202,7 +208,7 @@ def test_backbone_step_uses_both_lrs() -> None:
 
 
 def test_nan_loss_names_the_batch() -> None:
-    model = QualityRegressor(pretrained=False, head="linear")
+    model = QualityRegressor(**regressor_arguments(pretrained=False, head="linear"))
     batch = {
         "image": torch.rand(2, 3, 112, 112) * 255,
         "quality": torch.tensor([0.5, float("nan")]),
@@ -216,7 +222,7 @@ def test_nan_loss_names_the_batch() -> None:
 
 
 def test_datamodule_batches_and_val_dataframe(labelled: tuple[Path, Path]) -> None:
-    dm = QualityDataModule(*labelled, batch_size=8, seed=3)
+    dm = QualityDataModule(*labelled, **datamodule_arguments(batch_size=8, seed=3))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].dtype == torch.float32 and batch["image"].shape == (8, 3, 112, 112)
@@ -231,7 +237,9 @@ def test_datamodule_batches_and_val_dataframe(labelled: tuple[Path, Path]) -> No
 
 def test_datamodule_same_seed_same_first_batch(labelled: tuple[Path, Path]) -> None:
     def first_batch(seed: int, workers: int) -> dict[str, torch.Tensor]:
-        dm = QualityDataModule(*labelled, batch_size=8, seed=seed, num_workers=workers)
+        dm = QualityDataModule(
+            *labelled, **datamodule_arguments(batch_size=8, seed=seed, num_workers=workers)
+        )
         dm.setup("fit")
         return next(iter(dm.train_dataloader()))
 
@@ -245,7 +253,7 @@ def test_missing_labels_are_named(labelled: tuple[Path, Path], tmp_path: Path) -
     partial = pd.read_parquet(labels)
     partial = partial[~partial["sample_id"].isin([3, 20])]
     write_table(tmp_path / "partial.parquet", partial)
-    dm = QualityDataModule(prepared, tmp_path / "partial.parquet")
+    dm = QualityDataModule(prepared, tmp_path / "partial.parquet", **datamodule_arguments())
     with pytest.raises(ValueError, match=r"2 train/val sample\(s\).*sample_ids \[3, 20\]"):
         dm.setup("fit")
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from fiqa.core.align import align_face, get_template
-from fiqa.data.detect import YuNetDetector
 from fiqa.core.images import read_image
+from fiqa.data.detect import YuNetDetector
 from fiqa.data.vggface2 import (
     check_landmark_convention,
     read_identity_names,

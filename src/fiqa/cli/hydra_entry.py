@@ -11,7 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from fiqa.config import config_dir
-from fiqa.stages import run_stage
+from fiqa.stages.runner import run_stage
 
 
 def redirect_multirun_outputs(cfg: DictConfig) -> None:

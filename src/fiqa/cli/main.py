@@ -4,6 +4,7 @@ fiqa prepare|label|train|evaluate [hydra overrides...]   e.g. fiqa label label=s
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
 fiqa report metrics/eval.json [other/eval.json ...] --out reports/compare   (or --dvc, --wandb)
 fiqa demo-data --out data/raw
+fiqa dvc-yaml [--check]                                  write dvc.yaml from the stages' code
 """
 
 from __future__ import annotations
@@ -187,7 +188,13 @@ def _demo_data(argv: list[str]) -> int:
     return 0
 
 
-TOOLS = {"score": _score, "report": _report, "demo-data": _demo_data}
+def _dvc_yaml(argv: list[str]) -> int:
+    from fiqa.cli.dvc_yaml import main as dvc_yaml
+
+    return dvc_yaml(argv)
+
+
+TOOLS = {"score": _score, "report": _report, "demo-data": _demo_data, "dvc-yaml": _dvc_yaml}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
-"""The config layer: composing ``conf/``, its typed schemas, validation, and the builders that
-turn a composed config into the library's objects (used by the stages only)."""
+"""The config layer: composing ``conf/`` (``compose``), its typed schemas (``schemas``) and
+their check (``validate``), and per stage the objects a stage builds from its config
+(``extraction``, ``labels``, ``training``, ``evaluation``). Stages import only what they use,
+so a stage's code dependencies stay its own."""
 
 from fiqa.config.compose import compose_config, config_dir
-from fiqa.config.validate import ConfigError, validate_config
 
-__all__ = ["ConfigError", "compose_config", "config_dir", "validate_config"]
+__all__ = ["compose_config", "config_dir"]

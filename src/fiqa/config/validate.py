@@ -8,15 +8,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fiqa.config.schemas import SCHEMAS
+from fiqa.config.typed import ConfigError
 from fiqa.data.verification import BENCHMARK_FORMATS
 from fiqa.label import METHODS
 from fiqa.label.correction import CORRECTIONS
 from fiqa.tracking import LOGGER_BACKENDS
-
-
-class ConfigError(ValueError):
-    """The composed config does not match its schema; the message names the key."""
-
 
 # Closed choices, derived from the registries they name.
 CHOICES: dict[str, tuple[Any, ...]] = {

@@ -274,7 +274,9 @@ class QualityRegressor(pl.LightningModule):
         groups = param_groups(list(self.head.parameters()), hp.lr, hp.weight_decay)
         groups += param_groups(list(self.backbone.parameters()), hp.backbone_lr, hp.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        return with_schedule(optimizer, hp.scheduler, self.trainer.estimated_stepping_batches)
+        return with_schedule(
+            optimizer, hp.scheduler, lambda: self.trainer.estimated_stepping_batches
+        )
 
 
 def _first_occurrences(ids: torch.Tensor) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ def param_groups(params: list[nn.Parameter], lr: float, weight_decay: float) -> 
 def with_schedule(
     optimizer: torch.optim.Optimizer,
     scheduler: str,
-    total_steps: float,
+    total_steps: Callable[[], float],
     step_epochs: int | None = None,
     gamma: float = 0.1,
 ) -> Any:
@@ -36,7 +37,8 @@ def with_schedule(
         scheduler: ``cosine`` (per step over the run), ``step`` (x ``gamma`` every
             ``step_epochs`` epochs, or at 60% and 85% of the steps when ``step_epochs`` is
             None) or ``none``.
-        total_steps: The run's optimiser steps (``trainer.estimated_stepping_batches``).
+        total_steps: The run's optimiser steps (``trainer.estimated_stepping_batches``), asked
+            only by the schedules that need it.
         step_epochs: Epochs between ``step`` decays (None: the two milestones).
         gamma: ``step`` decay factor.
 
@@ -53,14 +55,15 @@ def with_schedule(
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
         }
-    if not 0 < total_steps < float("inf"):
+    total = total_steps()
+    if not 0 < total < float("inf"):
         raise ValueError(
             f"model.scheduler={scheduler} needs a finite run length: set trainer max_epochs or "
             "max_steps, or use model.scheduler=none"
         )
     if scheduler == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total_steps))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total))
     else:
-        milestones = [max(1, int(f * total_steps)) for f in STEP_MILESTONES]
+        milestones = [max(1, int(f * total)) for f in STEP_MILESTONES]
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=gamma)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

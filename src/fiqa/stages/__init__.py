@@ -3,20 +3,13 @@
 ``STAGES`` declares, once, what each stage reads and writes: the config keys its outputs
 depend on (DVC ``params``), its input and output directories (``paths.*`` keys) and metric and
 plot files. ``fiqa dvc-yaml`` writes ``dvc.yaml`` from these declarations and each stage's import
-closure (its code ``deps``); tests keep both true.
+closure (its code ``deps``); tests keep both true. ``fiqa.stages.runner.run_stage`` validates a
+config and runs a stage (it is not imported by the stages, so their closure stays their own).
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-
-from omegaconf import DictConfig
-
-log = logging.getLogger(__name__)
 
 # Config keys any stage may read that change no output byte (where outputs go, tracking,
 # parallelism and progress display).
@@ -78,32 +71,3 @@ STAGES: dict[str, Stage] = {
 
 class StageError(RuntimeError):
     """A stage cannot produce its outputs; the message says why and what to do."""
-
-
-def stage_function(stage: str) -> Callable[[DictConfig], dict[str, float]]:
-    """The ``run`` function of ``stage`` (imported lazily: stages pull in heavy libraries)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    return importlib.import_module(f"fiqa.stages.{stage}").run
-
-
-def run_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
-    """Validate a composed config, then run ``stage`` on it."""
-    from fiqa.config import validate_config
-
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    validate_config(cfg)  # reads every key: done before the stage's own reads
-    return execute_stage(stage, cfg)
-
-
-def execute_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
-    """Run ``stage`` on a validated config: everything here reads only the keys the stage's
-    outputs depend on (``STAGES[stage].params``) or ``RUNTIME_KEYS``."""
-    from fiqa.config.builders import register_templates
-
-    run = stage_function(stage)
-    register_templates(cfg)
-    result = run(cfg)
-    log.info("%s finished: %s", stage, {k: round(v, 4) for k, v in result.items()})
-    return result

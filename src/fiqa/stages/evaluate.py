@@ -13,7 +13,9 @@ import logging
 
 from omegaconf import DictConfig
 
-from fiqa.config.builders import eval_sets, extractor, fr_entries, quality_sources
+from fiqa.config.evaluation import eval_sets, quality_sources
+from fiqa.config.extraction import extractor, fr_entries
+from fiqa.config.typed import register_templates
 from fiqa.eval.matrix import evaluate_matrix
 from fiqa.eval.outputs import write_matrix
 from fiqa.stages import StageError
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Write metrics/eval.json, plots/edc/*.json and reports/ (figures, eval.md, eval.html)."""
+    register_templates(cfg)
     e = cfg.eval
     fmrs = list(dict.fromkeys([float(e.fmr), *map(float, e.extra_fmrs)]))
     limits = [float(x) for x in e.discard_limits]

@@ -6,7 +6,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from fiqa.config.builders import extractor, label_job
+from fiqa.config.extraction import extractor
+from fiqa.config.labels import label_job
+from fiqa.config.typed import register_templates
 from fiqa.data.prepared import PreparedFaces
 from fiqa.label.table import build_labels, extract_for_labels, label_summary, write_labels
 from fiqa.stages import StageError
@@ -15,6 +17,7 @@ from fiqa.tracking import stage_run
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Write ``paths.labels``: labels.parquet, labels.json (provenance), report.json, figures."""
+    register_templates(cfg)
     try:
         job = label_job(cfg)
     except ValueError as err:

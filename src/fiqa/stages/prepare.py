@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from fiqa.config.builders import prepare_settings
+from fiqa.config.typed import register_templates, typed
 from fiqa.core.grids import face_grid
-from fiqa.data.preparation import PreparationError, prepare_faces
+from fiqa.data.preparation import PreparationError, PrepareSettings, prepare_faces
 from fiqa.data.prepared import PreparedFaces
 from fiqa.data.sources import read_source
 from fiqa.stages import StageError
@@ -17,7 +17,8 @@ from fiqa.tracking import stage_run
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Detect and align every image of ``data.root``; write ``paths.prepared``."""
-    settings = prepare_settings(cfg)
+    register_templates(cfg)
+    settings = typed(cfg.prepare, PrepareSettings)
     try:
         source = read_source(cfg.data)
     except (FileNotFoundError, ValueError) as err:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
 
-from fiqa.config.builders import extractor, train_job
+from fiqa.config.extraction import extractor
+from fiqa.config.training import train_job
+from fiqa.config.typed import register_templates
 from fiqa.stages import StageError
 from fiqa.tracking import lightning_logger
 from fiqa.train.fit import MONITOR, TrainingError, fit_quality_model
@@ -15,6 +17,7 @@ from fiqa.train.fit import MONITOR, TrainingError, fit_quality_model
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit the quality regressor (after distillation for model=distill); write
     models/quality.ckpt, models/quality.onnx, models/cost.md and metrics/train.json."""
+    register_templates(cfg)
     job = train_job(cfg)
     logger = lightning_logger(cfg, "train")
     try:

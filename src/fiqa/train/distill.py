@@ -291,7 +291,7 @@ class DistillationModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             param_groups(list(self.parameters()), hp.lr, hp.weight_decay), lr=hp.lr
         )
-        return with_schedule(optimizer, hp.scheduler, self.trainer.estimated_stepping_batches,
+        return with_schedule(optimizer, hp.scheduler, lambda: self.trainer.estimated_stepping_batches,
                              step_epochs=hp.lr_step_epochs, gamma=hp.lr_gamma)  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

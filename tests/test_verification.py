@@ -16,16 +16,15 @@ import pytest
 from omegaconf import OmegaConf
 from skimage import data as skimage_data
 
+from fiqa.core.images import ImageReadError
+from fiqa.core.pairs import Pairs, _sample_impostor_pairs, all_pairs
 from fiqa.data.verification import (
     VerificationBenchmark,
-    _sample_impostor_pairs,
     load_benchmark,
     load_bin,
     load_identity_folder,
     load_pairs_txt,
 )
-from fiqa.core.images import ImageReadError
-from fiqa.core.pairs import Pairs, all_pairs
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,26 @@
+"""Config values as the library's typed objects (shared by the stages' config modules)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from fiqa.core.align import register_template
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """The composed config does not match its schema; the message names the key."""
+
+
+def typed(node: Any, schema: type[T]) -> T:
+    """A config node as an instance of its schema dataclass (validated on the way)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+def register_templates(cfg: DictConfig) -> None:
+    """Make ``prepare.templates`` (user-defined alignment templates) known to this process."""
+    for name, spec in (cfg.prepare.templates or {}).items():
+        register_template(name, spec.size, spec.points)
