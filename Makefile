@@ -30,6 +30,9 @@ demo: setup  ## build the demo raw data and run the whole DVC pipeline on it
 	@echo "  EDC plots      dvc plots show   (writes dvc_plots/index.html)"
 	@echo "  W&B runs       wandb/ (offline; 'wandb sync wandb/offline-run-*' to upload)"
 
+check: setup  ## the fast tier of the tests (no slow or GPU tests): the inner loop, < 5 min
+	$(RUN) pytest -m "not slow and not gpu" -q
+
 test: setup  ## run the test suite (fast and slow tests, no GPU)
 	$(RUN) pytest -m "not gpu" -q
 
@@ -48,9 +51,11 @@ bench: setup  ## print the benchmark figures
 	$(RUN) python benchmarks/prepare_throughput.py
 	$(RUN) python benchmarks/prepare_memory.py
 
-lint: setup  ## ruff check + format check
+lint: setup  ## ruff check + format check, the layer contracts (import-linter), dvc.yaml fresh
 	$(RUN) ruff check src tests benchmarks train.py
 	$(RUN) ruff format --check src tests benchmarks train.py
+	$(RUN) lint-imports
+	$(RUN) fiqa dvc-yaml --check
 
 format: setup  ## apply ruff format and safe fixes
 	$(RUN) ruff check --fix src tests benchmarks train.py

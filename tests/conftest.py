@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,35 @@ def _isolated_wandb(
     wandb_root = tmp_path_factory.getbasetemp() / "wandb-home"
     for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(var, str(wandb_root))
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded demo, small (6 LFW identities x 5 images + 3 portraits x 6), built and
+    prepared once per session: ``<root>/raw`` and ``<root>/data/prepared``. Read it only; tests
+    that run stages use ``demo_root``."""
+    from fiqa.config import compose_config
+    from fiqa.data.demo import build_demo
+    from fiqa.stages.runner import run_stage
+
+    root = tmp_path_factory.mktemp("small-demo")
+    build_demo(root / "raw", seed=0, portrait_images=6, lfw_identities=6, lfw_images=5)
+    cfg = compose_config([f"paths.root={root}", f"data.root={root / 'raw'}", "logger=none"])
+    run_stage("prepare", cfg)
+    return root
+
+
+@pytest.fixture
+def demo_root(small_demo: Path, tmp_path: Path) -> Path:
+    """A private ``paths.root`` holding a copy of the small demo's prepared faces (its raw data
+    stays shared at ``small_demo / "raw"``): stages run here cannot disturb other tests."""
+    shutil.copytree(small_demo / "data" / "prepared", tmp_path / "data" / "prepared")
+    return tmp_path
+
+
+def demo_config(root: Path, small_demo: Path, *overrides: str):
+    """The composed config of a stage run in ``root`` on the small demo, without tracking."""
+    from fiqa.config import compose_config
+
+    return compose_config([f"paths.root={root}", f"data.root={small_demo / 'raw'}",
+                           "logger=none", *overrides])  # fmt: skip

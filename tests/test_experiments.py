@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,11 @@ SMOKE = [
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo set (6 LFW identities + 3 portraits), prepared once."""
+def demo_root(small_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's small demo, prepared, copied into one root for every experiment."""
     root = tmp_path_factory.mktemp("experiments")
-    subprocess.run(
-        [sys.executable, "-m", "fiqa.cli.main", "demo-data", "--out", str(root / "raw"),
-         "--portrait-images", "6", "--lfw-identities", "6", "--lfw-images", "5"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    run_stage("prepare", compose_config([f"paths.root={root}", f"data.root={root / 'raw'}",
-                                         "logger=none"]))  # fmt: skip
+    shutil.copytree(small_demo / "data" / "prepared", root / "data" / "prepared")
+    (root / "raw").symlink_to(small_demo / "raw")
     return root
 
 

@@ -133,6 +133,21 @@ def test_status_clean_and_second_repro_is_a_no_op(pipeline_repo):
 
 
 @pytest.mark.slow
+def test_editing_the_extraction_engine_makes_label_and_later_stages_stale(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    engine = repo / "src" / "fiqa" / "extract" / "predict.py"
+    original = engine.read_text()
+    engine.write_text(original + "\n# an edit\n")
+    try:
+        status = sh(repo, "dvc", "status", "--json", env=env)
+    finally:
+        engine.write_text(original)
+    stale = json.loads(status)
+    assert {"label", "train", "evaluate"} <= set(stale) and "prepare" not in stale, stale
+    assert "up to date" in sh(repo, "dvc", "status", env=env)
+
+
+@pytest.mark.slow
 def test_score_command_on_aligned_faces(pipeline_repo, tmp_path):
     repo, env, _ = pipeline_repo
     faces = PreparedFaces(repo / "data/prepared").faces([0, 1, 2])
