@@ -31,7 +31,27 @@ GROUPS = [
 
 
 def options(group: str) -> list[str]:
+    """The options of a config group: its files, and for ``label`` the registered methods
+    (``label=<method>`` options come from the method registry, not from files)."""
+    if group == "label":
+        from fiqa.label import METHODS
+
+        return sorted(METHODS)
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def leaves(node, prefix: str = "") -> dict[str, object]:
+    """``{dotted key: value}`` of every leaf of a config node, interpolations unresolved."""
+    out: dict[str, object] = {}
+    for key in node:
+        value = node._get_node(key)
+        if OmegaConf.is_dict(value) and len(value):
+            out |= leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = (
+                OmegaConf.to_container(value) if OmegaConf.is_config(value) else value._value()
+            )
+    return out
 
 
 def compose_default(overrides: list[str] | None = None):
@@ -43,23 +63,39 @@ def test_params_yaml_equals_composed_default_config():
     assert committed == compose_params(CONF), "params.yaml is stale: run `make params`"
 
 
-def test_config_has_every_design_group():
+def test_every_design_group_has_options_and_the_default_names_its_data():
     for group in GROUPS:
         assert options(group), f"conf/{group}/ has no options"
     cfg = compose_default()
-    for group in ["paths", "data", "fr", "label", "model", "trainer", "logger", "eval"]:
-        assert group in cfg, group
-    assert cfg.data.root == "./data/raw"
+    assert (cfg.data.name, cfg.fr.name, cfg.model.name) == ("demo", "sface", "regressor")
+    assert cfg.data.root == "./data/raw" and cfg.label.target == "faceqnet"
 
 
 @pytest.mark.parametrize(
     "override",
-    [f"{g}={o}" for g in GROUPS if g not in {"paths"} for o in options(g)],
+    [f"{g}={o}" for g in GROUPS if g not in {"paths", "label"} for o in options(g)],
 )
-def test_every_group_option_composes(override: str):
+def test_every_group_option_composes_with_its_own_values(override: str):
+    """Selecting an option puts every value its file states into the composed config."""
+    group, option = override.split("=")
+    file = OmegaConf.load(CONF / group / f"{option}.yaml")
+    file.pop("defaults", None)
     cfg = compose_default([override])
-    OmegaConf.resolve(cfg)
-    assert "root" in cfg.data
+    OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))  # interpolations resolve
+    package = cfg if group in {"experiment", "debug"} else cfg[group]  # _global_ packages
+    composed = leaves(package)
+    for key, value in leaves(file).items():
+        assert composed[key] == value, f"{override}: {key}"
+
+
+@pytest.mark.parametrize("method", options("label"))
+def test_label_option_of_every_registered_method(method: str):
+    cfg = compose_default([f"label={method}"])
+    assert cfg.label.target == method
+    common = OmegaConf.load(CONF / "label" / "common.yaml")
+    assert list(cfg.label.compute) == list(common.compute)
+    assert set(cfg.label.methods) == set(options("label"))  # every method's settings
+    validate_config(cfg) if method != "magface" else None
 
 
 def test_typo_in_override_fails_with_the_key_name():
@@ -112,13 +148,63 @@ def test_missing_key_is_named():
 
 @pytest.mark.parametrize("option", options("fr"))
 def test_fr_options_name_registered_models_and_require_their_weights(option: str):
-    from fiqa.fr import FR_MODELS
+    from fiqa.fr import FR_BUILDERS
 
     cfg = compose_default([f"fr={option}"])
-    assert cfg.fr.name in FR_MODELS
+    assert cfg.fr.name in FR_BUILDERS
     if option == "sface":  # the one model whose weights ship with the package
         validate_config(cfg)
         return
     with pytest.raises(ConfigError, match=r"fr\.weights"):
         validate_config(cfg)
     validate_config(compose_default([f"fr={option}", "fr.weights=/models/file"]))
+
+
+def test_model_schemas_name_exactly_the_constructor_arguments_which_state_no_defaults():
+    from dataclasses import fields
+    from inspect import signature
+
+    from fiqa.config.schemas import DistillConfig, RegressorConfig, RegressorHead
+    from fiqa.quality.model import QualityRegressor
+    from fiqa.train.distill import DistillationModule
+    from fiqa.train.fit import DISTILL_ONLY
+
+    def arguments(cls: type) -> dict:
+        return {k: p for k, p in signature(cls.__init__).parameters.items() if k != "self"}
+
+    regressor = {f.name for f in fields(RegressorConfig)} - {"name"}
+    assert regressor == set(arguments(QualityRegressor))
+    backbone = {"backbone", "pretrained", "backbone_weights", "backbone_options"}
+    assert {f.name for f in fields(RegressorHead)} == regressor - backbone
+    distill = {f.name for f in fields(DistillConfig)} - set(DISTILL_ONLY)
+    assert distill == set(arguments(DistillationModule)) - {"num_classes"}
+    for cls in (QualityRegressor, DistillationModule):  # the values come from conf/ only
+        assert all(p.default is p.empty for p in arguments(cls).values()), cls.__name__
+
+
+def test_fr_entries_complete_names_and_mappings_and_refuse_duplicates():
+    from fiqa.config.extraction import fr_entries
+    from fiqa.config.typed import typed
+    from fiqa.extract import FREntry
+
+    cfg = compose_default(["fr.batch_size=16", "label.fr_models=[sface,{name: dlib_resnet, "
+                           "weights: /m/d.dat, flip: true},iresnet50]"])  # fmt: skip
+    entries = fr_entries(cfg, "label.fr_models")
+    assert entries["sface"] == typed(cfg.fr, FREntry)
+    assert entries["dlib_resnet"] == FREntry("dlib_resnet", "/m/d.dat", 16, True, {})
+    assert entries["iresnet50"] == FREntry("iresnet50", None, 16, False, {})
+    with pytest.raises(ConfigError, match=r"label\.fr_models: FR models listed twice: \['sface'\]"):
+        fr_entries(compose_default(["label.fr_models=[sface,sface]"]), "label.fr_models")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("prepare.shard_size=0", "prepare.shard_size must be >= 1, got 0"),
+     ("prepare.detector=mtcnn", "prepare.detector='mtcnn'; choose one of")],
+)  # fmt: skip
+def test_settings_objects_check_their_values(override: str, message: str):
+    from fiqa.config.typed import typed
+    from fiqa.data.preparation import PrepareSettings
+
+    with pytest.raises(ValueError, match=message):
+        typed(compose_default([override]).prepare, PrepareSettings)

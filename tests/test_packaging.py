@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -27,5 +29,20 @@ def test_torchvision_only_in_the_gpu_extra():
     assert holders == ["gpu"]
 
 
-def test_console_script():
-    assert _project()["scripts"]["fiqa"] == "fiqa.cli.main:main"
+def test_installed_fiqa_command_runs_and_the_hydra_plugin_is_discovered(tmp_path: Path):
+    """The installed console script works, and Hydra finds fiqa's plugin (label=<method>
+    options) the way `dvc exp run -S label=...` composes the config: from another directory."""
+    fiqa = Path(sys.executable).parent / "fiqa"
+    out = subprocess.run([fiqa, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "fiqa dvc-yaml" in out and "fiqa score" in out
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "fiqa"]
+    assert script.load().__module__ == "fiqa.cli.main"
+    code = (
+        "from fiqa.config.params_file import compose_params; from pathlib import Path; "
+        f"print(compose_params(Path({str(REPO_ROOT / 'conf')!r}), ['label=huo']))"
+    )
+    params = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    assert "target: huo" in params

@@ -164,3 +164,22 @@ def test_config_template_and_empty_dataset(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises((StageError, ValueError), match="holds no"):
         run_stage("prepare", config(tmp_path, f"data.root={tmp_path / 'empty'}"))
+
+
+def test_write_prepared_writes_aligned_faces_through_the_stage_writers(tmp_path):
+    from fiqa.data.preparation import write_prepared
+    from fiqa.data.prepared import MANIFEST_COLUMNS
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (5, 112, 112, 3), np.uint8)
+    prepared = write_prepared(tmp_path / "p", faces, ["a", "a", "b", "b", "b"],
+                              ["train", "train", "val", "val", "val"], shard_size=2)  # fmt: skip
+    m = prepared.manifest
+    assert set(MANIFEST_COLUMNS) <= set(m.columns)
+    assert m["sample_id"].tolist() == list(range(5)) and m["shard"].nunique() == 3
+    assert m["split"].tolist() == ["train", "train", "val", "val", "val"]
+    np.testing.assert_array_equal(prepared.faces(), faces)  # lossless PNG
+    assert prepared.template == "arcface_112" and prepared.failures.empty
+    assert sorted(p.name for p in (tmp_path / "p").glob("part-*")) == []  # parts merged
+    with pytest.raises(FileExistsError, match="not overwriting"):
+        write_prepared(tmp_path / "p", faces, ["a"] * 5)

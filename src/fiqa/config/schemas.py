@@ -130,7 +130,6 @@ class LoggerConfig:
 @dataclass
 class EvalConfig:
     benchmark: dict[str, Any]  # format + its keys (conf/eval/benchmark/)
-    bin_root: str | None  # eval=insightface: folder of the .bin files
     benchmarks: list[dict[str, Any]]  # more benchmarks of the matrix
     fr_models: list[Any]  # registry names or {name, weights, options} mappings
     methods: list[str]
@@ -139,6 +138,9 @@ class EvalConfig:
     extra_fmrs: list[float]
     discard_limits: list[float]
     pair_quality: str
+    # eval=insightface only: the folder of the .bin files (required there: `???`). A value
+    # merged onto a default keeps the default when it is `???`, so the key has none in YAML.
+    bin_root: str | None = None
 
 
 SCHEMAS: dict[str, type | dict[str, type]] = {

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-EVAL_METRICS = "metrics/eval.json"
+from fiqa.core.artifacts import EVAL_METRICS
+
+# The metrics file as dvc.yaml declares it (paths.metrics is metrics/ under the repository root).
+EVAL_METRICS_FILE = f"metrics/{EVAL_METRICS}"
 
 
 def dvc_experiment_results(repo: str | Path = ".") -> list[tuple[str, dict]]:
@@ -37,7 +40,7 @@ def _walk(node: Any) -> Iterator[tuple[str, dict]]:
     if not isinstance(node, dict):
         return
     data = node.get("data") or {}
-    metrics = ((data.get("metrics") or {}).get(EVAL_METRICS) or {}).get("data")
+    metrics = ((data.get("metrics") or {}).get(EVAL_METRICS_FILE) or {}).get("data")
     if metrics:
         yield str(node.get("name") or node.get("rev", "?"))[:32], metrics
     for key in ("experiments", "revs"):

@@ -15,11 +15,11 @@ from fiqa.fr import (  # noqa: F401
     sface,
 )
 from fiqa.fr.model import FRModel, FRModelInfo
-from fiqa.fr.registry import FR_MODELS, FRSpec, load_fr_model, register_fr_model
+from fiqa.fr.registry import FR_BUILDERS, FRSpec, load_fr_model, register_fr_model
 from fiqa.fr.sface import SFaceNet
 
 __all__ = [
-    "FR_MODELS",
+    "FR_BUILDERS",
     "FRModel",
     "FRModelInfo",
     "FRSpec",

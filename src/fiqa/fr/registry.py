@@ -62,7 +62,7 @@ class FRSpec:
 
 
 FRBuilder = Callable[[FRSpec], FRModel]
-FR_MODELS: dict[str, FRBuilder] = {}
+FR_BUILDERS: dict[str, FRBuilder] = {}
 
 
 def register_fr_model(*names: str) -> Callable[[FRBuilder], FRBuilder]:
@@ -70,9 +70,9 @@ def register_fr_model(*names: str) -> Callable[[FRBuilder], FRBuilder]:
 
     def decorate(builder: FRBuilder) -> FRBuilder:
         for name in names:
-            if name in FR_MODELS:
+            if name in FR_BUILDERS:
                 raise ValueError(f"FR model {name!r} is registered twice")
-            FR_MODELS[name] = builder
+            FR_BUILDERS[name] = builder
         return builder
 
     return decorate
@@ -109,7 +109,7 @@ def load_fr_model(
     elif isinstance(name_or_config, Mapping):
         if name_or_config.get("name") is None:
             raise ValueError(
-                f"FR model config needs a 'name' (one of {sorted(FR_MODELS)}), "
+                f"FR model config needs a 'name' (one of {sorted(FR_BUILDERS)}), "
                 f"got keys {sorted(map(str, name_or_config))}"
             )
         name, weights = str(name_or_config["name"]), name_or_config.get("weights")
@@ -118,12 +118,12 @@ def load_fr_model(
         raise TypeError(
             f"expected an FR model name or config mapping, got {type(name_or_config).__name__}"
         )
-    if name not in FR_MODELS:
-        raise ValueError(f"unknown FR model {name!r}; known: {', '.join(sorted(FR_MODELS))}")
+    if name not in FR_BUILDERS:
+        raise ValueError(f"unknown FR model {name!r}; known: {', '.join(sorted(FR_BUILDERS))}")
     weights_path = Path(str(weights)).expanduser() if weights is not None else None
     if weights_path is not None and not weights_path.is_file():
         raise FileNotFoundError(f"weights file {weights_path} for FR model {name!r} not found")
     spec = FRSpec(name, weights_path, torch.device(device), float(dropout), options, pretrained)
-    model = FR_MODELS[name](spec)
+    model = FR_BUILDERS[name](spec)
     log.info("loaded FR model %s from %s on %s", name, model.info.weights_path, model.device)
     return model

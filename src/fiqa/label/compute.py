@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +18,8 @@ from fiqa.extract import Extractor, FaceSource, FREntry, Request
 from fiqa.label.context import LabelContext
 from fiqa.label.registry import (
     COLUMNS,
-    FR_MODELS,
     OWN_MODEL,
+    PER_FR_MODEL,
     LabelMethod,
     Outputs,
     combined_request,
@@ -65,10 +66,10 @@ def method_outputs(
         fr_defaults: Batch size and flip for an ``OWN_MODEL`` method's model (the ``fr`` group).
         every_model: Embed with every model of ``fr_models`` (a labels table also keeps their
             embeddings, e.g. for the eDifFIQA correction); False: only with the models some
-            ``FR_MODELS`` method of ``methods`` can use.
+            ``PER_FR_MODEL`` method of ``methods`` can use.
     """
     out = MethodOutputs(n_models=len(fr_models))
-    shared = [m for m in methods if m.source == FR_MODELS]
+    shared = [m for m in methods if m.source == PER_FR_MODEL]
     request = combined_request(shared, ctx.params, ctx.seed)
     for name, fr in fr_models.items():
         white_box = extractor.model(fr).info.white_box
@@ -88,10 +89,9 @@ def method_outputs(
     return out
 
 
-def own_model(params: object, fr_defaults: FREntry) -> FREntry:
+def own_model(params: Any, fr_defaults: FREntry) -> FREntry:
     """The FR model of an ``OWN_MODEL`` method (its ``model`` setting)."""
-    model = getattr(params, "model")  # noqa: B009 (a settings dataclass with a model field)
-    return FREntry.from_mapping(model, fr_defaults)
+    return FREntry.from_mapping(params.model, fr_defaults)
 
 
 def method_columns(
@@ -99,7 +99,7 @@ def method_columns(
 ) -> tuple[dict[str, np.ndarray], frozenset[str]]:
     """The columns of ``method`` and the FR models they come from.
 
-    Columns: ``{method: scores}``; for ``FR_MODELS`` methods the scores are the mean over the
+    Columns: ``{method: scores}``; for ``PER_FR_MODEL`` methods the scores are the mean over the
     usable models and, with several ``label.fr_models``, each model's ``{method@model: scores}``
     too. The columns are also added to ``ctx.columns`` (``fused`` reads them).
 
@@ -124,7 +124,7 @@ def method_columns(
 
 
 def _per_model_columns(
-    method: LabelMethod, ctx: LabelContext, params: object, outputs: MethodOutputs
+    method: LabelMethod, ctx: LabelContext, params: Any, outputs: MethodOutputs
 ) -> tuple[dict[str, np.ndarray], frozenset[str]]:
     needs = [p.name for p in method.products]
     usable = {n: out for n, out in outputs.per_model.items() if all(k in out for k in needs)}

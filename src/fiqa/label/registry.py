@@ -7,7 +7,7 @@ identity-based (needs the other images of the identity: a training label only), 
 products it needs (from which "needs a PyTorch model" and "needs gradients" follow), and where
 its inputs come from:
 
-- ``FR_MODELS``: each model of ``label.fr_models`` that can make its products; the label is the
+- ``PER_FR_MODEL``: each model of ``label.fr_models`` that can make its products; the label is the
   mean over those models and, with several models, each model's column ``<name>@<model>``;
 - ``OWN_MODEL``: its own FR model, ``params.model`` (MagFace);
 - ``COLUMNS``: the columns computed before it (``fused``).
@@ -27,8 +27,8 @@ import numpy as np
 from fiqa.extract.products import BatchProduct, Request
 from fiqa.label.context import LabelContext
 
-FR_MODELS, OWN_MODEL, COLUMNS = "fr_models", "own_model", "columns"
-SOURCES = (FR_MODELS, OWN_MODEL, COLUMNS)
+PER_FR_MODEL, OWN_MODEL, COLUMNS = "per_fr_model", "own_model", "columns"
+SOURCES = (PER_FR_MODEL, OWN_MODEL, COLUMNS)
 
 Outputs = Mapping[str, np.ndarray]  # one FR model's extraction products
 Score = Callable[[LabelContext, Any, Outputs | None], np.ndarray]
@@ -49,7 +49,7 @@ class LabelMethod:
         products: Extraction products it reads besides the embedding (``BatchProduct``
             classes; one with settings takes the settings of the method of the same name and
             ``label.seed``).
-        source: ``FR_MODELS``, ``OWN_MODEL`` or ``COLUMNS`` (see the module docstring).
+        source: ``PER_FR_MODEL``, ``OWN_MODEL`` or ``COLUMNS`` (see the module docstring).
     """
 
     name: str
@@ -58,7 +58,7 @@ class LabelMethod:
     blind: bool
     score: Score
     products: tuple[type[BatchProduct], ...] = ()
-    source: str = FR_MODELS
+    source: str = PER_FR_MODEL
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fiqa.core.artifacts import EDC_PLOTS, EVAL_METRICS, TRAIN_METRICS
+
 # Config keys any stage may read that change no output byte (where outputs go, tracking,
 # parallelism and progress display).
 RUNTIME_KEYS = (
@@ -60,11 +62,11 @@ STAGES: dict[str, Stage] = {
         Stage("train", ("model", "trainer", "train", "label.fr_models", "eval.fmr",
                         "eval.discard_limits", "prepare.templates", *_EXTRACTION),
               deps=("prepared", "labels"), outs=("models",),
-              metrics=(("metrics", "train.json"),)),
+              metrics=(("metrics", TRAIN_METRICS),)),
         Stage("evaluate", ("data.name", "eval", "label.fr_models", "label.methods", "label.seed",
                            "prepare.templates", *_ALIGNMENT, *_EXTRACTION),
               deps=("prepared", "labels", "models"), outs=("reports",),
-              metrics=(("metrics", "eval.json"),), plots=(("plots", "edc"),)),
+              metrics=(("metrics", EVAL_METRICS),), plots=(("plots", EDC_PLOTS),)),
     )
 }  # fmt: skip
 

@@ -1,0 +1,122 @@
+"""The label-method registry and the computation of method columns (fiqa.label.registry,
+fiqa.label.methods, fiqa.label.compute, fiqa.label.table) on hand-made FR outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fiqa.config import compose_config
+from fiqa.config.labels import label_job, label_params
+from fiqa.extract import Extractor, FREntry
+from fiqa.label import METHODS, LabelContext, blind_methods, get_method
+from fiqa.label.compute import MethodOutputs, method_columns
+from fiqa.label.registry import COLUMNS, OWN_MODEL, LabelMethod, register_label_method
+from fiqa.label.serfiq import SerFiqProduct
+from fiqa.label.table import LabelJob, build_labels
+
+PARAMS = label_params(compose_config())
+
+
+def test_registry_order_and_what_each_method_needs():
+    assert list(METHODS) == ["faceqnet", "serfiq", "crfiqa", "sddfiqa", "magface", "faceqan",
+                             "huo", "fused"]  # fmt: skip
+    assert blind_methods() == ["serfiq", "magface", "faceqan"]
+    assert [m for m, d in METHODS.items() if d.white_box] == ["serfiq", "faceqan", "huo"]
+    assert [m for m, d in METHODS.items() if d.gradients] == ["faceqan"]
+    assert METHODS["magface"].source == OWN_MODEL and METHODS["fused"].source == COLUMNS
+    assert METHODS["fused"].range_for(PARAMS["fused"]) == (0.0, 1.0)
+    raw = type(PARAMS["fused"])(how="none", weights={"serfiq": 1.0})
+    assert METHODS["fused"].range_for(raw) == (-np.inf, np.inf)
+    with pytest.raises(ValueError, match="unknown label method 'magic'; known: faceqnet"):
+        get_method("magic")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_label_method(METHODS["serfiq"])
+    with pytest.raises(ValueError, match="source must be one of"):
+        LabelMethod("x", object, (0, 1), True, METHODS["serfiq"].score, source="elsewhere")
+
+
+def test_products_are_configured_from_the_methods_settings_and_the_seed():
+    (product,) = METHODS["serfiq"].request(PARAMS, seed=7).products
+    assert product == SerFiqProduct(PARAMS["serfiq"], 7)
+    huo = METHODS["huo"].request(PARAMS, seed=7)
+    assert [p.name for p in huo.products] == ["serfiq", "low_level"]  # S_r reuses SER-FIQ's
+
+
+def outputs(**serfiq: list[float]) -> MethodOutputs:
+    """Outputs of FR models by name: embedding plus, where given, SER-FIQ scores."""
+    per_model = {}
+    for name, values in serfiq.items():
+        out = {"embedding": np.eye(len(values), 4, dtype=np.float16)}
+        per_model[name] = out | ({"serfiq": np.asarray(values)} if values else {})
+    return MethodOutputs(per_model=per_model, n_models=len(per_model))
+
+
+def test_per_model_columns_average_the_models_that_make_the_product():
+    ctx = LabelContext(PARAMS, seed=0)
+    columns, used = method_columns(METHODS["serfiq"], ctx, outputs(a=[0.2, 0.4], b=[0.4, 0.8],
+                                                                   box=[]))  # fmt: skip
+    assert used == {"a", "b"}  # the black box "box" makes no SER-FIQ scores
+    np.testing.assert_allclose(columns["serfiq"], [0.3, 0.6])
+    np.testing.assert_allclose(columns["serfiq@a"], [0.2, 0.4])
+    assert set(columns) == {"serfiq", "serfiq@a", "serfiq@b"} and ctx.columns == columns
+    single, _ = method_columns(METHODS["serfiq"], ctx, outputs(a=[0.2, 0.4]))
+    assert set(single) == {"serfiq"}  # one FR model: no per-model column
+    with pytest.raises(ValueError, match=r"label\.methods\.serfiq: needs a PyTorch FR model"):
+        method_columns(METHODS["serfiq"], ctx, outputs(box=[]))
+
+
+def test_fused_combines_earlier_columns_and_identity_methods_need_identities():
+    ctx = LabelContext(PARAMS, seed=0, columns={"faceqnet": np.array([0.1, 0.9, 0.5]),
+                                                "serfiq": np.array([0.3, 0.2, 0.1])})  # fmt: skip
+    columns, used = method_columns(METHODS["fused"], ctx, MethodOutputs())
+    # rank-normalised: faceqnet (0, 1, 0.5), serfiq (1, 0.5, 0); weights 0.5 each
+    np.testing.assert_allclose(columns["fused"], [0.5, 0.75, 0.25])
+    assert used == frozenset()
+    with pytest.raises(ValueError, match=r"label\.methods\.crfiqa: crfiqa needs the identities"):
+        method_columns(METHODS["crfiqa"], LabelContext(PARAMS, 0), outputs(a=[0.1, 0.2]))
+
+
+def test_own_model_methods_read_their_own_outputs():
+    ctx = LabelContext(PARAMS, seed=0)
+    out = MethodOutputs(own={"magface": {"norm": np.array([21.0, 25.0])}},
+                        own_models={"magface": "magface_iresnet100"})  # fmt: skip
+    columns, used = method_columns(METHODS["magface"], ctx, out)
+    assert columns["magface"].tolist() == [21.0, 25.0] and used == {"magface_iresnet100"}
+
+
+def test_job_computes_the_target_in_registry_order_and_checks_its_settings():
+    job = label_job(compose_config(["label=huo", "label.compute=[fused,faceqnet]"]))
+    assert job.methods == ["faceqnet", "huo", "fused"]
+    fr = {"sface": FREntry("sface", None, 64, False)}
+    with pytest.raises(ValueError, match="unknown label method 'magic'"):
+        LabelJob("magic", (), PARAMS, fr, fr["sface"], 0, "none", job.ediffiqa)
+    with pytest.raises(ValueError, match=r"label\.correction='boost'"):
+        LabelJob("serfiq", (), PARAMS, fr, fr["sface"], 0, "boost", job.ediffiqa)
+    with pytest.raises(ValueError, match=r"label\.fr_models is empty"):
+        LabelJob("serfiq", (), PARAMS, {}, fr["sface"], 0, "none", job.ediffiqa)
+
+
+def test_labels_table_columns_target_correction_and_provenance(tmp_path: Path):
+    from fiqa.data.preparation import write_prepared
+
+    rng = np.random.default_rng(0)
+    n, ids = 12, [f"id{i % 3}" for i in range(12)]
+    prepared = write_prepared(tmp_path / "p", rng.integers(0, 256, (n, 112, 112, 3), np.uint8), ids)
+    emb = rng.standard_normal((n, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cfg = compose_config(["label=crfiqa", "label.compute=[sddfiqa]", "label.correction=ediffiqa"])
+    job = label_job(cfg)
+    ctx = LabelContext.of_prepared(prepared, job.params, job.seed)
+    out = MethodOutputs(per_model={"sface": {"embedding": emb.astype(np.float16)}}, n_models=1)
+    labels = build_labels(job, prepared, ctx, out, Extractor(tmp_path / "cache", None))
+    table = labels.table
+    assert list(table.columns) == ["sample_id", "path", "identity", "split", "crfiqa",
+                                   "sddfiqa", "quality"]  # fmt: skip
+    assert table["quality"].between(0, 1).all() and not table["quality"].equals(table["crfiqa"])
+    assert labels.methods == ["crfiqa", "sddfiqa"]
+    p = labels.provenance
+    assert (p["target"], p["correction"], p["seed"]) == ("crfiqa", "ediffiqa", 0)
+    assert set(p["methods"]) == {"crfiqa", "sddfiqa"} and p["fr_models"]["sface"]["sha256"]
