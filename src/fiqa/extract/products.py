@@ -12,6 +12,7 @@ and after any resume.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
@@ -114,14 +115,28 @@ class Request:
     @property
     def white_box(self) -> str | None:
         """What the first product that needs a PyTorch network needs it for, or None."""
-        return next((p.white_box for p in self.products if p.white_box), None)
+        return white_box_need(self.products)
 
     @property
     def gradients(self) -> bool:
         """A product back-propagates to the input (the Trainer must not run in inference mode)."""
-        return any(p.gradients for p in self.products)
+        return gradient_need(self.products)
 
     def merged(self, other: Request) -> Request:
         """This request plus the products of ``other`` it lacks (by name)."""
         have = {p.name for p in self.products}
         return Request(self.products + tuple(p for p in other.products if p.name not in have))
+
+
+Products = Iterable[BatchProduct | type[BatchProduct]]
+
+
+def white_box_need(products: Products) -> str | None:
+    """What the first of ``products`` (instances or classes) that needs a PyTorch network
+    needs it for, or None."""
+    return next((p.white_box for p in products if p.white_box), None)
+
+
+def gradient_need(products: Products) -> bool:
+    """Whether one of ``products`` (instances or classes) back-propagates to the input."""
+    return any(p.gradients for p in products)

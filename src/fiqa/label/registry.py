@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fiqa.extract.products import BatchProduct, Request
+from fiqa.extract.products import BatchProduct, Request, gradient_need, white_box_need
 from fiqa.label.context import LabelContext
 
 PER_FR_MODEL, OWN_MODEL, COLUMNS = "per_fr_model", "own_model", "columns"
@@ -67,12 +67,12 @@ class LabelMethod:
     @property
     def white_box(self) -> str | None:
         """What it needs a PyTorch FR model for (a product), or None."""
-        return next((p.white_box for p in self.products if p.white_box), None)
+        return white_box_need(self.products)
 
     @property
     def gradients(self) -> bool:
         """It back-propagates through the FR model."""
-        return any(p.gradients for p in self.products)
+        return gradient_need(self.products)
 
     def range_for(self, params: Any) -> Range:
         """Expected value range with these settings."""
