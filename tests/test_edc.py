@@ -23,9 +23,10 @@ from fiqa.core.edc import (
 from fiqa.core.edc_recomputed import edc_curve_recomputed_threshold
 
 # Tiny case. Impostors (10): at fmr=0.25 at most 2 false matches (2/10 <= 0.25 < 3/10).
-# t = 0.50 -> #{imp >= 0.50} = 2 (0.50, 0.60), FMR 0.2; t = 0.45 would give 3 -> 0.3 > 0.25.
+# t = just above 0.45 (the 3rd largest) -> #{imp >= t} = 2 (0.50, 0.60), FMR 0.2; t = 0.45
+# would give 3 -> 0.3 > 0.25.
 TINY_IMPOSTOR = [0.10, 0.20, 0.25, 0.30, 0.30, 0.35, 0.40, 0.45, 0.50, 0.60]
-# Genuine pairs: errors are scores < 0.5 (p0, p2); p5 = 0.50 is a match (>= t). FNMR(0) = 2/6.
+# Genuine pairs: errors are scores < t (p0, p2); p5 = 0.50 is a match (>= t). FNMR(0) = 2/6.
 #   pair   p0    p1    p2    p3    p4    p5
 TINY_SCORES = [0.30, 0.70, 0.45, 0.80, 0.90, 0.50]
 TINY_QUALITY = [0.4, 0.1, 0.6, 0.4, 0.8, 0.6]
@@ -44,8 +45,10 @@ def tiny_curve() -> EDCCurve:
 
 
 def brute_threshold(impostor: np.ndarray, fmr: float) -> float:
-    """Smallest candidate t with #{imp >= t} / N <= fmr, by a plain loop over candidates."""
-    candidates = [*sorted(set(impostor.tolist())), np.nextafter(impostor.max(), np.inf)]
+    """Smallest t with #{imp >= t} / N <= fmr, by a plain loop over every candidate float where
+    the count can change: the scores themselves and the next float above each."""
+    values = impostor.tolist()
+    candidates = sorted({*values, *(float(np.nextafter(v, np.inf)) for v in values)})
     for t in candidates:
         if np.count_nonzero(impostor >= t) / impostor.size <= fmr:
             return float(t)
@@ -68,7 +71,7 @@ def brute_edc(
 
 def test_tiny_case_threshold_and_curve_by_hand() -> None:
     curve = tiny_curve()
-    assert curve.threshold == 0.50
+    assert curve.threshold == np.nextafter(0.45, np.inf)
     assert (curve.fmr, curve.n_genuine, curve.n_impostor) == (0.25, 6, 10)
     np.testing.assert_allclose(curve.fractions, TINY_FRACTIONS, rtol=0, atol=1e-15)
     np.testing.assert_allclose(curve.fnmr, TINY_FNMR, rtol=0, atol=1e-15)
@@ -123,15 +126,22 @@ def test_permutation_invariance_with_ties() -> None:
         assert shuffled.threshold == reference.threshold
 
 
-def test_threshold_never_exceeds_target_fmr_with_tied_impostors() -> None:
+def test_threshold_is_the_smallest_one_meeting_the_target_fmr() -> None:
+    # DESIGN 6.3's example: 996 impostors at 0.1 plus 0.5, 0.6, 0.7, 0.8 at FMR 1e-3 allow one
+    # false match; every t in (0.7, 0.8] gives FMR 0.001, and the smallest is just above 0.7
+    # (not 0.8, the smallest impostor score that qualifies, which raises the FNMR).
+    imp = np.concatenate([np.full(996, 0.1), [0.5, 0.6, 0.7, 0.8]])
+    assert fmr_threshold(imp, 1e-3) == np.nextafter(0.7, np.inf)
+    assert np.count_nonzero(imp >= fmr_threshold(imp, 1e-3)) == 1
     # Allowed 2 false matches of 5 (2/5 <= 0.4); the tie block {0.3 x3} cannot be split, so
     # t moves just above it and the achieved FMR is 0, not 3/5.
-    imp = np.array([0.1, 0.2, 0.3, 0.3, 0.3])
-    assert fmr_threshold(imp, 0.4) == np.nextafter(0.3, np.inf)
-    # [0.1, 0.2, 0.3, 0.3, 0.4]: t = 0.4 gives 1/5 <= 0.4; t = 0.3 would give 3/5.
-    assert fmr_threshold([0.1, 0.2, 0.3, 0.3, 0.4], 0.4) == 0.4
-    # Exactly on target: t = 0.3 gives 3/5 = 0.6 <= 0.6; t = 0.2 gives 4/5.
-    assert fmr_threshold([0.1, 0.2, 0.3, 0.3, 0.4], 0.6) == 0.3
+    assert fmr_threshold([0.1, 0.2, 0.3, 0.3, 0.3], 0.4) == np.nextafter(0.3, np.inf)
+    # [0.1, 0.2, 0.3, 0.3, 0.4] at 0.4: the 3rd largest is 0.3 (a tie with the 2nd), so t is
+    # just above it and only 0.4 matches (1/5); t = 0.3 would give 3/5.
+    assert fmr_threshold([0.1, 0.2, 0.3, 0.3, 0.4], 0.4) == np.nextafter(0.3, np.inf)
+    # Exactly on target: 3 false matches allowed, the 4th largest is 0.2: t just above 0.2
+    # gives 3/5 = 0.6.
+    assert fmr_threshold([0.1, 0.2, 0.3, 0.3, 0.4], 0.6) == np.nextafter(0.2, np.inf)
     # fmr * N < 1: no false match allowed -> just above the maximum.
     assert fmr_threshold([0.1, 0.5, 0.2], 1e-3) == np.nextafter(0.5, np.inf)
 
@@ -148,30 +158,34 @@ def test_threshold_matches_brute_force_on_random_ties() -> None:
 
 def test_threshold_survives_rounding_of_fmr_times_n() -> None:
     imp = np.arange(22, dtype=np.float64)
-    # 15/22 * 22 rounds below 15, yet 15 false matches meet the target: t = 7 (15 scores >= 7).
-    assert fmr_threshold(imp, 15 / 22) == 7.0 == brute_threshold(imp, 15 / 22)
-    # Just below 5/6, fmr * 6 rounds up to 5.0, yet only 4 false matches are allowed: t = 2.
+    # 15/22 * 22 rounds below 15, yet 15 false matches meet the target: t just above 6 (the
+    # 16th largest), so the 15 scores 7..21 match.
+    just_above_6 = float(np.nextafter(6.0, np.inf))
+    assert fmr_threshold(imp, 15 / 22) == just_above_6 == brute_threshold(imp, 15 / 22)
+    # Just below 5/6, fmr * 6 rounds up to 5.0, yet only 4 false matches are allowed: t just
+    # above 1 (the 5th largest of 0..5).
     below = float(np.nextafter(5 / 6, 0.0))
     assert below * 6 == 5.0
-    assert fmr_threshold(imp[:6], below) == 2.0 == brute_threshold(imp[:6], below)
+    just_above_1 = float(np.nextafter(1.0, np.inf))
+    assert fmr_threshold(imp[:6], below) == just_above_1 == brute_threshold(imp[:6], below)
 
 
 def test_threshold_is_fixed_once_not_recomputed_after_discarding() -> None:
-    # The high impostor score 0.9 comes from a low-quality pair. At fmr=0.2 over all 5
-    # impostors one false match is allowed -> t = 0.9 (t = 0.4 would give 2/5).
-    impostor = np.array([0.1, 0.2, 0.3, 0.4, 0.9])
-    impostor_quality = np.array([0.5, 0.6, 0.7, 0.8, 0.1])
+    # The high impostor scores 0.85 and 0.9 come from low-quality pairs. At fmr=0.2 over all
+    # 5 impostors one false match is allowed -> t just above 0.85 (the 2nd largest).
+    impostor = np.array([0.1, 0.2, 0.3, 0.85, 0.9])
+    impostor_quality = np.array([0.5, 0.6, 0.7, 0.1, 0.1])
     scores = np.array([0.5, 0.6, 0.95, 0.97])
     quality = np.array([0.1, 0.5, 0.6, 0.7])
     curve = edc_curve(scores, quality, impostor, fmr=0.2)
-    assert curve.threshold == 0.9
-    # After discarding q=0.1: remaining [0.6, 0.95, 0.97] at t=0.9 -> FNMR 1/3.
+    assert curve.threshold == np.nextafter(0.85, np.inf)
+    # After discarding q=0.1: remaining [0.6, 0.95, 0.97] at that t -> FNMR 1/3.
     assert curve.fractions[1] == 0.25
     assert curve.fnmr[1] == pytest.approx(1 / 3, rel=1e-15)
-    # The CR-FIQA/MagFace variant would drop the q=0.1 impostor too and recompute t on
-    # [0.1, 0.2, 0.3, 0.4] (1/4 > 0.2 -> t just above 0.4), giving FNMR 0: a different curve.
+    # The CR-FIQA/MagFace variant would drop the q=0.1 impostors too and recompute t on
+    # [0.1, 0.2, 0.3] (no false match allowed -> t just above 0.3), giving FNMR 0.
     recomputed_t = fmr_threshold(impostor[impostor_quality > 0.1], 0.2)
-    assert recomputed_t == np.nextafter(0.4, np.inf)
+    assert recomputed_t == np.nextafter(0.3, np.inf)
     assert np.count_nonzero(scores[quality > 0.1] < recomputed_t) == 0
 
 
@@ -312,12 +326,12 @@ def test_edc_curves_tiny_case_by_hand() -> None:
     curves = edc_curves(TINY_SCORES, TINY_QUALITY, TINY_IMPOSTOR, fmrs=(0.25, 0.1))
     assert list(curves) == [0.25, 0.1]
     np.testing.assert_allclose(curves[0.25].fnmr, TINY_FNMR, atol=1e-15)
-    # fmr=0.1: one false match of 10 allowed; the 2nd largest impostor is 0.50, so t = 0.60.
-    # Errors (s < 0.6): p0 0.30, p2 0.45, p5 0.50 -> FNMR(0) = 3/6.
+    # fmr=0.1: one false match of 10 allowed; the 2nd largest impostor is 0.50, so t is just
+    # above it. Errors (s < t): p0 0.30, p2 0.45, p5 0.50 -> FNMR(0) = 3/6.
     #   k=1 drop p1 (0.70 ok) -> 3/5; k=2 drop p0 err, p3 -> p2, p5 of {p2, p5, p4} = 2/3;
     #   k=3 drop p2, p5 -> 0/1; k=4 -> empty, 0.
     tight = curves[0.1]
-    assert tight.threshold == 0.60
+    assert tight.threshold == np.nextafter(0.50, np.inf)
     assert tight.fmr == 0.1
     np.testing.assert_allclose(tight.fractions, TINY_FRACTIONS, atol=1e-15)
     np.testing.assert_allclose(tight.fnmr, [3 / 6, 3 / 5, 2 / 3, 0.0, 0.0], atol=1e-15)
@@ -402,18 +416,19 @@ RC_IMPOSTOR_Q = [0.1, 0.4, 0.6, 0.8, 0.9]
 
 
 def test_recomputed_threshold_variant_by_hand() -> None:
-    # Fixed (the standard): fmr=0.25 over 5 impostors allows 1 false match -> t = 0.9 forever.
-    # Errors at 0.9: 0.30, 0.60, 0.70, 0.45; discarding genuine pairs only, 1/5 each step:
+    # Fixed (the standard): fmr=0.25 over 5 impostors allows 1 false match -> t just above
+    # 0.5 (the 2nd largest) forever. Errors: 0.30, 0.45; discarding genuine pairs only:
     fixed = edc_curve(RC_GENUINE, RC_GENUINE_Q, RC_IMPOSTOR, fmr=0.25)
-    assert fixed.threshold == 0.9
+    assert fixed.threshold == np.nextafter(0.5, np.inf)
     np.testing.assert_allclose(fixed.fractions, [0, 0.2, 0.4, 0.6, 0.8, 1.0], atol=1e-15)
-    np.testing.assert_allclose(fixed.fnmr, [4 / 5, 3 / 4, 2 / 3, 1 / 2, 1.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(fixed.fnmr, [2 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0, 0.0], atol=1e-15)
 
-    # Recomputed: all 10 pairs dropped by quality, g0 and i0 together (tie at 0.1).
+    # Recomputed: all 10 pairs dropped by quality, g0 and i0 together (tie at 0.1); t is just
+    # above the (c+1)-th largest surviving impostor (">x" = nextafter(x, inf)).
     #  step  dropped          x    surviving impostors   allowed  t          genuine left  FNMR
-    #  0     -                0    .9 .1 .2 .4 .5        1        0.9        all 5 (4 err) 4/5
-    #  1     g0, i0           0.2  .1 .2 .4 .5           1        0.5        .6 .7 .95 .45  1/4
-    #  2     g1               0.3  same                  1        0.5        .7 .95 .45     1/3
+    #  0     -                0    .9 .1 .2 .4 .5        1        >0.5       all 5 (2 err) 2/5
+    #  1     g0, i0           0.2  .1 .2 .4 .5           1        >0.4       .6 .7 .95 .45  0
+    #  2     g1               0.3  same                  1        >0.4       .7 .95 .45     0
     #  3     i1               0.4  .2 .4 .5              0        >0.5       same           1/3
     #  4     g2               0.5  same                  0        >0.5       .95 .45        1/2
     #  5     i2               0.6  .4 .5                 0        >0.5       same           1/2
@@ -421,23 +436,22 @@ def test_recomputed_threshold_variant_by_hand() -> None:
     #  7     i3               0.8  .5                    0        >0.5       same           1
     #  8     g4               0.9  same                  0        >0.5       none           0
     #  9     i4               1.0  none                  -        -inf       none           0
-    # (">0.5" = nextafter(0.5, inf): a tie block that cannot be split, like fmr_threshold.)
     result = edc_curve_recomputed_threshold(
         RC_GENUINE, RC_GENUINE_Q, RC_IMPOSTOR, RC_IMPOSTOR_Q, fmr=0.25
     )
     curve = result.curve
     np.testing.assert_allclose(curve.fractions, [0, *np.arange(2, 11) / 10], atol=1e-15)
-    expected_fnmr = [4 / 5, 1 / 4, 1 / 3, 1 / 3, 1 / 2, 1 / 2, 1.0, 1.0, 0.0, 0.0]
+    expected_fnmr = [2 / 5, 0.0, 0.0, 1 / 3, 1 / 2, 1 / 2, 1.0, 1.0, 0.0, 0.0]
     np.testing.assert_allclose(curve.fnmr, expected_fnmr, atol=1e-15)
-    just_above = np.nextafter(0.5, np.inf)
-    assert result.thresholds.tolist() == [0.9, 0.5, 0.5] + [just_above] * 6 + [-np.inf]
-    assert curve.threshold == fixed.threshold == 0.9
+    above_5, above_4 = np.nextafter(0.5, np.inf), np.nextafter(0.4, np.inf)
+    assert result.thresholds.tolist() == [above_5, above_4, above_4] + [above_5] * 6 + [-np.inf]
+    assert curve.threshold == fixed.threshold == above_5
     assert (curve.n_genuine, curve.n_impostor, curve.fmr) == (5, 5, 0.25)
-    # pAUC@0.3: fixed 0.8 * 0.2 + 0.75 * 0.1 = 0.235; recomputed 0.8 * 0.2 + 0.25 * 0.1 = 0.185.
-    # Normalised by 0.8 * 0.3 = 0.24: 0.9792 vs 0.7708: dropping one impostor looks like a gain.
-    assert pauc(fixed, 0.3, normalise=False) == pytest.approx(0.235, rel=1e-12)
-    assert pauc(curve, 0.3, normalise=False) == pytest.approx(0.185, rel=1e-12)
-    assert pauc(curve, 0.3) == pytest.approx(0.185 / 0.24, rel=1e-12)
+    # pAUC@0.3: fixed 0.4 * 0.2 + 0.25 * 0.1 = 0.105; recomputed 0.4 * 0.2 + 0 * 0.1 = 0.08.
+    # Normalised by 0.4 * 0.3 = 0.12: 0.875 vs 0.667: dropping one impostor looks like a gain.
+    assert pauc(fixed, 0.3, normalise=False) == pytest.approx(0.105, rel=1e-12)
+    assert pauc(curve, 0.3, normalise=False) == pytest.approx(0.08, rel=1e-12)
+    assert pauc(curve, 0.3) == pytest.approx(0.08 / 0.12, rel=1e-12)
 
 
 def brute_recomputed(

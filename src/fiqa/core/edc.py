@@ -130,12 +130,14 @@ def _max_false_matches(n_impostor: int, fmr: float) -> int:
 
 
 def fmr_threshold(impostor_scores: ArrayLike, fmr: float = 1e-3) -> float:
-    """Decision threshold at a target FMR, from all impostor scores.
+    """Decision threshold at a target FMR, from all impostor scores (DESIGN section 6.3).
 
-    ``t = min{c in C : #{s_imp >= c} / N_imp <= fmr}`` with candidates ``C`` = the impostor
-    scores and ``nextafter(max(s_imp), +inf)``. The achieved FMR is never above ``fmr``; a tie
-    block is never split (``t`` moves just above it). O(N) via ``np.partition``: only the top
-    ``c + 1`` scores matter, ``c`` = the largest allowed number of false matches.
+    The smallest ``t`` with ``#{s_imp >= t} / N_imp <= fmr``: with ``c`` the largest number of
+    false matches allowed (``c / N_imp <= fmr``), every ``t`` up to the ``(c+1)``-th largest
+    impostor score admits ``c + 1`` of them, so ``t`` is the next float above that score.
+    A tie block at that score is never split (all of it lies below ``t``). Any ``t`` up to the
+    ``c``-th largest score gives the same FMR but a higher FNMR; this is the operating point.
+    O(N) via ``np.partition``.
 
     Args:
         impostor_scores: Similarity scores of all impostor (non-mated) comparisons.
@@ -149,23 +151,15 @@ def fmr_threshold(impostor_scores: ArrayLike, fmr: float = 1e-3) -> float:
     """
     imp = _as_scores(impostor_scores, "impostor_scores")
     _check_fraction(fmr, "fmr", include_one=False)
-    allowed = _max_false_matches(imp.size, fmr)
-    # Ascending position of the (allowed + 1)-th largest score: any t <= it admits too many.
-    k = imp.size - allowed - 1
-    part = np.partition(imp, k)
-    boundary, top = part[k], part[k:]
-    above = top[top > boundary]
-    if above.size == 0:
-        # The top block is one tie that cannot be split: go just above the maximum.
-        return float(np.nextafter(boundary, np.inf))
-    return float(above.min())
+    # Ascending position of the (c + 1)-th largest score.
+    k = imp.size - _max_false_matches(imp.size, fmr) - 1
+    return float(np.nextafter(np.partition(imp, k)[k], np.inf))
 
 
 def _threshold_from_sorted(ascending: NDArray[np.float64], fmr: float) -> float:
-    """``fmr_threshold`` on impostor scores already sorted ascending (O(log m))."""
+    """``fmr_threshold`` on impostor scores already sorted ascending (O(1))."""
     k = ascending.size - _max_false_matches(ascending.size, fmr) - 1
-    above = int(np.searchsorted(ascending, ascending[k], side="right"))
-    return float(ascending[above] if above < ascending.size else np.nextafter(ascending[k], np.inf))
+    return float(np.nextafter(ascending[k], np.inf))
 
 
 def fmr_thresholds(impostor_scores: ArrayLike, fmrs: Sequence[float]) -> dict[float, float]:

@@ -163,8 +163,8 @@ def edc_curve_recomputed_threshold(
     gen_gone = np.concatenate(([0], np.searchsorted(gen_q[gen_order], levels, side="right")))
     imp_gone = np.concatenate(([0], np.searchsorted(imp_q[imp_order], levels, side="right")))
 
-    # Threshold per step: the (c+1)-th largest surviving impostor score b, then t = the
-    # smallest surviving score above b (or just above b when none is): fmr_threshold's rule.
+    # Threshold per step: just above the (c+1)-th largest surviving impostor score, c the
+    # false matches allowed among the survivors: fmr_threshold's rule.
     imp_desc, imp_rank = _dense_ranks(imp, descending=True)
     impostors = _SuffixOrderStatistics(imp_rank[imp_order])
     alive = imp_gone < m
@@ -175,12 +175,8 @@ def edc_curve_recomputed_threshold(
     allowed += (allowed + 1) / survivors <= fmr
     allowed -= allowed / survivors > fmr
     allowed = np.where(alive, allowed, 0)
-    boundary, n_above = impostors.kth_smallest(starts, allowed)
-    next_above, _ = impostors.kth_smallest(starts, np.maximum(n_above - 1, 0))
-    thresholds = np.where(
-        n_above > 0, imp_desc[next_above], np.nextafter(imp_desc[boundary], np.inf)
-    )
-    thresholds = np.where(alive, thresholds, -np.inf)
+    boundary, _ = impostors.kth_smallest(starts, allowed)
+    thresholds = np.where(alive, np.nextafter(imp_desc[boundary], np.inf), -np.inf)
 
     # FNMR per step: surviving genuine scores below t_k, as a rank count.
     gen_asc, gen_rank = _dense_ranks(gen, descending=False)
