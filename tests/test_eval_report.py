@@ -72,6 +72,7 @@ SFACE_PAUC_02 = """\
 | model | **0.8000†** | 0.9000† | **0.8500** |
 | serfiq | 0.9000† | **0.8600†** | 0.8800 |
 | crfiqa | 0.8500 | 0.9200 | 0.8850 |
+| *references: random and oracle quality* | | | |
 | random | 1.0000 | 1.0000 | 1.0000 |
 | oracle | 0.3000 | 0.4000 | 0.3500 |"""
 
@@ -82,6 +83,7 @@ ARCFACE_PAUC_02 = """\
 | model | **0.8200** | **0.8400** | **0.8300** |
 | serfiq | **0.8200** | 0.8900 | 0.8550 |
 | crfiqa | 0.9500 | 0.9300 | 0.9400 |
+| *references: random and oracle quality* | | | |
 | random | 1.0000 | 1.0000 | 1.0000 |
 | oracle | 0.3500 | 0.4500 | 0.4000 |"""
 
@@ -93,6 +95,19 @@ SFACE_PAUC_03 = """\
 | model | 0.7500† | 0.8500† | **0.8000** |
 | serfiq | 0.8500† | **0.8400†** | 0.8450 |
 | crfiqa | **0.7000** | 0.9100 | 0.8050 |
+| *references: random and oracle quality* | | | |
+| random | 1.0000 | 1.0000 | 1.0000 |
+| oracle | 0.2500 | 0.3500 | 0.3000 |"""
+
+# The same with crfiqa as a label row: lfw's best blind value is now the model's 0.75.
+SFACE_PAUC_03_LABEL = """\
+| method | lfw | cfp_fp | mean |
+|---|---|---|---|
+| model | **0.7500†** | 0.8500† | **0.8000** |
+| serfiq | 0.8500† | **0.8400†** | 0.8450 |
+| *label rows: identity-based formulas on the evaluated identities (they see the answer; not ranked)* | | | |
+| crfiqa (label) | 0.7000 | 0.9100 | 0.8050 |
+| *references: random and oracle quality* | | | |
 | random | 1.0000 | 1.0000 | 1.0000 |
 | oracle | 0.2500 | 0.3500 | 0.3000 |"""
 
@@ -107,6 +122,22 @@ def test_eval_markdown_tables_by_hand() -> None:
     text = eval_markdown(results(), "pauc@0.2")
     assert text == f"### sface\n\n{SFACE_PAUC_02}\n\n### arcface\n\n{ARCFACE_PAUC_02}"
     assert eval_markdown(results(), "pauc@0.3").startswith(f"### sface\n\n{SFACE_PAUC_03}\n")
+
+
+def test_label_rows_are_shown_apart_and_never_ranked() -> None:
+    """An identity-based label formula on the evaluated identities sees the answer: its row is
+    named as such, sits in its own group and is never bold, however low its pAUC."""
+    data = results()
+    for bench in data.values():
+        bench["sface"]["crfiqa"]["kind"] = "label"
+        bench["sface"]["model"]["kind"] = "blind"
+    text = eval_markdown(data, "pauc@0.3").split("### arcface")[0]
+    assert text.startswith(f"### sface\n\n{SFACE_PAUC_03_LABEL}")
+    from fiqa.eval.report import _tables, best_blind
+
+    (sface, _) = _tables([("", data)], "pauc@0.3")
+    assert [r.kind for r in sface.rows] == ["blind", "blind", "label", "baseline", "baseline"]
+    assert best_blind(sface) == ("model", "0.8000")  # crfiqa's lfw 0.70 is not a winner
 
 
 def test_metric_key_for_several_fmrs() -> None:
@@ -127,11 +158,13 @@ def test_write_eval_report_sections_legend_and_figures(tmp_path: Path) -> None:
         "## pAUC@0.2, FMR=0.0001",
         "## EDC curves",
     ]
-    assert f"### sface\n\n{SFACE_PAUC_02}\n\n### arcface\n\n{ARCFACE_PAUC_02}\n" in md
-    assert f"### sface\n\n{SFACE_PAUC_03}\n" in md
+    best = "Best blind method (mean): `model` {}.\n\n"
+    assert (f"### sface\n\n{SFACE_PAUC_02}\n\n{best.format('0.8500')}### arcface\n\n"
+            f"{ARCFACE_PAUC_02}\n\n{best.format('0.8300')}") in md  # fmt: skip
+    assert f"### sface\n\n{SFACE_PAUC_03}\n\n{best.format('0.8000')}" in md
     # The 1e-4 section has the sface table only (nothing was evaluated there on arcface).
     fmr_section = md.split("## pAUC@0.2, FMR=0.0001")[1].split("## EDC curves")[0]
-    assert fmr_section == f"\n\n### sface\n\n{SFACE_PAUC_02_FMR_1E4}\n\n"
+    assert fmr_section == f"\n\n### sface\n\n{SFACE_PAUC_02_FMR_1E4}\n\n{best.format('0.7500')}"
     assert "† same-model: the method was trained on labels produced with this FR model" in md
     assert "![edc_lfw__sface](edc_lfw__sface.png)" in md
 
@@ -200,6 +233,7 @@ def test_comparison_of_two_runs(tmp_path: Path) -> None:
 | serfiq (b) | 0.9000† | 0.8600† | 0.8800 |
 | crfiqa (a) | 0.8500 | 0.9200 | 0.8850 |
 | crfiqa (b) | 0.8500 | 0.9200 | 0.8850 |
+| *references: random and oracle quality* | | | |
 | random (a) | 1.0000 | 1.0000 | 1.0000 |
 | random (b) | 1.0000 | 1.0000 | 1.0000 |
 | oracle (a) | 0.3000 | 0.4000 | 0.3500 |

@@ -114,3 +114,29 @@ def test_cell_curves_add_both_baselines_and_metrics_key_the_fmrs():
     # the low-quality pair (2, 3) is the error: discarding it first is the oracle's curve,
     # FNMR 0.5 on [0, 0.5) then 0: area 0.25, normalised by FNMR(0) * 1 -> 0.5
     assert pauc(curves["q"][0.25], 1.0) == pauc(curves["oracle"][0.25], 1.0) == 0.5
+
+
+def test_sharpness_is_the_variance_of_the_laplacian_by_hand():
+    from fiqa.eval.baselines import sharpness
+
+    face = np.zeros((5, 5, 3), np.uint8)
+    face[2, 2] = 10  # grey 10: Laplacian -40 there, +10 at its 4 neighbours, 0 elsewhere
+    assert sharpness(face[None])[0] == pytest.approx((40**2 + 4 * 10**2) / 25)
+    assert sharpness(np.full((1, 8, 8, 3), 77, np.uint8))[0] == 0.0
+
+
+def test_detector_baseline_keeps_recorded_scores_and_detects_on_aligned_faces():
+    import skimage.data
+
+    from fiqa.core.align import align_face
+    from fiqa.data.detect import YuNetDetector
+    from fiqa.eval.baselines import baseline_quality
+
+    photo = skimage.data.astronaut()
+    face = align_face(photo, YuNetDetector().detect(photo).landmarks)
+    faces = np.stack([face, np.full_like(face, 128), face])
+    recorded = np.array([np.nan, np.nan, 0.42])  # the third face was detected in its photo
+    scores = baseline_quality("detector", faces.__getitem__, 3, recorded)
+    assert scores[0] > 0.6 and scores[1] < 0.05 and scores[2] == 0.42  # a grey square: ~0
+    with pytest.raises(ValueError, match="unknown baseline 'magic'"):
+        baseline_quality("magic", faces.__getitem__, 3, None)

@@ -114,7 +114,12 @@ def test_repro_writes_every_stage_output(pipeline_repo):
     assert (repo / "models/quality.ckpt").is_file() and (repo / "models/quality.onnx").is_file()
     results = json.loads((repo / "metrics/eval.json").read_text())
     methods = results["demo_all"]["sface"]
-    assert set(methods) == {"model", "faceqnet", "serfiq", "crfiqa", "sddfiqa", "random", "oracle"}
+    assert set(methods) == {"model", "serfiq", "detector", "sharpness", "faceqnet", "crfiqa",
+                            "sddfiqa", "random", "oracle"}  # fmt: skip
+    kinds = {m: entry["kind"] for m, entry in methods.items()}
+    assert kinds["model"] == kinds["serfiq"] == kinds["detector"] == "blind"
+    assert kinds["faceqnet"] == kinds["crfiqa"] == "label" and kinds["random"] == "baseline"
+    assert "crfiqa (label)" in (repo / "reports" / "eval.md").read_text()
     assert methods["random"]["fnmr@0"] > 0
     assert methods["random"]["pauc@0.3"] == pytest.approx(1.0)
     assert methods["oracle"]["pauc@0.3"] <= methods["model"]["pauc@0.3"]

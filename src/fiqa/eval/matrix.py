@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fiqa.core.edc import EDCCurve, oracle_curve, pauc, quality_curves, random_baseline
 from fiqa.core.pairs import pair_scores
 from fiqa.eval.qualities import MethodQuality, QualitySources, method_qualities
-from fiqa.eval.report import metric_key
+from fiqa.eval.report import BASELINE, metric_key
 from fiqa.eval.sets import EvalSet
 from fiqa.extract import Extractor, FREntry, Request, unit_rows
 
@@ -102,6 +102,9 @@ def evaluate_matrix(
                 metrics[method] = curve_metrics(per_fmr, limits, fmrs[0])
                 if method in qualities:
                     metrics[method]["same_model"] = fr_name in qualities[method].fr_models
+                    metrics[method]["kind"] = qualities[method].kind
+                else:
+                    metrics[method]["kind"] = BASELINE
             matrix.results[data.name][fr_name] = metrics
             matrix.cells.append(Cell(data.name, fr_name, curves, metrics))
     return matrix

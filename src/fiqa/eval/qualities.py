@@ -5,10 +5,15 @@ A method is one of (``eval.methods``):
 - ``model``: the trained quality model (``paths.models/quality.onnx``);
 - a key of ``eval.quality_models``: any other quality model file (a run's ``.ckpt`` / ``.onnx``,
   or a published ONNX quality model with its input convention, e.g. eDifFIQA's);
+- ``detector`` / ``sharpness``: the simple blind baselines (``fiqa.eval.baselines``);
 - a label method: its column of the labels table on the prepared set (``crfiqa``,
   ``faceqnet``, ... and ``<method>@<model>`` columns); on external benchmarks the blind methods
   (``fiqa.label.blind_methods``: SER-FIQ, FaceQAN, MagFace) are computed directly from the faces,
   while the identity-based ones (FaceQnet, CR-FIQA, SDD-FIQA, Huo, fused) are skipped.
+
+Every method is either ``blind`` (it scores one face alone: a trained model, a per-image method,
+a simple baseline) or a ``label`` row: an identity-based formula applied to the evaluated
+identities themselves, which sees the answer; reports show label rows apart and never rank them.
 
 Each method records the FR models its scores came from (``fr_models``): an EDC cell is
 "same-model" when it is evaluated with one of them. Quality-model scores are cached per (model
@@ -27,6 +32,8 @@ import numpy as np
 
 from fiqa.core.atomic import atomic_path
 from fiqa.core.provenance import digest, file_sha256
+from fiqa.eval.baselines import SIMPLE_BASELINES, baseline_quality
+from fiqa.eval.report import BLIND, LABEL
 from fiqa.eval.sets import EvalSet
 from fiqa.extract import Extractor, FREntry
 from fiqa.label import METHODS, LabelContext, blind_methods
@@ -44,6 +51,7 @@ class MethodQuality:
 
     values: np.ndarray
     fr_models: frozenset[str]  # FR models the scores come from (empty: none)
+    kind: str = BLIND  # BLIND, or LABEL: an identity-based formula on the evaluated identities
 
 
 @dataclass
@@ -95,16 +103,20 @@ def method_qualities(data: EvalSet, sources: QualitySources) -> dict[str, Method
             frs = frozenset(spec.pop("fr_models", []) or [])
             scores = cached_scores(data, Path(spec.pop("path")), spec, sources.cache_dir)
             out[method] = MethodQuality(scores, frs)
+        elif method in SIMPLE_BASELINES:
+            values = baseline_quality(method, data.faces, data.n, data.det_scores)
+            out[method] = MethodQuality(values, frozenset())
         elif method in data.label_qualities:
             frs = frozenset([model]) if model else label_frs
-            out[method] = MethodQuality(data.label_qualities[method], frs)
+            kind = BLIND if base in blind else LABEL
+            out[method] = MethodQuality(data.label_qualities[method], frs, kind)
         elif method in computed:
             out[method] = computed[method]
         elif base in METHODS:
             log.warning("eval.methods: %r needs identities or labels; skipped on %s",
                         method, data.name)  # fmt: skip
         else:
-            names = ["model", *sources.quality_models, *METHODS]
+            names = ["model", *sources.quality_models, *SIMPLE_BASELINES, *METHODS]
             raise ValueError(f"eval.methods: unknown method {method!r}; use one of {names}")
     return out
 

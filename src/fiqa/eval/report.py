@@ -1,9 +1,12 @@
 """Markdown/HTML evaluation tables in the seed's eDifFIQA layout (DESIGN section 6).
 
 One table per FR model: rows = quality methods, columns = benchmarks plus ``mean`` (the mean
-over benchmarks), one section per discard limit and FMR. The best (lowest) value of each
-column among the quality methods is bold; the ``random`` and ``oracle`` baselines are shown
-last and never marked best. Markdown and HTML are rendered from the same ``Table`` cells.
+over benchmarks), one section per discard limit and FMR. Rows come in three groups: the blind
+methods (trained models, per-image methods, simple baselines such as the detector's
+confidence), ranked, the best (lowest) value of each column in bold; then the *label* rows,
+``<method> (label)``: identity-based formulas applied to the evaluated identities themselves,
+which see the answer, so they are shown apart and never ranked; last the ``random`` and
+``oracle`` references. Markdown and HTML are rendered from the same ``Table`` cells.
 
 Results shape (``metrics/eval.json``, written by the evaluate stage)::
 
@@ -14,6 +17,8 @@ Results shape (``metrics/eval.json``, written by the evaluate stage)::
         "fmr": 0.001,              # optional: the default FMR the unsuffixed keys refer to
         "same_model": True,        # optional: the method's training labels came from this
                                    # FR model (cell marked with a dagger); absent = cross-model
+        "kind": "blind",           # blind | label | baseline (absent: baseline for random and
+                                   # oracle, blind otherwise)
         "pauc@0.2/fmr=0.0001": 0.91,   # other FMRs: the same keys with "/fmr=<fmr:g>" appended
         "pauc_raw@0.2/fmr=0.0001": 0.1, "fnmr@0/fmr=0.0001": 0.1, "threshold/fmr=0.0001": 0.5,
     }
@@ -37,11 +42,20 @@ from pathlib import Path
 from fiqa.core.atomic import write_text_atomic
 
 BASELINES = ("random", "oracle")
+BLIND, LABEL, BASELINE = "blind", "label", "baseline"
+KIND_ORDER = (BLIND, LABEL, BASELINE)
+KIND_HEADINGS = {
+    LABEL: "label rows: identity-based formulas on the evaluated identities (they see the "
+    "answer; not ranked)",
+    BASELINE: "references: random and oracle quality",
+}
 DAGGER = "†"
 INTRO = (
     "Normalised pAUC of the EDC (1.0 = no better than random quality, lower is better). "
-    "One table per FR model; **bold** = best per column among the quality methods "
-    "(the random and oracle baselines, shown last, are excluded); "
+    "One table per FR model; **bold** = best per column among the blind quality methods "
+    "(trained models, per-image methods, simple baselines). The label rows, `<method> (label)`, "
+    "apply an identity-based label formula to the evaluated identities themselves: they see "
+    "the answer and are shown apart, never ranked; the random and oracle references come last. "
     "`mean` = mean over the benchmarks (n/a values skipped, empty when a benchmark is missing)."
 )
 LEGEND = (
@@ -63,10 +77,11 @@ def metric_key(metric: str, fmr: float | None = None) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """One table row: its label, whether it is a baseline, and its (text, best) cells."""
+    """One table row: its label, its kind (``BLIND``, ``LABEL``, ``BASELINE``) and its
+    (text, best) cells."""
 
     label: str
-    baseline: bool
+    kind: str
     cells: list[tuple[str, bool]]
 
 
@@ -77,6 +92,13 @@ class Table:
     fr_model: str
     columns: list[str]
     rows: list[Row]
+
+
+def row_kind(method: str, entry: dict | None) -> str:
+    """The kind of a method's row (files written before kinds were recorded: by name)."""
+    if entry is not None and entry.get("kind"):
+        return str(entry["kind"])
+    return BASELINE if method in BASELINES else BLIND
 
 
 def _value(entry: dict | None, metric: str) -> float | None:
@@ -105,7 +127,7 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
                 methods += [m for m in per_fr[fr_model] if m not in methods]
     methods = [m for m in methods if m not in BASELINES] + [m for m in BASELINES if m in methods]
 
-    raw: list[tuple[str, bool, list[float | None], list[bool]]] = []
+    raw: list[tuple[str, str, list[float | None], list[bool]]] = []
     for method in methods:
         for run, results in sources:
             entries = [results.get(b, {}).get(fr_model, {}).get(method) for b in benchmarks]
@@ -119,32 +141,41 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
             else:
                 mean = sum(finite) / len(finite) if finite else math.nan
             same = [bool(e and e.get("same_model")) for e in entries] + [False]
-            label = f"{method} ({run})" if run else method
-            raw.append((label, method in BASELINES, [*values, mean], same))
+            kind = row_kind(method, next(e for e in entries if e is not None))
+            label = f"{method} (label)" if kind == LABEL else method
+            raw.append((f"{label} ({run})" if run else label, kind, [*values, mean], same))
+    raw.sort(key=lambda row: KIND_ORDER.index(row[1]) if row[1] in KIND_ORDER else 0)
 
     n_cols = len(benchmarks) + 1
     best = []
     for col in range(n_cols):
         candidates = [
             round(vals[col], 4)
-            for _, base, vals, _ in raw
-            if not base and vals[col] is not None and not math.isnan(vals[col])
+            for _, kind, vals, _ in raw
+            if kind == BLIND and vals[col] is not None and not math.isnan(vals[col])
         ]
         best.append(min(candidates) if candidates else None)
     rows = []
-    for label, base, values, same in raw:
+    for label, kind, values, same in raw:
         cells = []
         for col, value in enumerate(values):
             text = _text(value) + (DAGGER if same[col] and value is not None else "")
             is_best = (
-                not base
+                kind == BLIND
                 and value is not None
                 and not math.isnan(value)
                 and round(value, 4) == best[col]
             )
             cells.append((text, is_best))
-        rows.append(Row(label, base, cells))
+        rows.append(Row(label, kind, cells))
     return Table(fr_model, [*benchmarks, "mean"], rows)
+
+
+def best_blind(table: Table) -> tuple[str, str] | None:
+    """The blind row with the best ``mean`` and its value as printed, or None."""
+    marked = [(row.label, row.cells[-1][0]) for row in table.rows
+              if row.kind == BLIND and row.cells[-1][1]]  # fmt: skip
+    return marked[0] if marked else None
 
 
 def _tables(sources: Sequence[tuple[str, dict]], metric: str) -> list[Table]:
@@ -166,23 +197,37 @@ def table_markdown(table: Table) -> str:
         f"| method | {' | '.join(cell(c) for c in table.columns)} |",
         "|---" * (len(table.columns) + 1) + "|",
     ]
-    for row in table.rows:
+    for row, heading in _with_headings(table):
+        if heading:
+            lines.append(f"| *{heading}* |" + " |" * len(table.columns))
         texts = [f"**{text}**" if best else text for text, best in row.cells]
         lines.append(f"| {cell(row.label)} | {' | '.join(texts)} |")
     return "\n".join(lines)
 
 
+def _with_headings(table: Table) -> list[tuple[Row, str | None]]:
+    """Each row with the heading of its group when it starts one (label rows, references)."""
+    out, previous = [], BLIND
+    for row in table.rows:
+        starts = row.kind != previous and row.kind in KIND_HEADINGS
+        out.append((row, KIND_HEADINGS[row.kind] if starts else None))
+        previous = row.kind
+    return out
+
+
 def table_html(table: Table) -> str:
     """The same ``Table`` as HTML (best cells in ``<b>``)."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *table.columns])
+    width = len(table.columns) + 1
     body = "".join(
-        f"<tr><td>{html.escape(row.label)}</td>"
+        (f"<tr><td colspan='{width}'><i>{html.escape(heading)}</i></td></tr>" if heading else "")
+        + f"<tr><td>{html.escape(row.label)}</td>"
         + "".join(
             f"<td>{'<b>' + html.escape(t) + '</b>' if best else html.escape(t)}</td>"
             for t, best in row.cells
         )
         + "</tr>"
-        for row in table.rows
+        for row, heading in _with_headings(table)
     )
     return f"<table border='1' cellspacing='0' cellpadding='4'><tr>{head}</tr>{body}</table>"
 
@@ -264,6 +309,10 @@ def _documents(
         for table in _tables(sources, metric):
             md += [f"### {table.fr_model}", "", table_markdown(table), ""]
             page.append(f"<h3>{html.escape(table.fr_model)}</h3>{table_html(table)}")
+            if best := best_blind(table):
+                line = f"Best blind method (mean): `{best[0]}` {best[1]}."
+                md += [line, ""]
+                page.append(f"<p>{_inline_markdown_to_html(line)}</p>")
     if figures:
         md += ["## EDC curves", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
         page.append("<h2>EDC curves</h2>")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from fiqa.core.images import ImageReadError
 from fiqa.core.pairs import Pairs, all_pairs
+from fiqa.data.detect import YuNetDetector
 from fiqa.data.face_pipeline import FaceAligner
 from fiqa.data.prepared import PreparedFaces
 from fiqa.data.verification import load_benchmark
@@ -44,6 +45,9 @@ class EvalSet:
     rows: np.ndarray
     label_qualities: dict[str, np.ndarray] = field(default_factory=dict)
     n_dropped: int = 0  # faces that could not be loaded or aligned
+    # YuNet's confidence on each face's source photo where it was detected there (NaN where
+    # the face came aligned or with given landmarks): the detector-confidence baseline.
+    det_scores: np.ndarray | None = None
 
     def faces(self, rows: np.ndarray) -> np.ndarray:
         """uint8 aligned RGB faces of rows ``rows`` of this set."""
@@ -105,6 +109,7 @@ def prepared_split(
         for m in methods
         if pd.api.types.is_float_dtype(labels[m])
     }
+    detected = (manifest["detector"] == YuNetDetector.name).to_numpy()[rows]
     return EvalSet(
         name=spec.get("name") or f"{data_name}_{split}",
         n=len(rows),
@@ -112,6 +117,7 @@ def prepared_split(
         source=FaceSource.from_prepared(prepared),  # the label stage's cache entry
         rows=rows,
         label_qualities=qualities,
+        det_scores=np.where(detected, manifest["det_score"].to_numpy(np.float64)[rows], np.nan),
     )
 
 
@@ -123,6 +129,7 @@ def external_set(spec: Mapping[str, Any], aligner: Aligner) -> EvalSet:
     w, h = align.size
     faces = np.zeros((n, h, w, 3), np.uint8)
     ok = np.zeros(n, bool)
+    det_scores = np.full(n, np.nan)
     reasons: dict[str, int] = {}
     for i in tqdm(range(n), desc=f"align {bench.name}", unit="img", mininterval=2):
         try:
@@ -131,6 +138,8 @@ def external_set(spec: Mapping[str, Any], aligner: Aligner) -> EvalSet:
             face, reason = None, err.reason
         else:
             reason = result.reason
+            if result.detector == YuNetDetector.name:
+                det_scores[i] = result.det_score
         if face is None:
             reasons[reason] = reasons.get(reason, 0) + 1
         else:
@@ -149,4 +158,5 @@ def external_set(spec: Mapping[str, Any], aligner: Aligner) -> EvalSet:
         fingerprint=hashlib.sha256(faces.data).hexdigest(),
         faces=faces.__getitem__,
     )
-    return EvalSet(bench.name, n, pairs, source, np.arange(n), n_dropped=int((~ok).sum()))
+    return EvalSet(bench.name, n, pairs, source, np.arange(n), n_dropped=int((~ok).sum()),
+                   det_scores=det_scores)  # fmt: skip

@@ -27,6 +27,8 @@ import requests
 import wandb
 import wandb_workspaces.reports.v2 as wr
 
+from fiqa.eval.report import LABEL, row_kind
+
 log = logging.getLogger(__name__)
 
 EDC_CHART = "wandb/lineseries/v0"  # the vega spec wandb.plot.line_series logs
@@ -63,13 +65,15 @@ def parse_target(target: str) -> tuple[str, str]:
 
 
 def summary_metrics(results: dict, limit: float = 0.3) -> list[str]:
-    """Summary metric names ``eval/<benchmark>/<fr>/<method>/pauc@<limit>`` of a results dict."""
+    """Summary metric names ``eval/<benchmark>/<fr>/<method>/pauc@<limit>`` of a results dict,
+    for the ranking: the blind methods and the references, not the label rows (identity-based
+    formulas on the evaluated identities, which see the answer)."""
     return [
         f"eval/{bench}/{fr}/{method}/pauc@{limit:g}"
         for bench, per_fr in results.items()
         for fr, per_method in per_fr.items()
         for method, entry in per_method.items()
-        if f"pauc@{limit:g}" in entry
+        if f"pauc@{limit:g}" in entry and row_kind(method, entry) != LABEL
     ]
 
 
