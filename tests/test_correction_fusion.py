@@ -133,8 +133,17 @@ def test_fuse_errors_list_names():
         fuse(cols, {"a": 1.0, "b": -0.5})
     with pytest.raises(ValueError, match="differ in length"):
         fuse({"a": np.ones(3), "b": np.ones(2)}, {"a": 1.0, "b": 1.0})
-    with pytest.raises(ValueError, match="column b has NaN"):
-        fuse({"a": np.ones(2), "b": np.array([1.0, np.nan])}, {"a": 1.0, "b": 1.0})
+    with pytest.raises(ValueError, match=r"columns \['b'\] have infinite values"):
+        fuse({"a": np.ones(2), "b": np.array([1.0, np.inf])}, {"a": 1.0, "b": 1.0})
+
+
+def test_fuse_leaves_samples_without_a_label_out():
+    # b has no label for row 1 (e.g. the only image of its identity): the fused value is NaN
+    # there, and the normalisation runs on rows 0, 2, 3 only: a -> (0, 0.5, 1), b -> (1, 0, 0.5)
+    a, b = np.array([1.0, 9.0, 2.0, 3.0]), np.array([5.0, np.nan, 3.0, 4.0])
+    fused = fuse({"a": a, "b": b}, {"a": 1.0, "b": 1.0}, how="rank")
+    assert np.isnan(fused[1])
+    np.testing.assert_allclose(fused[[0, 2, 3]], [0.5, 0.25, 0.75])
 
 
 def test_intra_class_score_by_hand():
@@ -173,5 +182,5 @@ def test_huo_fused_default_weights():
     np.testing.assert_allclose(huo_fused(s_v, s_r, s_c), [0.5, 0.7])
     # rank: s_v -> [1, 0], s_r -> [0, 1], s_c -> [0, 1]: [0.2, 0.8]
     np.testing.assert_allclose(huo_fused(s_v, s_r, s_c, how="rank"), [0.2, 0.8])
-    with pytest.raises(ValueError, match="column s_c has NaN"):
-        huo_fused(s_v, s_r, np.array([0.5, np.nan]))
+    missing = huo_fused(s_v, s_r, np.array([0.5, np.nan]))
+    assert missing[0] == pytest.approx(0.2 * 1 + 0.4 * 0.5 + 0.4 * 0.5) and np.isnan(missing[1])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr, wasserstein_distance
 
-from fiqa.label.crfiqa import EPS, class_centres, crfiqa_scores
+from fiqa.label.crfiqa import EPS, class_centres, crfiqa_from_similarities, crfiqa_scores
 from fiqa.label.sddfiqa import sample_distinct, scale_to_100, sddfiqa_scores, wasserstein1_equal
 
 R2, R5 = np.sqrt(2.0), np.sqrt(5.0)
@@ -54,6 +54,23 @@ def test_crfiqa_hand_case() -> None:
     np.testing.assert_allclose(centres, [[1 / R2, 1 / R2], [-2 / R5, 1 / R5], [0, -1]], atol=1e-12)
     np.testing.assert_array_equal(codes, [0, 0, 1, 2, 1])
     np.testing.assert_allclose(crfiqa_scores(e, ids), expected, rtol=0, atol=1e-9)
+
+
+def test_crfiqa_code_form_is_ccs_over_nnccs_and_can_flip_the_ranking() -> None:
+    # x: CCS 0.9, NNCCS 0.8; y: CCS 0.5, NNCCS 0.4. Paper: 0.9 / 1.8 = 0.5 > 0.5 / 1.4 = 0.357;
+    # the public code's CCS / NNCCS: 1.125 < 1.25. The two forms rank x and y oppositely.
+    ccs, nnccs = np.array([0.9, 0.5]), np.array([0.8, 0.4])
+    paper = crfiqa_from_similarities(ccs, nnccs, eps=0.0)
+    code = crfiqa_from_similarities(ccs, nnccs, form="code")
+    np.testing.assert_allclose(paper, [0.5, 0.5 / 1.4])
+    np.testing.assert_allclose(code, [1.125, 1.25])
+    # on the hand case: e2 and e5 have positive NNCCS; e4's is negative: held at eps
+    e = np.array([[1, 0], [0, 1], [-1, 0], [0, -1], [-0.6, 0.8]]) * 3.0
+    q = crfiqa_scores(e, np.array(["A", "A", "B", "C", "B"]), form="code")
+    np.testing.assert_allclose(q[[1, 4]], [(1 / R2) / (1 / R5), (2 / R5) / (0.2 / R2)])
+    assert q[3] == pytest.approx(1 / EPS)
+    with pytest.raises(ValueError, match="form must be one of"):
+        crfiqa_from_similarities(ccs, nnccs, form="blog")
 
 
 def test_crfiqa_chunking_invariance(tmp_path: Path) -> None:

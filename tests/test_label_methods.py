@@ -3,6 +3,7 @@ fiqa.label.methods, fiqa.label.compute, fiqa.label.table) on hand-made FR output
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,22 @@ def test_fused_combines_earlier_columns_and_identity_methods_need_identities():
         method_columns(METHODS["crfiqa"], LabelContext(PARAMS, 0), outputs(a=[0.1, 0.2]))
 
 
+def test_single_image_identities_get_no_identity_based_label_but_blind_ones():
+    ids = np.array(["a", "a", "b", "c", "c"])  # b has one image
+    ctx = LabelContext(PARAMS, seed=0, identities=ids)
+    emb = np.random.default_rng(1).standard_normal((5, 4))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    out = MethodOutputs(per_model={"m": {"embedding": emb.astype(np.float16),
+                                         "serfiq": np.full(5, 0.8)}}, n_models=1)  # fmt: skip
+    crfiqa, _ = method_columns(METHODS["crfiqa"], ctx, out)
+    assert np.isnan(crfiqa["crfiqa"][2]) and np.isfinite(np.delete(crfiqa["crfiqa"], 2)).all()
+    serfiq, _ = method_columns(METHODS["serfiq"], ctx, out)
+    assert np.isfinite(serfiq["serfiq"]).all()  # blind: every face has its own score
+    fused, _ = method_columns(METHODS["fused"], replace(ctx, columns={"faceqnet": crfiqa["crfiqa"],
+                              "serfiq": serfiq["serfiq"]}), out)  # fmt: skip
+    assert np.isnan(fused["fused"][2]) and np.isfinite(np.delete(fused["fused"], 2)).all()
+
+
 def test_own_model_methods_read_their_own_outputs():
     ctx = LabelContext(PARAMS, seed=0)
     out = MethodOutputs(own={"magface": {"norm": np.array([21.0, 25.0])}},
@@ -103,7 +120,7 @@ def test_labels_table_columns_target_correction_and_provenance(tmp_path: Path):
     from fiqa.data.preparation import write_prepared
 
     rng = np.random.default_rng(0)
-    n, ids = 12, [f"id{i % 3}" for i in range(12)]
+    n, ids = 12, [f"id{i % 3}" for i in range(11)] + ["solo"]  # "solo": one image only
     prepared = write_prepared(tmp_path / "p", rng.integers(0, 256, (n, 112, 112, 3), np.uint8), ids)
     emb = rng.standard_normal((n, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -115,8 +132,18 @@ def test_labels_table_columns_target_correction_and_provenance(tmp_path: Path):
     table = labels.table
     assert list(table.columns) == ["sample_id", "path", "identity", "split", "crfiqa",
                                    "sddfiqa", "quality"]  # fmt: skip
-    assert table["quality"].between(0, 1).all() and not table["quality"].equals(table["crfiqa"])
+    # identity-based methods give the single-image identity no label (and so no target)
+    solo = table["identity"] == "solo"
+    assert table.loc[solo, ["crfiqa", "sddfiqa", "quality"]].isna().all(axis=None)
+    assert table.loc[~solo, ["crfiqa", "sddfiqa", "quality"]].notna().all(axis=None)
+    assert table.loc[~solo, "quality"].between(0, 1).all()
+    assert not table["quality"].equals(table["crfiqa"])
     assert labels.methods == ["crfiqa", "sddfiqa"]
+    from fiqa.label.report import label_report
+
+    report = label_report(table, labels.methods)
+    assert report["n_single_image_identities"] == 1 and report["n_without_quality"] == 1
+    assert report["methods"]["crfiqa"]["without_label"] == 1
     p = labels.provenance
     assert (p["target"], p["correction"], p["seed"]) == ("crfiqa", "ediffiqa", 0)
     assert set(p["methods"]) == {"crfiqa", "sddfiqa"} and p["fr_models"]["sface"]["sha256"]

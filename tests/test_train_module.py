@@ -285,3 +285,18 @@ def test_augmentation_is_geometry_neutral(labelled: tuple[Path, Path]) -> None:
         out = zoom(image=face)["image"].astype(np.float64)
         assert abs(out.mean() - face.mean()) < 2.0
         assert abs(out.std() - face.std()) < 0.1 * face.std()
+
+
+def test_rows_without_a_label_are_left_out_and_infinite_ones_refused(labelled, tmp_path: Path):
+    prepared, labels = labelled
+    table = pd.read_parquet(labels)
+    table.loc[table["sample_id"].isin([3, 20]), "quality"] = np.nan  # e.g. single-image ids
+    write_table(tmp_path / "nan.parquet", table)
+    dm = QualityDataModule(prepared, tmp_path / "nan.parquet", **datamodule_arguments())
+    dm.setup("fit")
+    assert len(dm.table) == len(table) - 2 and not dm.table["sample_id"].isin([3, 20]).any()
+    table.loc[table["sample_id"] == 5, "quality"] = np.inf
+    write_table(tmp_path / "inf.parquet", table)
+    dm = QualityDataModule(prepared, tmp_path / "inf.parquet", **datamodule_arguments())
+    with pytest.raises(ValueError, match=r"infinite 'quality' labels for sample_ids \[5\]"):
+        dm.setup("fit")

@@ -303,8 +303,9 @@ def quality_curves(
         how: Pair-quality rule (``pair_quality``).
     """
     q = np.asarray(quality, dtype=np.float64)
-    genuine_quality = pair_quality(q[pairs.a], q[pairs.b], how=how)[pairs.genuine]
-    return edc_curves(scores[pairs.genuine], genuine_quality, scores[~pairs.genuine], fmrs)
+    g = pairs.genuine  # only genuine pairs are discarded: impostors' qualities are not needed
+    genuine_quality = pair_quality(q[pairs.a[g]], q[pairs.b[g]], how=how)
+    return edc_curves(scores[g], genuine_quality, scores[~g], fmrs)
 
 
 def oracle_curve(

@@ -101,7 +101,9 @@ def method_columns(
 
     Columns: ``{method: scores}``; for ``PER_FR_MODEL`` methods the scores are the mean over the
     usable models and, with several ``label.fr_models``, each model's ``{method@model: scores}``
-    too. The columns are also added to ``ctx.columns`` (``fused`` reads them).
+    too. The columns are also added to ``ctx.columns`` (``fused`` reads them). An
+    identity-based method gives no label (NaN) to a sample whose identity has no other image:
+    the policy for every such method (the others' labels still use it, e.g. as a negative).
 
     Raises:
         ValueError: When no FR model can make the method's products (black boxes only), or the
@@ -119,6 +121,9 @@ def method_columns(
             columns, used = _per_model_columns(method, ctx, params, outputs)
     except ValueError as err:
         raise ValueError(f"label.methods.{method.name}: {err}") from err
+    if not method.blind and ctx.identities is not None:
+        singletons = ctx.singletons
+        columns = {name: np.where(singletons, np.nan, values) for name, values in columns.items()}
     ctx.columns.update(columns)
     return columns, used
 

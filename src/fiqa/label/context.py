@@ -41,6 +41,14 @@ class LabelContext:
             raise ValueError(f"{method} needs the identities of the faces (it is identity-based)")
         return self.identities
 
+    @property
+    def singletons(self) -> np.ndarray:
+        """Rows whose identity has no other image: they get no identity-based label (the
+        policy of every identity-based method; such samples are left out of training)."""
+        ids = self.require_identities("an identity-based method")
+        _, codes, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        return counts[codes] == 1
+
     def require_prepared(self, method: str) -> PreparedFaces:
         """The prepared set, or a ValueError saying ``method`` needs it."""
         if self.prepared is None:

@@ -5,9 +5,13 @@ of the normalised embeddings of identity k, or given centres such as an FR head'
 
     CCS_i   = cos(e_i, c_{y_i})                    (class centre similarity)
     NNCCS_i = max_{k != y_i} cos(e_i, c_k)         (nearest negative class centre similarity)
-    q_i     = CCS_i / (NNCCS_i + 1 + eps),   eps = 1e-9
+    q_i     = CCS_i / (NNCCS_i + 1 + eps),   eps = 1e-9      (form "paper", the default)
+    q_i     = CCS_i / max(NNCCS_i, eps)                      (form "code")
 
-NNCCS is in [-1, 1], so the denominator is positive. At MS1M scale (5.8 M x 85 k) the N x K
+The paper's form has a positive denominator (NNCCS is in [-1, 1]). The public training code
+(``train_cr_fiqa.py``) regresses on CCS / NNCCS instead, which ranks samples differently and
+reaches the seed's values of 1.5-2.1; it is undefined where NNCCS <= 0 (few, well separated
+identities), where the denominator is held at eps. At MS1M scale (5.8 M x 85 k) the N x K
 similarity matrix is never materialised: rows are processed in chunks of ``chunk_rows`` whose
 chunk x K block stays near 256 MB (float32), and the centres are accumulated chunk by chunk.
 Work is in float32 for float16/float32 embeddings and float64 for float64 ones.
@@ -29,6 +33,7 @@ from fiqa.label.grouping import identity_codes, identity_sums, l2_normalise, wor
 log = logging.getLogger(__name__)
 
 EPS = 1e-9
+FORMS = ("paper", "code")
 BLOCK_ELEMENTS = 2**26  # chunk x K block of ~256 MB in float32
 CENTRE_CHUNK_ROWS = 8192  # float64 (8192, d) blocks: 32 MB at d = 512
 
@@ -38,10 +43,16 @@ class CrFiqaParams:
     """CR-FIQA settings (``label.methods.crfiqa``).
 
     Attributes:
+        form: ``paper`` (CCS / (NNCCS + 1 + eps)) or ``code`` (CCS / NNCCS, the public code).
         chunk_rows: Rows per chunk of the sample x centre product (None: ~256 MB blocks).
     """
 
+    form: str
     chunk_rows: int | None
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"label.methods.crfiqa.form={self.form!r}; choose one of {FORMS}")
 
 
 def class_centres(
@@ -95,9 +106,14 @@ def centre_similarities(
     return ccs, nnccs
 
 
-def crfiqa_from_similarities(ccs: np.ndarray, nnccs: np.ndarray, eps: float = EPS) -> np.ndarray:
-    """q = CCS / (NNCCS + 1 + eps)."""
-    return np.asarray(ccs, np.float64) / (np.asarray(nnccs, np.float64) + 1.0 + eps)
+def crfiqa_from_similarities(
+    ccs: np.ndarray, nnccs: np.ndarray, eps: float = EPS, form: str = "paper"
+) -> np.ndarray:
+    """q = CCS / (NNCCS + 1 + eps) (``paper``) or CCS / max(NNCCS, eps) (``code``)."""
+    ccs, nnccs = np.asarray(ccs, np.float64), np.asarray(nnccs, np.float64)
+    if form not in FORMS:
+        raise ValueError(f"CR-FIQA form must be one of {FORMS}, got {form!r}")
+    return ccs / (nnccs + 1.0 + eps) if form == "paper" else ccs / np.maximum(nnccs, eps)
 
 
 def crfiqa_scores(
@@ -105,8 +121,10 @@ def crfiqa_scores(
     identities: np.ndarray | pd.Series,
     centres: np.ndarray | None = None,
     chunk_rows: int | None = None,
+    form: str = "paper",
 ) -> np.ndarray:
-    """CR-FIQA labels q_i = CCS_i / (NNCCS_i + 1 + eps), higher = better.
+    """CR-FIQA labels q_i = CCS_i / (NNCCS_i + 1 + eps) (or the code's CCS_i / NNCCS_i),
+    higher = better.
 
     Args:
         embeddings: (n, d) L2-normalised embeddings, float16/float32 (a ``np.memmap`` is read
@@ -117,6 +135,7 @@ def crfiqa_scores(
         centres: optional (K, d) class centres, e.g. the FR head weights; default: the
             normalised mean embedding of each identity (``class_centres``).
         chunk_rows: rows per chunk of the chunk x K product; default ``max(1, 2**26 // K)``.
+        form: ``paper`` or ``code`` (module docstring).
 
     Returns:
         (n,) float64 labels.
@@ -138,7 +157,7 @@ def crfiqa_scores(
             f"undefined for a dataset with {len(centres)} identity"
         )
     ccs, nnccs = centre_similarities(embeddings, codes, centres, chunk_rows)
-    return crfiqa_from_similarities(ccs, nnccs)
+    return crfiqa_from_similarities(ccs, nnccs, form=form)
 
 
 def _codes_for_centres(
@@ -167,4 +186,5 @@ def crfiqa_label(
 ) -> np.ndarray:
     """CR-FIQA labels of one FR model's embeddings, centres from the identities."""
     identities = ctx.require_identities("crfiqa")
-    return crfiqa_scores(outputs["embedding"], identities, chunk_rows=params.chunk_rows)
+    return crfiqa_scores(outputs["embedding"], identities, chunk_rows=params.chunk_rows,
+                         form=params.form)  # fmt: skip

@@ -97,19 +97,30 @@ def references_from_list(
 
 
 def faceqnet_from_distances(distances: np.ndarray) -> np.ndarray:
-    """q = 1 / (1 + exp(z)) with z the z-normalised distance to the reference."""
+    """q = 1 / (1 + exp(z)) with z the z-normalised distance to the reference (statistics over
+    the known distances; NaN stays NaN)."""
     d = np.asarray(distances, dtype=np.float64)
-    std = d.std()
-    z = (d - d.mean()) / std if std > 0 else np.zeros_like(d)
+    known = ~np.isnan(d)
+    std = d[known].std() if known.any() else 0.0
+    z = (d - d[known].mean()) / std if std > 0 else np.where(known, 0.0, np.nan)
     return 1.0 / (1.0 + np.exp(z))
 
 
-def faceqnet_scores(embeddings: list[np.ndarray], reference_rows: np.ndarray) -> np.ndarray:
+def faceqnet_scores(
+    embeddings: list[np.ndarray], reference_rows: np.ndarray, unknown: np.ndarray | None = None
+) -> np.ndarray:
     """FaceQnet labels averaged over FR models (one L2-normalised (n, d) array or memmap per
-    model)."""
+    model); rows of ``unknown`` (e.g. identities with one image, their own reference) get NaN
+    and stay out of the z-normalisation."""
     if not embeddings:
         raise ValueError("faceqnet needs at least one FR model (label.fr_models is empty)")
-    return np.mean([faceqnet_from_distances(_distances(e, reference_rows)) for e in embeddings], 0)
+    labels = []
+    for e in embeddings:
+        d = _distances(e, reference_rows)
+        labels.append(
+            faceqnet_from_distances(d if unknown is None else np.where(unknown, np.nan, d))
+        )
+    return np.mean(labels, 0)
 
 
 def _distances(embeddings: np.ndarray, reference_rows: np.ndarray) -> np.ndarray:
@@ -149,4 +160,4 @@ def faceqnet_label(
     """FaceQnet labels of one FR model's embeddings (references chosen once for all models)."""
     prepared = ctx.require_prepared("faceqnet")
     references = ctx.once("faceqnet_references", lambda: select_references(prepared, params))
-    return faceqnet_scores([outputs["embedding"]], references)
+    return faceqnet_scores([outputs["embedding"]], references, ctx.singletons)

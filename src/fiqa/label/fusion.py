@@ -73,9 +73,13 @@ def fuse(
         weights: name -> weight >= 0 (relative: divided by their sum).
         how: per-column normalisation, see :func:`normalise`.
 
+    A row where a weighted column is NaN (a sample without that label, e.g. the only image of
+    its identity under an identity-based method) gets NaN; the normalisation uses the rows
+    where every weighted column has a value.
+
     Raises:
         ValueError: weights naming unknown columns, a negative weight, a total weight <= 0,
-            columns of different lengths, or a NaN/infinite value.
+            columns of different lengths, or an infinite value.
     """
     unknown = sorted(set(weights) - set(columns))
     if unknown:
@@ -89,8 +93,14 @@ def fuse(
     lengths = {k: len(np.asarray(columns[k])) for k in weights}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"columns differ in length: {lengths}")
-    fused = sum(w * normalise(columns[k], how, name=k) for k, w in weights.items())
-    return np.asarray(fused, dtype=np.float64) / total
+    values = {k: np.asarray(columns[k], dtype=np.float64) for k in weights}
+    infinite = sorted(k for k, v in values.items() if np.isinf(v).any())
+    if infinite:
+        raise ValueError(f"columns {infinite} have infinite values")
+    known = np.logical_and.reduce([~np.isnan(v) for v in values.values()])
+    fused = np.full(len(known), np.nan)
+    fused[known] = sum(w * normalise(values[k][known], how, name=k) for k, w in weights.items())
+    return fused / total
 
 
 @dataclass

@@ -14,7 +14,14 @@ from fiqa.core.atomic import atomic_path
 
 def label_report(table: pd.DataFrame, methods: list[str]) -> dict:
     """Summary statistics of the label columns ``methods`` of a labels table."""
-    report: dict = {"n_samples": len(table), "n_identities": int(table["identity"].nunique())}
+    counts = table["identity"].value_counts()
+    report: dict = {
+        "n_samples": len(table),
+        "n_identities": len(counts),
+        # identity-based methods give these no label; they are left out of training
+        "n_single_image_identities": int((counts == 1).sum()),
+        "n_without_quality": int(table["quality"].isna().sum()) if "quality" in table else 0,
+    }
     report["methods"] = {
         m: {
             "mean": float(table[m].mean()),
@@ -22,29 +29,40 @@ def label_report(table: pd.DataFrame, methods: list[str]) -> dict:
             "min": float(table[m].min()),
             "max": float(table[m].max()),
             "mean_identity_std": float(table.groupby("identity")[m].std().mean()),
+            "without_label": int(table[m].isna().sum()),
         }
         for m in methods
     }
     report["spearman_between_methods"] = {
-        a: {b: float(spearmanr(table[a], table[b]).statistic) for b in methods} for a in methods
+        a: {b: _spearman(table[a], table[b]) for b in methods} for a in methods
     }
     if "severity" in table.columns and table["severity"].notna().any():
         # Expected negative: heavier degradation, lower quality.
         known = table[table["severity"].notna()]
         report["spearman_vs_severity"] = {
-            m: float(spearmanr(known[m], known["severity"]).statistic) for m in methods
+            m: _spearman(known[m], known["severity"]) for m in methods
         }
     return report
 
 
+def _spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman correlation over the rows where both have a value."""
+    return float(spearmanr(a, b, nan_policy="omit").statistic)
+
+
 def check_labels(
-    table: pd.DataFrame, ranges: dict[str, tuple[float, float]], identities: set[str]
+    table: pd.DataFrame,
+    ranges: dict[str, tuple[float, float]],
+    identities: set[str],
+    unlabelled: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Validity checks: every column of ``ranges`` finite and inside its (low, high) range, and
-    no identity silently dropped."""
+    """Validity checks: every column of ``ranges`` finite and inside its (low, high) range
+    (NaN only on the rows ``unlabelled[column]`` allows: samples an identity-based method gives
+    no label), and no identity silently dropped."""
     for column, (low, high) in ranges.items():
         values = table[column].to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values) | (values < low) | (values > high)
+        allowed = (unlabelled or {}).get(column, np.zeros(len(values), bool)) & np.isnan(values)
+        bad = ~allowed & (~np.isfinite(values) | (values < low) | (values > high))
         if bad.any():
             rows = table.loc[bad, "path"].head(5).tolist()
             raise ValueError(

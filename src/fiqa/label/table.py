@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -115,19 +116,27 @@ def build_labels(
     keep = [*MANIFEST_COLUMNS, *(c for c in DEMO_COLUMNS if c in manifest.columns)]
     table = manifest[keep].copy()
     ranges: dict[str, tuple[float, float]] = {}
+    unlabelled: dict[str, np.ndarray] = {}  # identity-based: no label for single-image identities
     for name in job.methods:
         method = METHODS[name]
         columns, _ = method_columns(method, ctx, outputs)
         for column, values in columns.items():
             table[column], ranges[column] = values, method.range_for(job.params[name])
+            if not method.blind:
+                unlabelled[column] = ctx.singletons
     table["quality"], ranges["quality"] = table[job.target], ranges[job.target]
+    if job.target in unlabelled:
+        unlabelled["quality"] = unlabelled[job.target]
     if job.correction == "ediffiqa":
         first = outputs.per_model[next(iter(job.fr_models))]["embedding"]
-        e = job.ediffiqa
-        table["quality"] = ediffiqa_correct(table[job.target].to_numpy(), first, ctx.identities,
-                                            eps=e.eps, top=e.top)  # fmt: skip
-        ranges["quality"] = (0.0, 1.0)
-    check_labels(table, ranges, set(manifest["identity"]))
+        e, base = job.ediffiqa, table[job.target].to_numpy()
+        rows = np.flatnonzero(~np.isnan(base))  # samples with a base label
+        corrected = np.full(len(base), np.nan)
+        embeddings = first if len(rows) == len(base) else first[rows]
+        corrected[rows] = ediffiqa_correct(base[rows], embeddings, ctx.identities[rows],
+                                           eps=e.eps, top=e.top)  # fmt: skip
+        table["quality"], ranges["quality"] = corrected, (0.0, 1.0)
+    check_labels(table, ranges, set(manifest["identity"]), unlabelled)
     provenance = {
         "target": job.target,
         "correction": job.correction,

@@ -6,8 +6,9 @@ model of the FR zoo (``fiqa.fr``: sface, iresnet18..200, mobilefacenet, adaface_
 distilled student is one of them with the student's weights file), initialised from its FR
 weights or from scratch.
 
-eDifFIQA's representation-consistency term ``0.5 * (1 - cos(backbone(x), FR(x)))`` keeps the
-backbone's embedding close to the original FR model's (``consistency_weight`` > 0); the original
+eDifFIQA's representation-consistency term keeps the backbone's embedding close to the original
+FR model's: with ``consistency_weight`` = theta > 0 the loss is, as in the public eDifFIQA code,
+``(1 - theta) * L_quality + theta * (1 - cos(backbone(x), FR(x)))`` (theta = 0.5 there); the original
 model is rebuilt from the registry for training only and is not part of the checkpoint.
 """
 
@@ -121,7 +122,8 @@ class QualityRegressor(pl.LightningModule):
             head trains). Frozen parts get no gradients and keep their BatchNorm statistics.
         unfreeze_at_epoch: With ``freeze`` != "none": the epoch at which the frozen part joins
             training at ``backbone_lr`` (``fiqa.train.callbacks.UnfreezeBackbone``); None = never.
-        consistency_weight: Weight of eDifFIQA's representation-consistency term (0 = off).
+        consistency_weight: theta of eDifFIQA's representation-consistency term, in [0, 1): the
+            loss is (1 - theta) L_quality + theta (1 - cos(backbone(x), FR(x))) (0 = off).
     """
 
     def __init__(
@@ -146,8 +148,8 @@ class QualityRegressor(pl.LightningModule):
                                     ("scheduler", scheduler, SCHEDULERS),
                                     ("freeze", freeze, FREEZE)):  # fmt: skip
             check_choice(key, value, choices)
-        if consistency_weight < 0:
-            raise ValueError(f"model.consistency_weight must be >= 0, got {consistency_weight}")
+        if not 0 <= consistency_weight < 1:
+            raise ValueError(f"model.consistency_weight must be in [0, 1), got {consistency_weight}")
         backbone_options = plain_container(backbone_options)  # stored as plain values
         self.save_hyperparameters()
         self.backbone, self.backbone_info = build_backbone(
@@ -222,9 +224,10 @@ class QualityRegressor(pl.LightningModule):
             (reference,) = self._fr_reference
             with torch.no_grad():
                 target = reference.to(embedding.device)(batch["image"])
-            consistency = 0.5 * (1 - F.cosine_similarity(embedding, target, dim=1)).mean()
+            consistency = (1 - F.cosine_similarity(embedding, target, dim=1)).mean()
             self.log("train/consistency", consistency, on_step=True, batch_size=len(pred))
-            loss = loss + self.hparams.consistency_weight * consistency
+            theta = self.hparams.consistency_weight
+            loss = (1 - theta) * loss + theta * consistency
         if not torch.isfinite(loss):
             ids = batch["sample_id"][:8].tolist()
             raise FloatingPointError(

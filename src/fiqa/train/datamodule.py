@@ -131,7 +131,8 @@ class LabelledFaces(Dataset):
 
 
 def join_labels(manifest: pd.DataFrame, labels: pd.DataFrame, label_column: str) -> pd.DataFrame:
-    """Train/val manifest rows with their label in column ``label``; errors name bad ids."""
+    """Train/val manifest rows with their label in column ``label``; rows without a label (NaN)
+    are left out and counted; errors name bad ids."""
     if "sample_id" not in labels.columns or label_column not in labels.columns:
         raise ValueError(
             f"labels table needs columns 'sample_id' and {label_column!r}; "
@@ -153,11 +154,15 @@ def join_labels(manifest: pd.DataFrame, labels: pd.DataFrame, label_column: str)
         how="left",
         validate="one_to_one",
     )
-    finite = np.isfinite(table["label"].to_numpy(np.float64))
-    if not finite.all():
-        bad = table.loc[~finite, "sample_id"].head(10).tolist()
-        raise ValueError(f"non-finite {label_column!r} labels for sample_ids {bad}")
-    return table.reset_index(drop=True)
+    values = table["label"].to_numpy(np.float64)
+    if np.isinf(values).any():
+        bad = table.loc[np.isinf(values), "sample_id"].head(10).tolist()
+        raise ValueError(f"infinite {label_column!r} labels for sample_ids {bad}")
+    unlabelled = np.isnan(values)  # e.g. single-image identities under identity-based labels
+    if unlabelled.any():
+        log.info("%d of %d train/val samples have no %r label and are left out",
+                 int(unlabelled.sum()), len(table), label_column)  # fmt: skip
+    return table[~unlabelled].reset_index(drop=True)
 
 
 class QualityDataModule(pl.LightningDataModule):
