@@ -149,7 +149,9 @@ class QualityRegressor(pl.LightningModule):
                                     ("freeze", freeze, FREEZE)):  # fmt: skip
             check_choice(key, value, choices)
         if not 0 <= consistency_weight < 1:
-            raise ValueError(f"model.consistency_weight must be in [0, 1), got {consistency_weight}")
+            raise ValueError(
+                f"model.consistency_weight must be in [0, 1), got {consistency_weight}"
+            )
         backbone_options = plain_container(backbone_options)  # stored as plain values
         self.save_hyperparameters()
         self.backbone, self.backbone_info = build_backbone(
