@@ -148,9 +148,9 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     faces, identities, splits = make_faces()
     write_prepared(root / "prepared", faces, identities, splits)
     write_teacher(root / "teacher.pth", faces)
-    datamodule = IdentityFacesDataModule(
-        root / "prepared", **datamodule_arguments(batch_size=8, augment=False)
-    )
+    loader = datamodule_arguments(batch_size=8, augment=False)
+    loader.pop("target_scaling")  # identity classes, no quality targets
+    datamodule = IdentityFacesDataModule(root / "prepared", **loader)
     pl.seed_everything(0, workers=True)
     module = distiller(root, datamodule.num_classes, lr=3e-3, scheduler="none")
     recorder = LossRecorder()

@@ -79,6 +79,7 @@ def test_distillation_chain_writes_student_model_costs_and_one_wandb_run(
     for role in ("teacher", "student", "quality_model"):
         assert metrics[f"cost/{role}/params_m"] > 0
     assert metrics["cost/student/params_m"] < metrics["cost/teacher/params_m"]
+    assert metrics["train/val_mae_constant"] > 0 and metrics["train/beats_constant"] in (0.0, 1.0)
     assert (demo_root / "models" / "quality.onnx").is_file()
     cost = (demo_root / "models" / "cost.md").read_text()
     assert "student (mobilefacenet)" in cost and "teacher (sface)" in cost

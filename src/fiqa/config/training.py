@@ -55,7 +55,8 @@ def distillation_arguments(**overrides: Any) -> dict[str, Any]:
 
 
 def datamodule_arguments(**overrides: Any) -> dict[str, Any]:
-    """``QualityDataModule`` / ``IdentityFacesDataModule`` loader arguments from ``train``."""
+    """``QualityDataModule`` arguments from ``train`` (``IdentityFacesDataModule`` takes the
+    same but ``target_scaling``)."""
     train = compose_config()["train"]
-    keys = ("batch_size", "num_workers", "seed", "augment")
+    keys = ("batch_size", "num_workers", "seed", "augment", "target_scaling")
     return {k: plain_container(train[k]) for k in keys} | overrides

@@ -78,6 +78,7 @@ def _add_metadata(tmp: Path, model: QualityRegressor) -> None:
         ("fiqa.template", model.template),
         ("fiqa.input_size", json.dumps(list(model.input_size))),
         ("fiqa.hparams", json.dumps(dict(model.hparams), default=str, sort_keys=True)),
+        ("fiqa.target_scaling", json.dumps(model.target_scaling)),
     ):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

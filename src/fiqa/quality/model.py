@@ -39,6 +39,7 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
 # What stays fixed: nothing, the trunk (everything but the embedding layers of forward_head), or
 # the whole backbone.
 FREEZE = ("none", "trunk", "backbone")
+TARGET_SCALING_KEY = "fiqa_target_scaling"  # checkpoint entry of QualityRegressor.target_scaling
 
 
 def check_choice(key: str, value: str, choices: Any) -> None:
@@ -165,6 +166,9 @@ class QualityRegressor(pl.LightningModule):
         # FR loaders return eval-mode nets and Lightning keeps each module's mode at fit start.
         self.train()
         self._fr_reference: tuple[nn.Module, ...] = ()  # the consistency term's FR model
+        # How labels became the targets it predicts (fiqa.quality.targets), set by the training
+        # chain and kept in the checkpoint.
+        self.target_scaling: dict[str, Any] | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -268,6 +272,14 @@ class QualityRegressor(pl.LightningModule):
             "val/mae": mean_absolute_error(preds, target),
         }
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(preds))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the target scaling with the weights."""
+        checkpoint[TARGET_SCALING_KEY] = self.target_scaling
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the target scaling (None for checkpoints written before it existed)."""
+        self.target_scaling = checkpoint.get(TARGET_SCALING_KEY)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Quality of a batch (for ``Trainer.predict``)."""

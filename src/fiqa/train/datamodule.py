@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fiqa.core.align import retarget_faces
 from fiqa.data.prepared import PreparedFaces
+from fiqa.quality.targets import TargetScaling
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
@@ -175,6 +176,8 @@ class QualityDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         seed: Seed of the train shuffle and augmentations.
         augment: Apply the geometry-neutral train augmentation.
+        target_scaling: How labels become regression targets (``fiqa.quality.targets``),
+            fitted on the train split: ``rank``, ``minmax`` or ``none``.
         label_column: Column of the labels table to regress.
         aug_shift_px: Largest augmentation shift in pixels.
         aug_scale: Largest augmentation relative zoom.
@@ -190,6 +193,7 @@ class QualityDataModule(pl.LightningDataModule):
         num_workers: int,
         seed: int,
         augment: bool,
+        target_scaling: str,
         label_column: str = "quality",
         aug_shift_px: int = 4,
         aug_scale: float = 0.05,
@@ -205,6 +209,8 @@ class QualityDataModule(pl.LightningDataModule):
         self.seed = seed
         self.augment = augment
         self.label_column = label_column
+        self.target_scaling = target_scaling
+        self.scaling: TargetScaling | None = None
         self.aug_shift_px = aug_shift_px
         self.aug_scale = aug_scale
         self.table: pd.DataFrame | None = None
@@ -225,6 +231,10 @@ class QualityDataModule(pl.LightningDataModule):
         for split in SPLITS:
             if not (self.table["split"] == split).any():
                 raise ValueError(f"{self.prepared_dir}: no {split!r} rows in the manifest")
+        train = self.table["split"] == "train"
+        self.scaling = TargetScaling.fit(self.target_scaling, self.table.loc[train, "label"])
+        self.table["raw_label"] = self.table["label"]
+        self.table["label"] = self.scaling.apply(self.table["label"].to_numpy())
         source = self.prepared.template
         self.retarget = (source, self.template) if source != self.template else None
         counts = self.table["split"].value_counts().to_dict()

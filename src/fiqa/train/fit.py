@@ -115,7 +115,10 @@ def fit_quality_model(
     model = QualityRegressor(**hparams)
     s = job.settings
     datamodule = QualityDataModule(job.prepared_dir, job.labels_path, s.batch_size, s.num_workers,
-                                   s.seed, s.augment, template=model.template)  # fmt: skip
+                                   s.seed, s.augment, s.target_scaling,
+                                   template=model.template)  # fmt: skip
+    datamodule.setup()
+    model.target_scaling = datamodule.scaling.as_dict()
     best, callbacks = _callbacks(job, model, datamodule, extractor)
     trainer = _trainer(job, callbacks, logger)
     last = job.models_dir / LAST_CHECKPOINT
@@ -138,6 +141,7 @@ def fit_quality_model(
         "train/epochs": float(trainer.current_epoch),
         "train/global_step": float(trainer.global_step),
         "train/onnx_max_abs_diff": float(export["max_abs_diff"]),
+        **against_constant(best_model, datamodule),
         **{k: v for k, v in metrics.items() if k.startswith("val/")},
         **costs,
     }
@@ -145,6 +149,32 @@ def fit_quality_model(
     if isinstance(logger, WandbLogger):
         log_to_wandb(logger, summary, costs, best_model, datamodule)
     return summary
+
+
+def against_constant(model: QualityRegressor, datamodule: QualityDataModule) -> dict[str, float]:
+    """The best model's validation MAE against the constant predictor's (the mean train
+    target): ``train/val_mae``, ``train/val_mae_constant``, ``train/beats_constant`` (1 or 0).
+    A model that does not beat the constant is useless, whatever its other metrics: warned."""
+    import torch
+
+    model.eval()
+    preds, targets = [], []
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            preds.append(model(batch["image"]).float())
+            targets.append(batch["quality"].float())
+    pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
+    table = datamodule.table
+    mean = float(table.loc[table["split"] == "train", "label"].mean())
+    mae, constant = float(np.abs(pred - target).mean()), float(np.abs(mean - target).mean())
+    if not mae < constant:
+        log.warning(
+            "the trained model is no better than predicting the mean label: validation MAE "
+            "%.4f vs %.4f for the constant %.4f; check the labels, the target scaling and the "
+            "learning rates", mae, constant, mean,
+        )  # fmt: skip
+    return {"train/val_mae": mae, "train/val_mae_constant": constant,
+            "train/beats_constant": float(mae < constant)}  # fmt: skip
 
 
 def _trainer(job: TrainJob, callbacks: list[Callback], logger: Logger | bool, **overrides):
@@ -217,7 +247,6 @@ def _callbacks(
     if model.hparams.unfreeze_at_epoch is not None:
         callbacks.append(UnfreezeBackbone(int(model.hparams.unfreeze_at_epoch)))
     if job.settings.val_edc:
-        datamodule.setup()
         edc = validation_edc(job, datamodule, extractor)
         callbacks += [edc] if edc is not None else []
     return best, callbacks

@@ -13,6 +13,8 @@ class TrainSettings:
         batch_size: Batch size of the train and validation loaders.
         num_workers: DataLoader workers.
         augment: Apply the geometry-neutral train augmentation.
+        target_scaling: How labels become regression targets: ``rank``, ``minmax`` or ``none``
+            (``fiqa.quality.targets``; fitted on the train split).
         seed: Seed of everything (shuffle, augmentation, initialisation).
         onnx_max_abs_diff: Export check: largest ONNX vs torch difference accepted.
         resume: Continue from the last checkpoint when it exists.
@@ -24,6 +26,7 @@ class TrainSettings:
     batch_size: int
     num_workers: int
     augment: bool
+    target_scaling: str
     seed: int
     onnx_max_abs_diff: float
     resume: bool
