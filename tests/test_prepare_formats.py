@@ -141,3 +141,30 @@ def test_vggface2_layout_uses_given_landmarks_and_detects_missing_ones(tmp_path)
     labels = pd.read_parquet(tmp_path / "data" / "labels" / "labels.parquet").set_index("path")
     best = labels.groupby("identity")["faceqnet"].idxmax().sort_values().tolist()
     assert best == ["train/n000001/0002_01.jpg", "train/n000002/0001_01.jpg"]
+
+
+def test_identity_table_with_min_images_exclusions_and_a_missing_file(tmp_path):
+    images = tmp_path / "raw" / "images"
+    images.mkdir(parents=True)
+    faces = jittered_faces(7)
+    rows = []
+    for k, ident in enumerate(["a", "a", "a", "b", "b", "c", "solo"]):
+        Image.fromarray(faces[k]).save(images / f"{ident}_{k}.jpg")
+        rows.append({"file": f"images/{ident}_{k}.jpg", "person": ident, "session": k % 2})
+    rows.append({"file": "images/a_gone.jpg", "person": "a", "session": 0})  # not on disk
+    table = tmp_path / "ids.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    (tmp_path / "exclude.csv").write_text("identity\nc\n")
+    summary = run_stage("prepare", config(
+        tmp_path, "table", f"data.table={table}", "data.path_column=file",
+        "data.identity_column=person", "data.min_images=2",
+        f"data.exclude={tmp_path / 'exclude.csv'}"))  # fmt: skip
+    prepared = PreparedFaces(tmp_path / "data" / "prepared")
+    m = prepared.manifest
+    assert sorted(m["identity"].unique()) == ["a", "b"]  # c excluded, solo below min_images
+    assert len(m) == 5 and "session" in m.columns  # the table's other columns are kept
+    assert prepared.failures["reason"].tolist() == ["missing"]
+    assert summary["prepare/images_read"] == 6.0
+    with pytest.raises(StageError, match=r"has no column \['name', 'identity'\]"):
+        run_stage("prepare", config(tmp_path, "table", f"data.table={table}",
+                                    "data.path_column=name"))  # fmt: skip

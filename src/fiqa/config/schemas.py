@@ -46,6 +46,11 @@ class DataConfig:
     references: str | None = None  # vggface2: FaceQnet reference list
     rec: str | None = None  # ms1m
     idx: str | None = None  # ms1m
+    table: str | None = None  # table: CSV / parquet of (path, identity)
+    path_column: str | None = None  # table
+    identity_column: str | None = None  # table
+    min_images: int | None = None  # table: identities with at least this many images
+    exclude: Any = None  # table: identities left out (a list, or a CSV with an identity column)
 
 
 # label.methods: one field per registered method, typed by its settings dataclass.

@@ -7,6 +7,7 @@ Source table columns: ``path`` (relative to ``data.root``), ``identity``, option
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from omegaconf import DictConfig
 from fiqa.core.images import ImageReadError
 from fiqa.data.folder import list_identity_folder
 
-FORMATS = ("folder", "vggface2", "ms1m")
+log = logging.getLogger(__name__)
+
+FORMATS = ("folder", "table", "vggface2", "ms1m")
 
 
 class FileBytes:
@@ -82,6 +85,8 @@ def read_source(data: DictConfig) -> Source:
             references=data.get("references"),
         )
         source = Source(table, FileBytes(root))
+    elif data.format == "table":
+        source = Source(read_identity_table(data), FileBytes(root))
     else:
         source = Source(list_identity_folder(root), FileBytes(root))
     if data.get("metadata"):
@@ -89,6 +94,46 @@ def read_source(data: DictConfig) -> Source:
     if source.table.empty:
         raise ValueError(f"data.root {root} ({data.format}) holds no images")
     return source
+
+
+def read_identity_table(data: DictConfig) -> pd.DataFrame:
+    """The source table of ``data.format=table``: a CSV or parquet file (``data.table``) with an
+    image path (``data.path_column``, relative to ``data.root``) and an identity
+    (``data.identity_column``) per row, the common layout of identity files; other columns are
+    kept. ``data.exclude`` (identities, or a CSV with an ``identity`` column) leaves identities
+    out, e.g. a benchmark's, and ``data.min_images`` keeps identities with that many images."""
+    path = Path(data.table)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.table: {path} not found (a CSV or parquet of images)")
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    columns = {data.path_column: "path", data.identity_column: "identity"}
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} has no column {missing} (data.path_column / "
+                         f"data.identity_column); it has {list(table.columns)}")  # fmt: skip
+    table = table.rename(columns=columns)
+    table["path"], table["identity"] = table["path"].astype(str), table["identity"].astype(str)
+    before = len(table)
+    excluded = _identities(data.get("exclude"))
+    table = table[~table["identity"].isin(excluded)]
+    counts = table["identity"].value_counts()
+    table = table[table["identity"].map(counts) >= int(data.get("min_images") or 1)]
+    if len(table) < before:
+        log.info("data.table %s: %d of %d images kept (%d identities excluded, min_images=%s)",
+                 path, len(table), before, len(excluded), data.get("min_images"))  # fmt: skip
+    return table.reset_index(drop=True)
+
+
+def _identities(exclude: Any) -> set[str]:
+    """Identities of ``data.exclude``: None, a list, or a CSV file with an ``identity`` column."""
+    if exclude is None:
+        return set()
+    if isinstance(exclude, str | Path):
+        frame = pd.read_csv(exclude)
+        if "identity" not in frame.columns:
+            raise ValueError(f"data.exclude: {exclude} has no 'identity' column")
+        return set(frame["identity"].astype(str))
+    return {str(i) for i in exclude}
 
 
 def _ms1m(root: Path, data: DictConfig) -> Source:
