@@ -172,3 +172,43 @@ def test_faces_are_rewarped_to_the_backbone_template(labelled) -> None:
     data = labelled_data(labelled, batch_size=4, template="facenet_160")
     batch = next(iter(data.val_dataloader()))
     assert tuple(batch["image"].shape) == (4, 3, 160, 160)
+
+
+def test_training_on_cached_trunk_features_equals_training_on_images(labelled, tmp_path: Path):
+    """freeze=trunk on SFace's weights: the trunk's outputs, cached once, give the image path's
+    predictions before training and after an epoch (to float16 rounding of the features)."""
+    from fiqa.config import compose_config
+    from fiqa.config.extraction import extractor
+    from fiqa.data.prepared import PreparedFaces
+    from fiqa.extract import FaceSource
+    from fiqa.train.frozen import can_cache, frozen_features
+
+    arguments = regressor_arguments(head="linear", freeze="trunk", scheduler="none", lr=1e-2,
+                                    backbone_lr=1e-3)  # fmt: skip
+    assert can_cache(arguments) and not can_cache({**arguments, "unfreeze_at_epoch": 1})
+    runner = extractor(compose_config([f"paths.root={tmp_path}"]))
+    features = frozen_features(arguments, FaceSource.from_prepared(PreparedFaces(labelled[0])),
+                               runner, batch_size=8)  # fmt: skip
+    assert features["direct"].shape == (24, 50176) and features["direct"].dtype == np.float16
+
+    models, datas = [], []
+    for cached in (False, True):
+        pl.seed_everything(0, verbose=False)
+        model = QualityRegressor(**arguments)
+        data = labelled_data(labelled, batch_size=8, augment=False)
+        data.setup()
+        if cached:
+            data.use_features(features)
+        trainer(tmp_path / str(cached), enable_checkpointing=False).fit(model, datamodule=data)
+        models.append(model.eval())
+        datas.append(data)
+    val_images = next(iter(datas[0].val_dataloader()))
+    val_cached = next(iter(datas[1].val_dataloader()))
+    assert set(val_cached) == {"features", "quality", "sample_id"}
+    with torch.no_grad():
+        by_images = models[0](val_images["image"])
+        by_features = models[1].predict_batch(val_cached)
+        same_model_on_images = models[1](val_images["image"])
+    torch.testing.assert_close(by_features, same_model_on_images, atol=2e-3, rtol=0)
+    torch.testing.assert_close(by_features, by_images, atol=2e-2, rtol=0)
+    assert not torch.allclose(by_images, torch.zeros_like(by_images))

@@ -220,9 +220,23 @@ class QualityRegressor(pl.LightningModule):
             fr.net.requires_grad_(False)
             self._fr_reference = (fr.net.to(self.device).eval(),)
 
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The backbone's embedding of a batch of ``image`` s, or of cached frozen-part
+        ``features`` (``fiqa.train.frozen``: the trunk's output for ``freeze=trunk``, the
+        backbone's embedding for ``freeze=backbone``)."""
+        if "features" not in batch:
+            return self.backbone(batch["image"])
+        if self.hparams.freeze == "backbone":
+            return batch["features"]
+        return self.backbone.forward_head(batch["features"])
+
+    def predict_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Quality of a batch of images or cached features, ``(N,)``."""
+        return self.head(self.embed(batch)).squeeze(-1)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One optimisation step on a batch {"image", "quality", "sample_id"}."""
-        embedding = self.backbone(batch["image"])
+        """One optimisation step on a batch {"image" or "features", "quality", "sample_id"}."""
+        embedding = self.embed(batch)
         pred = self.head(embedding).squeeze(-1)
         loss = self.loss_fn(pred, batch["quality"])
         self.log("train/quality_loss", loss, on_step=True, on_epoch=False, batch_size=len(pred))
@@ -250,7 +264,7 @@ class QualityRegressor(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
         """Collect predictions (metrics over the whole epoch); returned for callbacks."""
-        pred = self(batch["image"]).detach().float()
+        pred = self.predict_batch(batch).detach().float()
         self._val_outputs.append((pred, batch["quality"].float(), batch["sample_id"].long()))
         return {"pred": pred, "sample_id": batch["sample_id"]}
 
@@ -283,7 +297,7 @@ class QualityRegressor(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Quality of a batch (for ``Trainer.predict``)."""
-        return self(batch["image"])
+        return self.predict_batch(batch)
 
     def configure_optimizers(self) -> Any:
         """AdamW with separate head/backbone learning rates; cosine or step decay per step."""

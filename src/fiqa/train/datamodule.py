@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,31 @@ class LabelledFaces(Dataset):
         }
 
 
+class LabelledFeatures(Dataset):
+    """Rows of a labelled manifest -> {"features", "quality", "sample_id"} samples from cached
+    frozen-part outputs (``fiqa.train.frozen``); with ``flip``, a sample's mirror features are
+    taken with probability 1/2, seeded by its augmentation seed."""
+
+    def __init__(self, table: pd.DataFrame, features: Mapping[str, np.ndarray], flip: bool):
+        self.rows = table["manifest_row"].to_numpy(np.int64)
+        self.labels = table["label"].to_numpy(np.float32)
+        self.sample_ids = table["sample_id"].to_numpy(np.int64)
+        self.features, self.flip = features, flip
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, aug_seed = key if isinstance(key, tuple) else (key, None)
+        mirrored = self.flip and aug_seed is not None and random.Random(aug_seed).random() < 0.5
+        values = self.features["mirror" if mirrored else "direct"][self.rows[index]]
+        return {
+            "features": torch.from_numpy(np.asarray(values, dtype=np.float32)),
+            "quality": torch.tensor(self.labels[index]),
+            "sample_id": torch.tensor(self.sample_ids[index]),
+        }
+
+
 def join_labels(manifest: pd.DataFrame, labels: pd.DataFrame, label_column: str) -> pd.DataFrame:
     """Train/val manifest rows with their label in column ``label``; rows without a label (NaN)
     are left out and counted; errors name bad ids."""
@@ -142,7 +167,8 @@ def join_labels(manifest: pd.DataFrame, labels: pd.DataFrame, label_column: str)
     if labels["sample_id"].duplicated().any():
         dup = labels.loc[labels["sample_id"].duplicated(), "sample_id"].head(10).tolist()
         raise ValueError(f"labels table has duplicate sample_ids, e.g. {dup}")
-    rows = manifest[manifest["split"].isin(SPLITS)]
+    rows = manifest.assign(manifest_row=np.arange(len(manifest)))
+    rows = rows[rows["split"].isin(SPLITS)]
     missing = rows.loc[~rows["sample_id"].isin(labels["sample_id"]), "sample_id"]
     if len(missing):
         raise ValueError(
@@ -215,6 +241,8 @@ class QualityDataModule(pl.LightningDataModule):
         self.aug_scale = aug_scale
         self.table: pd.DataFrame | None = None
         self.prepared: PreparedFaces | None = None
+        # cached frozen-part outputs by manifest row (fiqa.train.frozen): batches of features
+        self.features: Mapping[str, np.ndarray] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Read the manifest and labels, join them, check the face size."""
@@ -258,21 +286,36 @@ class QualityDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def use_features(self, features: Mapping[str, np.ndarray]) -> None:
+        """Serve cached frozen-part outputs (``direct`` and ``mirror``, by manifest row) instead
+        of images from now on."""
+        self.features = features
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented train split (seeded; independent of ``num_workers``)."""
         table = self._split("train")
-        transform = (
-            geometry_neutral_augmentation(self.aug_shift_px, self.aug_scale)
-            if self.augment
-            else None
-        )
-        dataset = LabelledFaces(self.prepared, table, transform, self.retarget)
+        if self.features is not None:
+            dataset: Dataset = LabelledFeatures(table, self.features, flip=self.augment)
+        else:
+            transform = (
+                geometry_neutral_augmentation(self.aug_shift_px, self.aug_scale)
+                if self.augment
+                else None
+            )
+            dataset = LabelledFaces(self.prepared, table, transform, self.retarget)
         return self._loader(dataset, SeededShuffleSampler(len(dataset), self.seed))
 
     def val_dataloader(self) -> DataLoader:
         """Validation split in manifest order, no augmentation."""
         table = self._split("val")  # sets up the module first
+        if self.features is not None:
+            return self._loader(LabelledFeatures(table, self.features, flip=False), None)
         return self._loader(LabelledFaces(self.prepared, table, None, self.retarget), None)
+
+    def val_faces(self, k: int) -> dict[str, torch.Tensor]:
+        """The first ``k`` validation faces as one batch of images (for sample grids)."""
+        dataset = LabelledFaces(self.prepared, self._split("val").head(k), None, self.retarget)
+        return next(iter(DataLoader(dataset, batch_size=k)))
 
     def val_dataframe(self) -> pd.DataFrame:
         """Validation rows: sample_id, identity, path, shard, offset and ``label``."""

@@ -43,6 +43,7 @@ from fiqa.train.cost import cost_markdown, cost_table
 from fiqa.train.datamodule import QualityDataModule
 from fiqa.train.distill import DistillationModule
 from fiqa.train.distill_data import IdentityFacesDataModule
+from fiqa.train.frozen import can_cache, frozen_features
 from fiqa.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ def fit_quality_model(
                                    template=model.template)  # fmt: skip
     datamodule.setup()
     model.target_scaling = datamodule.scaling.as_dict()
+    if s.cache_frozen and can_cache(hparams):
+        source = FaceSource.from_prepared(PreparedFaces(job.prepared_dir))
+        datamodule.use_features(frozen_features(hparams, source, extractor, s.batch_size))
+        log.info("training on cached %s outputs (the frozen part runs once per face)",
+                 hparams["freeze"])  # fmt: skip
     best, callbacks = _callbacks(job, model, datamodule, extractor)
     trainer = _trainer(job, callbacks, logger)
     last = job.models_dir / LAST_CHECKPOINT
@@ -161,7 +167,7 @@ def against_constant(model: QualityRegressor, datamodule: QualityDataModule) -> 
     preds, targets = [], []
     with torch.no_grad():
         for batch in datamodule.val_dataloader():
-            preds.append(model(batch["image"]).float())
+            preds.append(model.predict_batch(batch).float())
             targets.append(batch["quality"].float())
     pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
     table = datamodule.table
@@ -288,10 +294,10 @@ def log_to_wandb(logger: WandbLogger, summary: dict, costs: dict[str, float],
     roles = dict.fromkeys(key.split("/")[1] for key in costs)
     table = [[r, costs[f"cost/{r}/params_m"], costs[f"cost/{r}/gflops"]] for r in roles]
     logger.experiment.log({"train/cost": wandb.Table(["model", "params_m", "gflops"], table)})
-    batch = next(iter(datamodule.val_dataloader()))
+    batch = datamodule.val_faces(16)
     with torch.no_grad():
-        pred = model.eval()(batch["image"][:16]).numpy()
-    faces = batch["image"][:16].permute(0, 2, 3, 1).numpy().astype(np.uint8)
+        pred = model.eval()(batch["image"]).numpy()
+    faces = batch["image"].permute(0, 2, 3, 1).numpy().astype(np.uint8)
     captions = [
         f"pred {p:.3f} / label {q:.3f}" for p, q in zip(pred, batch["quality"], strict=False)
     ]

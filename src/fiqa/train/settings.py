@@ -15,6 +15,8 @@ class TrainSettings:
         augment: Apply the geometry-neutral train augmentation.
         target_scaling: How labels become regression targets: ``rank``, ``minmax`` or ``none``
             (``fiqa.quality.targets``; fitted on the train split).
+        cache_frozen: Train on cached outputs of the frozen part when it is exactly the
+            pretrained FR model's (``fiqa.train.frozen``; flip augmentation only).
         seed: Seed of everything (shuffle, augmentation, initialisation).
         onnx_max_abs_diff: Export check: largest ONNX vs torch difference accepted.
         resume: Continue from the last checkpoint when it exists.
@@ -27,6 +29,7 @@ class TrainSettings:
     num_workers: int
     augment: bool
     target_scaling: str
+    cache_frozen: bool
     seed: int
     onnx_max_abs_diff: float
     resume: bool
