@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import cv2
@@ -188,3 +189,16 @@ def test_black_box_limits_and_non_finite_rows(prepared: PreparedFaces, tmp_path)
         extract(model, source, Request((SERFIQ,)), cache_root=tmp_path)
     with pytest.raises(FloatingPointError, match=r"non-finite embedding for rows \[1, 9"):
         extract(model, source, cache_root=tmp_path, batch_size=BATCH)
+
+
+def test_progress_is_logged_with_counts(
+    sface: FRModel, prepared: PreparedFaces, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = FaceSource.from_prepared(prepared)
+    with caplog.at_level(logging.INFO, logger="fiqa.extract.predict"):
+        extract(sface, source, cache_root=tmp_path, batch_size=BATCH, trainer={"progress": True})
+    batches = -(-N_FACES // BATCH)
+    lines = [r.getMessage() for r in caplog.records if "faces/s" in r.getMessage()]
+    assert lines and lines[-1].startswith(
+        f"extract sface: {batches}/{batches} batches, {N_FACES} faces"
+    )

@@ -1,6 +1,7 @@
 """The ``fiqa`` command: pipeline stages (Hydra apps) plus scoring and reporting tools.
 
 fiqa prepare|label|train|evaluate [hydra overrides...]   e.g. fiqa label label=serfiq trainer=cpu
+fiqa study [hydra overrides...]     every label method's regressor, evaluated blind (conf/study/)
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
 fiqa report metrics/eval.json [other/eval.json ...] --out reports/compare   (or --dvc, --wandb)
 fiqa demo-data --out data/raw
@@ -209,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         from fiqa.cli.hydra_entry import run_hydra_stage
 
         run_hydra_stage(command, rest)
+        return 0
+    if command == "study":
+        from fiqa.cli.study import run_study_app
+
+        run_study_app(rest)
         return 0
     if command in TOOLS:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")

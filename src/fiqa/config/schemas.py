@@ -32,6 +32,7 @@ class PathsConfig:
     plots: str
     reports: str
     cache: str
+    studies: str
 
 
 @dataclass
@@ -148,6 +149,15 @@ class EvalConfig:
     bin_root: str | None = None
 
 
+@dataclass
+class StudyConfig:
+    name: str  # the study's folder: paths.studies/<name>
+    methods: list[str]  # one regressor per label method or <method>+ediffiqa
+    blind: list[str]  # per-image methods and baselines beside the models (eval.methods names)
+    benchmarks: list[dict[str, Any]]  # conf/eval/benchmark/ entries
+    fr_models: list[Any]  # evaluation FR models: names or {name, weights, options}
+
+
 SCHEMAS: dict[str, type | dict[str, type]] = {
     "paths": PathsConfig,
     "data": DataConfig,
@@ -159,4 +169,5 @@ SCHEMAS: dict[str, type | dict[str, type]] = {
     "train": TrainSettings,
     "logger": LoggerConfig,
     "eval": EvalConfig,
+    "study": StudyConfig,
 }

@@ -27,6 +27,7 @@ def train_job(cfg: DictConfig) -> TrainJob:
         settings=typed(cfg.train, TrainSettings),
         prepared_dir=Path(cfg.paths.prepared),
         labels_path=Path(cfg.paths.labels) / LABELS,
+        label_column="quality",
         models_dir=Path(cfg.paths.models),
         metrics_dir=Path(cfg.paths.metrics),
         validation_fr=next(iter(fr_entries(cfg, "label.fr_models").values())),

@@ -10,6 +10,9 @@ inside them are fixed here, so a stage and the stages that read its output canno
     paths.plots/     EDC_PLOTS/<benchmark>__<fr model>.json
     paths.reports/   EVAL_REPORT.md / .html, edc_<benchmark>__<fr model>.png / .svg
     paths.cache/     QUALITY_SCORES/ (quality-model scores), <fr model>-<key>/ (extraction)
+    paths.studies/<name>/  a study (``fiqa.study``): STUDY_STATE, prepared/, labels/,
+                     models/<method>/, metrics/STUDY_REPORT.json, reports/STUDY_REPORT.md /
+                     .html and edc_*.png, plots/EDC_PLOTS/
 """
 
 MANIFEST = "manifest.parquet"
@@ -28,8 +31,11 @@ STUDENT = "student.pth"
 COST_TABLE = "cost.md"
 
 TRAIN_METRICS = "train.json"
-EVAL_METRICS = "eval.json"
+EVAL_REPORT = "eval"  # the stem of the evaluation's metrics and reports
+EVAL_METRICS = f"{EVAL_REPORT}.json"
 EDC_PLOTS = "edc"
-EVAL_REPORT = "eval"
 
 QUALITY_SCORES = "quality"
+
+STUDY_STATE = "state.json"
+STUDY_REPORT = "study"

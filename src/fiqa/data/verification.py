@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from fiqa.core.images import decode_image, read_image
 from fiqa.core.pairs import Pairs, identity_pairs
@@ -22,7 +23,7 @@ from fiqa.data.folder import list_identity_folder
 
 log = logging.getLogger(__name__)
 
-BENCHMARK_FORMATS = ("bin", "pairs_txt", "folder")
+BENCHMARK_FORMATS = ("bin", "pairs_txt", "folder", "table")
 
 
 class ImageSource(Protocol):
@@ -243,11 +244,45 @@ def load_identity_folder(
     return VerificationBenchmark(name or root.name, images, pairs, False, identities, paths)
 
 
+def load_identity_table(
+    root: str | Path,
+    table: str | Path,
+    path_column: str = "path",
+    identity_column: str = "identity",
+    impostors: int = 10000,
+    seed: int = 0,
+    name: str | None = None,
+) -> VerificationBenchmark:
+    """Build a benchmark from an image root and a CSV/parquet of (path, identity), e.g.
+    ``images/`` + ``identities.csv``: every genuine pair, ``impostors`` sampled impostor pairs
+    (``fiqa.core.pairs.identity_pairs``). ``name`` defaults to the name of the table's folder.
+
+    Raises:
+        FileNotFoundError: If ``table`` does not exist.
+        ValueError: If a column is missing, or the table is empty.
+    """
+    root, table = Path(root), Path(table)
+    if not table.is_file():
+        raise FileNotFoundError(f"benchmark table {table} not found")
+    frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
+    missing = [c for c in (path_column, identity_column) if c not in frame.columns]
+    if missing or frame.empty:
+        raise ValueError(f"benchmark table {table}: no column {missing} or no rows "
+                         f"(columns {list(frame.columns)})")  # fmt: skip
+    paths = frame[path_column].astype(str).tolist()
+    identities = frame[identity_column].astype(str).tolist()
+    pairs = identity_pairs(identities, int(impostors), seed)
+    images = ImageFileSource(str(root), paths)
+    return VerificationBenchmark(name or table.parent.name, images, pairs, False, identities, paths)
+
+
 def load_benchmark(cfg: Mapping[str, Any]) -> VerificationBenchmark:
     """Load the benchmark of a config entry; ``ValueError`` on an unknown format or missing key.
 
     Keys by ``format``: ``bin``: ``path``; ``pairs_txt``: ``path``, ``images_root``, ``ext``?;
-    ``folder``: ``root``, ``impostors``?, ``seed``?; all: ``name``? (? = optional).
+    ``folder``: ``root``, ``impostors``?, ``seed``?; ``table``: ``root``, ``table``,
+    ``path_column``?, ``identity_column``?, ``impostors``?, ``seed``?; all: ``name``?
+    (? = optional).
     """
     fmt = cfg.get("format")
     if fmt not in BENCHMARK_FORMATS:
@@ -264,4 +299,7 @@ def load_benchmark(cfg: Mapping[str, Any]) -> VerificationBenchmark:
     if fmt == "pairs_txt":
         return load_pairs_txt(need("path"), need("images_root"), name, cfg.get("ext", ".jpg"))
     impostors, seed = int(cfg.get("impostors", 10000)), int(cfg.get("seed", 0))
+    if fmt == "table":
+        return load_identity_table(need("root"), need("table"), cfg.get("path_column", "path"),
+                                   cfg.get("identity_column", "identity"), impostors, seed, name)  # fmt: skip
     return load_identity_folder(need("root"), impostors, seed, name)

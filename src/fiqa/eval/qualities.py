@@ -60,7 +60,7 @@ class QualitySources:
 
     Attributes:
         methods: ``eval.methods``.
-        model_path: The trained quality model (``paths.models/quality.onnx``).
+        model_path: The trained quality model (``paths.models/quality.onnx``), or None.
         quality_models: ``eval.quality_models``: name -> {path, fr_models?, template?, colour?,
             mean?, std?}.
         label_frs: ``label.fr_models`` (blind methods are computed with their PyTorch models).
@@ -72,7 +72,7 @@ class QualitySources:
     """
 
     methods: list[str]
-    model_path: Path
+    model_path: Path | None
     quality_models: Mapping[str, Mapping[str, Any]]
     label_frs: Mapping[str, FREntry]
     label_params: Mapping[str, Any]
@@ -95,7 +95,7 @@ def method_qualities(data: EvalSet, sources: QualitySources) -> dict[str, Method
     computed = _blind_qualities(data, direct, sources) if direct else {}
     for method in sources.methods:
         base, _, model = str(method).partition("@")
-        if method == "model":
+        if method == "model" and sources.model_path is not None:
             out[method] = MethodQuality(cached_scores(data, sources.model_path, {},
                                                       sources.cache_dir), label_frs)  # fmt: skip
         elif method in sources.quality_models:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -133,7 +135,34 @@ class _PartWriter(BasePredictionWriter):
         self.buffer, self.count = [], self.count + 1
 
 
-def _trainer(options: Mapping[str, Any], writer: _PartWriter, gradients: bool) -> pl.Trainer:
+class _LogProgress(pl.Callback):
+    """Log lines with counts and speed every tenth of the batches (or 60 s): progress that
+    stays readable in log files and SLURM outputs, where a progress bar does not."""
+
+    def __init__(self, name: str, seconds: float = 60.0) -> None:
+        self.name, self.seconds = name, seconds
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = self.last = time.perf_counter()
+        self.faces = 0
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             outputs: Any, batch: Any, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:  # fmt: skip
+        self.faces += len(batch[0])  # (rows, faces)
+        total = int(sum(trainer.num_predict_batches))
+        now, done = time.perf_counter(), batch_idx + 1
+        if done == total or done % max(1, total // 10) == 0 or now - self.last >= self.seconds:
+            self.last = now
+            rate = self.faces / max(now - self.start, 1e-9)
+            log.info("extract %s: %d/%d batches, %d faces, %.1f faces/s (rank %d)", self.name,
+                     done, total, self.faces, rate, trainer.global_rank)  # fmt: skip
+
+
+def _trainer(
+    options: Mapping[str, Any], writer: _PartWriter, gradients: bool, name: str
+) -> pl.Trainer:
+    progress = bool(options.get("progress", False))
     return pl.Trainer(
         inference_mode=not gradients,  # FaceQAN back-propagates to the input
         accelerator=options.get("accelerator", "cpu"),
@@ -142,10 +171,10 @@ def _trainer(options: Mapping[str, Any], writer: _PartWriter, gradients: bool) -
         strategy=options.get("strategy", "auto"),
         precision=options.get("precision", "32-true"),
         logger=False,
-        callbacks=[writer],
+        callbacks=[writer, *([_LogProgress(name)] if progress else [])],
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=bool(options.get("progress", False)),
+        enable_progress_bar=progress and sys.stderr.isatty(),
         use_distributed_sampler=False,  # _Data shards by rank itself, without padding
     )
 
@@ -211,7 +240,7 @@ def extract(
             missing = Request(tuple(p for p in request.products if stems[p.name] in todo))
             module = ExtractionModule(model, missing, flip, batch_size)
             data = _Data(source, batches, batch_size, model.info.template, num_workers)
-            runner = _trainer(options, writer, gradients=missing.gradients)
+            runner = _trainer(options, writer, missing.gradients, model.info.name)
             try:
                 runner.predict(module, datamodule=data, return_predictions=False)
             finally:

@@ -154,3 +154,16 @@ def ediffiqa_correct(
     for sl, block in iter_row_chunks(embeddings, chunk):
         cos[sl] = np.einsum("ij,ij->i", block, centres[codes[sl]])
     return np.clip(q - eps * (1.0 - cos), 0.0, 1.0)
+
+
+def ediffiqa_correct_labelled(
+    quality: np.ndarray, embeddings: np.ndarray, identities: np.ndarray, params: EdiffiqaParams
+) -> np.ndarray:
+    """``ediffiqa_correct`` of the samples that have a label; the others (NaN) stay NaN."""
+    quality = np.asarray(quality, dtype=np.float64)
+    rows = np.flatnonzero(~np.isnan(quality))
+    out = np.full(len(quality), np.nan)
+    labelled = embeddings if len(rows) == len(quality) else embeddings[rows]
+    out[rows] = ediffiqa_correct(quality[rows], labelled, np.asarray(identities)[rows],
+                                 eps=params.eps, top=params.top)  # fmt: skip
+    return out

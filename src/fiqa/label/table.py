@@ -32,7 +32,7 @@ from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry
 from fiqa.label.compute import MethodOutputs, method_columns, method_outputs
 from fiqa.label.context import LabelContext
-from fiqa.label.correction import CORRECTIONS, EdiffiqaParams, ediffiqa_correct
+from fiqa.label.correction import CORRECTIONS, EdiffiqaParams, ediffiqa_correct_labelled
 from fiqa.label.registry import METHODS, get_method
 from fiqa.label.report import check_labels, label_report, write_label_figures
 
@@ -128,14 +128,8 @@ def build_labels(
     if job.target in unlabelled:
         unlabelled["quality"] = unlabelled[job.target]
     if job.correction == "ediffiqa":
-        first = outputs.per_model[next(iter(job.fr_models))]["embedding"]
-        e, base = job.ediffiqa, table[job.target].to_numpy()
-        rows = np.flatnonzero(~np.isnan(base))  # samples with a base label
-        corrected = np.full(len(base), np.nan)
-        embeddings = first if len(rows) == len(base) else first[rows]
-        corrected[rows] = ediffiqa_correct(base[rows], embeddings, ctx.identities[rows],
-                                           eps=e.eps, top=e.top)  # fmt: skip
-        table["quality"], ranges["quality"] = corrected, (0.0, 1.0)
+        table["quality"] = corrected(table[job.target], job, ctx, outputs)
+        ranges["quality"] = (0.0, 1.0)
     check_labels(table, ranges, set(manifest["identity"]), unlabelled)
     provenance = {
         "target": job.target,
@@ -154,6 +148,15 @@ def build_labels(
         **code_version(),
     }
     return Labels(table, job.methods, provenance)
+
+
+def corrected(
+    values: pd.Series, job: LabelJob, ctx: LabelContext, outputs: MethodOutputs
+) -> np.ndarray:
+    """The eDifFIQA correction of a label column, centres from the first label FR model's
+    embeddings; samples without a label stay without."""
+    first = outputs.per_model[next(iter(job.fr_models))]["embedding"]
+    return ediffiqa_correct_labelled(values.to_numpy(), first, ctx.identities, job.ediffiqa)
 
 
 def write_labels(labels: Labels, directory: str | Path) -> tuple[dict, list[Path]]:

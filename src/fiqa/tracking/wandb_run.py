@@ -23,15 +23,16 @@ def wandb_mode(cfg: DictConfig) -> str:
     return os.environ.get("WANDB_MODE") or str(cfg.logger.mode)
 
 
-def wandb_init_kwargs(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """Keyword arguments for ``wandb.init`` shared by plain stages and Lightning's WandbLogger."""
+def wandb_init_kwargs(cfg: DictConfig, stage: str, name: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``wandb.init`` shared by plain stages and Lightning's WandbLogger
+    (``name`` defaults to ``<experiment_name>-<stage>``)."""
     root = Path(cfg.paths.root).resolve()
     return {
         "project": cfg.logger.project,
         "entity": cfg.logger.entity,
         "group": cfg.experiment_name,
         "job_type": stage,
-        "name": f"{cfg.experiment_name}-{stage}",
+        "name": name or f"{cfg.experiment_name}-{stage}",
         "dir": str(root),
         "mode": wandb_mode(cfg),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -60,7 +61,9 @@ def stage_run(cfg: DictConfig, stage: str) -> Iterator[Any | None]:
         )
 
 
-def lightning_logger(cfg: DictConfig, stage: str, prefix: str = "", run: Any = None):
+def lightning_logger(
+    cfg: DictConfig, stage: str, prefix: str = "", run: Any = None, name: str | None = None
+):
     """Lightning logger from ``cfg.logger``: W&B (offline by default), CSV, or none (False).
 
     Args:
@@ -68,13 +71,15 @@ def lightning_logger(cfg: DictConfig, stage: str, prefix: str = "", run: Any = N
         stage: The stage (W&B job type).
         prefix: Metric prefix (the distillation fit logs ``distill-train/loss`` ...).
         run: An open W&B run to log into (both fits of model=distill share one run).
+        name: The W&B run's name (default ``<experiment_name>-<stage>``).
     """
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
     if cfg.logger.backend == "wandb" and wandb_mode(cfg) != "disabled":
         if run is not None:
             return WandbLogger(experiment=run, prefix=prefix, log_model=False)
-        return WandbLogger(**wandb_init_kwargs(cfg, stage), prefix=prefix, log_model=False)
+        init = wandb_init_kwargs(cfg, stage, name)
+        return WandbLogger(**init, prefix=prefix, log_model=False)
     if cfg.logger.backend == "csv":
         return CSVLogger(save_dir=cfg.paths.models, name=f"logs{'-' + prefix if prefix else ''}")
     return False

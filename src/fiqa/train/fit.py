@@ -68,6 +68,7 @@ class TrainJob:
         settings: The ``train`` group.
         prepared_dir: The prepared faces.
         labels_path: The labels table.
+        label_column: Its column to regress (``quality``: the label stage's target).
         models_dir: Where checkpoints and exports go.
         metrics_dir: Where ``train.json`` goes.
         validation_fr: The FR model of the validation pAUC and the cost table (the first of
@@ -81,6 +82,7 @@ class TrainJob:
     settings: TrainSettings
     prepared_dir: Path
     labels_path: Path
+    label_column: str
     models_dir: Path
     metrics_dir: Path
     validation_fr: FREntry
@@ -116,7 +118,7 @@ def fit_quality_model(
     model = QualityRegressor(**hparams)
     s = job.settings
     datamodule = QualityDataModule(job.prepared_dir, job.labels_path, s.batch_size, s.num_workers,
-                                   s.seed, s.augment, s.target_scaling,
+                                   s.seed, s.augment, s.target_scaling, job.label_column,
                                    template=model.template)  # fmt: skip
     datamodule.setup()
     model.target_scaling = datamodule.scaling.as_dict()
