@@ -19,9 +19,9 @@ from fiqa.core.artifacts import QUALITY_CHECKPOINT, QUALITY_ONNX
 METHODS = ["faceqnet", "serfiq+ediffiqa"]
 
 
-def _config(root: Path, small_demo: Path, *overrides: str):
+def _config(root: Path, small_demo: Path, *overrides: str, methods: list[str] = METHODS):
     return demo_config(root, small_demo, "debug=smoke", "trainer.max_epochs=1", "study.name=small",
-                       f"study.methods=[{','.join(METHODS)}]",
+                       f"study.methods=[{','.join(methods)}]",
                        "study.benchmarks=[{format: prepared, split: all}]",  # val has no errors
                        *overrides)  # fmt: skip
 
@@ -91,22 +91,25 @@ def test_small_study_resumes_after_a_kill_without_retraining(
     corrected, base = labels["serfiq+ediffiqa"], labels["serfiq"]
     assert corrected.between(0, 1).all() and not np.allclose(corrected, base)
 
+    # A method added to the study relabels (one more column) and trains only itself.
+    trained.clear()
+    study(_config(tmp_path, small_demo, methods=[*METHODS, "crfiqa"]))
+    assert trained == ["crfiqa"] and first.stat().st_mtime_ns == first_written
 
-def test_a_changed_label_setting_relabels_and_retrains(tmp_path: Path):
+
+def test_state_skips_a_step_only_with_its_inputs_and_output(tmp_path: Path):
     state = study_run._State(tmp_path / "state.json")
-    times = {"prepare": 1.0, "label": 2.0, "train/a": 3.0, "train/b": 4.0}
-    for step in times:
-        state.finish(step, "k", times)
-    state.finish("label", "other", times)  # new labels: both models are stale
+    state.finish("prepare", "k", {"prepare": 1.25})
     reread = study_run._State(tmp_path / "state.json")
-    assert reread.data["steps"] == {"prepare": "k", "label": "other"}
+    assert reread.data == {"steps": {"prepare": "k"}, "seconds": {"prepare": 1.2}}
     output = tmp_path / "out"
     assert not reread.done("prepare", "k", output)  # its output is gone
     output.touch()
-    assert reread.done("prepare", "k", output) and not reread.done("label", "k", output)
+    assert reread.done("prepare", "k", output)
+    assert not reread.done("prepare", "other inputs", output)
 
 
 def test_unknown_study_method_is_named(tmp_path: Path, small_demo: Path):
-    cfg = _config(tmp_path, small_demo, "study.methods=[faceqnet,crfiqa+typo]")
+    cfg = _config(tmp_path, small_demo, methods=["faceqnet", "crfiqa+typo"])
     with pytest.raises(ConfigError, match=r"study.methods.*crfiqa\+typo"):
         study(cfg)

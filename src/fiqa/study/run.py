@@ -1,8 +1,9 @@
 """``run_study``: from a training set to the seed's cross-method, cross-model pAUC table.
 
-Steps, each resumable (``state.json`` records a key of each finished step's inputs; a step whose
-key is unchanged is not run again, so a killed study continues where it stopped and a method
-already trained is not retrained):
+Steps, each resumable (``state.json`` records a key of each finished step's inputs, a training
+step's being its method's label column; a step whose key is unchanged and whose output is there
+is not run again, so a killed study continues where it stopped and a method already trained on
+the same labels is not retrained):
 
 1. prepare the training set (``prepared/``);
 2. label it with every method the study trains on, with the label FR models (``labels/``);
@@ -25,6 +26,8 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from fiqa.core.artifacts import LABELS, MANIFEST, QUALITY_ONNX, STUDY_REPORT, STUDY_STATE
 from fiqa.core.atomic import write_json_atomic
@@ -112,20 +115,23 @@ def run_study(spec: StudySpec, tracker: Tracker, train_logger: Tracker) -> Matri
             prepare_faces(spec.source, spec.prepare, prepared_dir, spec.data)
         state.finish("prepare", key, times)
 
+    prepare_key = key
     job = replace(spec.label, target=spec.base_methods[0], compute=tuple(spec.base_methods))
-    key = digest([key, _plain(asdict(job)), spec.methods])
+    key = digest([prepare_key, _plain(asdict(job)), spec.methods])
     if not state.done("label", key, labels_dir / LABELS):
         with _timed(times, "label"), tracker("label"):
             _label(spec, job, PreparedFaces(prepared_dir), labels_dir)
         state.finish("label", key, times)
-    labels_key = key
 
+    labels = pd.read_parquet(labels_dir / LABELS)
     for method in spec.methods:
         train = replace(spec.train, prepared_dir=prepared_dir, labels_path=labels_dir / LABELS,
                         label_column=method, models_dir=spec.model_dir(method),
                         metrics_dir=spec.model_dir(method))  # fmt: skip
-        key = digest([labels_key, method, _plain(asdict(replace(train, prepared_dir=Path()))),
-                      str(spec.directory)])  # fmt: skip
+        # Keyed by the method's own labels: another method added or changed retrains only itself.
+        column = pd.util.hash_pandas_object(labels[["sample_id", method]], index=False)
+        key = digest([prepare_key, column.to_numpy().tobytes().hex(), method, str(spec.directory),
+                      _plain(asdict(replace(train, prepared_dir=Path())))])  # fmt: skip
         if not state.done(f"train/{method}", key, spec.model_dir(method) / QUALITY_ONNX):
             log.info("study: training the regressor on %s labels", method)
             with _timed(times, f"train/{method}"), train_logger(method) as logger:
@@ -189,22 +195,13 @@ class _State:
         return finished
 
     def finish(self, step: str, key: str, times: dict[str, float]) -> None:
-        """Record ``step`` as done with ``key`` (in ``times[step]`` seconds); the steps after
-        it used its old output and are to run again."""
+        """Record ``step`` as done with inputs ``key``, in ``times[step]`` seconds."""
         self.data["steps"][step] = key
-        for later in [s for s in self.data["steps"] if _after(step, s)]:
-            del self.data["steps"][later]
         self.record_time(step, times)
 
     def record_time(self, step: str, times: dict[str, float]) -> None:
         self.data["seconds"][step] = round(times[step], 1)
         write_json_atomic(self.path, self.data)
-
-
-def _after(step: str, other: str) -> bool:
-    order = ["prepare", "label", "train"]
-    rank = lambda s: order.index(s.split("/")[0])  # noqa: E731
-    return rank(other) > rank(step)
 
 
 class _timed:
