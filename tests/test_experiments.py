@@ -1,4 +1,4 @@
-"""Smoke test of every experiment config: label + train (fast_dev_run) on a small demo set."""
+"""Smoke test of every experiment config: ddpm + label + train (fast_dev_run) on a small demo set."""
 
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ SMOKE = [
     "debug=fdr",
     "train.batch_size=8",
     "label.methods.serfiq.passes=4",
+    "label.methods.diffiqa.repeats=1",
     "extract.progress=false",
+    # a 16 x 16 DDPM trained for 2 steps: the wiring of the DifFIQA experiments, not their quality
+    "ddpm.unet.sample_size=16",
+    "ddpm.unet.channel_mults=[1,2]",
+    "ddpm.max_steps=2",
 ]
 
 
@@ -51,6 +56,7 @@ def test_experiment_labels_and_trains(demo_root: Path, experiment: str) -> None:
         weights = random_iresnet_weights(demo_root, int(cfg.model.backbone[len("iresnet") :]))
         cfg = compose_config([*overrides, f"model.backbone_weights={weights}"])
     assert cfg.experiment_name == experiment
+    run_stage("ddpm", cfg)  # trains only for the DifFIQA experiments, once (a cached DDPM)
     run_stage("label", cfg)
     result = run_stage("train", cfg)
     assert "train/loss" in result and torch.isfinite(torch.tensor(result["train/loss"]))

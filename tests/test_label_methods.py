@@ -23,8 +23,8 @@ PARAMS = label_params(compose_config())
 
 def test_registry_order_and_what_each_method_needs():
     assert list(METHODS) == ["faceqnet", "serfiq", "crfiqa", "sddfiqa", "magface", "faceqan",
-                             "huo", "fused"]  # fmt: skip
-    assert blind_methods() == ["serfiq", "magface", "faceqan"]
+                             "diffiqa", "huo", "fused"]  # fmt: skip
+    assert blind_methods() == ["serfiq", "magface", "faceqan", "diffiqa"]
     assert [m for m, d in METHODS.items() if d.white_box] == ["serfiq", "faceqan", "huo"]
     assert [m for m, d in METHODS.items() if d.gradients] == ["faceqan"]
     assert METHODS["magface"].source == OWN_MODEL and METHODS["fused"].source == COLUMNS

@@ -186,3 +186,30 @@ def test_magface_column_is_the_raw_embedding_norm(real_faces, caplog):
         norms = sface.net(sface.preprocess(faces)).norm(dim=1).numpy()
     np.testing.assert_allclose(labels["magface"][:5], norms, rtol=1e-4)
     assert labels["quality"].equals(labels["magface"])
+
+
+@pytest.fixture(scope="module")
+def lfw_ddpm(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CPU-preset face DDPM trained on real faces other than the scored ones (600 grayscale
+    LFW crops of ../shared's lfw_dev), shortened to 300 steps."""
+    root = tmp_path_factory.mktemp("lfw-ddpm")
+    faces = shared_data / "faces" / "lfw_dev"
+    pd.read_csv(faces / "identities.csv").head(600).to_csv(root / "ids.csv", index=False)
+    cfg = compose_config(["data=table", f"data.root={faces / 'images'}",
+                          f"data.table={root / 'ids.csv'}", "data.path_column=file",
+                          f"paths.root={root}", "logger=none", "label=diffiqa",
+                          "ddpm.max_steps=300", "prepare.max_failure_rate=0.5"])  # fmt: skip
+    run_stage("prepare", cfg)
+    run_stage("ddpm", cfg)
+    return root / "ddpm"
+
+
+@pytest.mark.slow
+def test_diffiqa_ranks_blurrier_real_faces_lower(real_faces, lfw_ddpm: Path):
+    """DifFIQA with a DDPM trained on other real faces (2 repeats instead of 10)."""
+    root, blur = real_faces
+    run_stage("label", config(root, "label=diffiqa", f"label.methods.diffiqa.ddpm={lfw_ddpm}",
+                              "label.methods.diffiqa.repeats=2", "label.compute=[]"))  # fmt: skip
+    labels = pd.read_parquet(root / "data" / "labels" / "labels.parquet").merge(blur, on="path")
+    rho = spearmanr(labels["diffiqa"], labels["blur"]).statistic
+    assert rho <= -0.5, f"diffiqa: Spearman against blur strength {rho:.2f}"

@@ -17,11 +17,15 @@ from fiqa.config.typed import ConfigError
 from fiqa.core.artifacts import QUALITY_CHECKPOINT, QUALITY_ONNX
 
 METHODS = ["faceqnet", "serfiq+ediffiqa"]
+BLIND = ["serfiq", "detector", "sharpness"]
+TINY_DDPM = ["ddpm.unet.sample_size=16", "ddpm.unet.channel_mults=[1,2]", "ddpm.max_steps=2",
+             "label.methods.diffiqa.repeats=1"]  # fmt: skip
 
 
-def _config(root: Path, small_demo: Path, *overrides: str, methods: list[str] = METHODS):
+def _config(root: Path, small_demo: Path, *overrides: str, methods: list[str] = METHODS,
+            blind: list[str] = BLIND):  # fmt: skip
     return demo_config(root, small_demo, "debug=smoke", "trainer.max_epochs=1", "study.name=small",
-                       f"study.methods=[{','.join(methods)}]",
+                       f"study.methods=[{','.join(methods)}]", f"study.blind=[{','.join(blind)}]",
                        "study.benchmarks=[{format: prepared, split: all}]",  # val has no errors
                        *overrides)  # fmt: skip
 
@@ -77,7 +81,7 @@ def test_small_study_resumes_after_a_kill_without_retraining(
     results = json.loads((directory / "metrics" / "study.json").read_text())
     (bench,) = results
     rows = results[bench]["sface"]
-    expected = [f"{m}(R)" for m in METHODS] + ["serfiq", "detector", "sharpness"]
+    expected = [f"{m}(R)" for m in METHODS] + BLIND
     assert [m for m in rows if rows[m].get("kind") in {"blind"}] == expected
     assert not [m for m in rows if rows[m].get("kind") == "label"]
     assert rows["faceqnet(R)"]["same_model"] is True  # trained on SFace labels, scored by SFace
@@ -113,3 +117,23 @@ def test_unknown_study_method_is_named(tmp_path: Path, small_demo: Path):
     cfg = _config(tmp_path, small_demo, methods=["faceqnet", "crfiqa+typo"])
     with pytest.raises(ConfigError, match=r"study.methods.*crfiqa\+typo"):
         study(cfg)
+
+
+@pytest.mark.slow
+def test_a_diffiqa_study_trains_its_own_ddpm_once(tmp_path: Path, small_demo: Path):
+    """DifFIQA in a study: the study's DDPM on its training set (``ddpm/``), DifFIQA labels
+    from it for DifFIQA(R), DifFIQA on the benchmark faces; a rerun skips the DDPM."""
+    cfg = _config(tmp_path, small_demo, *TINY_DDPM, methods=["diffiqa"], blind=["diffiqa"])
+    study(cfg.copy())
+    directory = tmp_path / "studies" / "small"
+    record = json.loads((directory / "ddpm" / "ddpm.json").read_text())
+    assert record["trained"] and record["prepared"] == str(directory / "prepared")
+    state = json.loads((directory / "state.json").read_text())
+    assert set(state["steps"]) == {"prepare", "ddpm", "label", "train/diffiqa"}
+    labels = pd.read_parquet(directory / "labels" / "labels.parquet")
+    assert labels["diffiqa"].notna().all() and labels["diffiqa"].std() > 0
+    (bench,) = json.loads((directory / "metrics" / "study.json").read_text()).values()
+    assert {"diffiqa(R)", "diffiqa"} <= set(bench["sface"])
+    written = (directory / "ddpm" / "ddpm.json").stat().st_mtime_ns
+    study(cfg.copy())
+    assert (directory / "ddpm" / "ddpm.json").stat().st_mtime_ns == written

@@ -3,7 +3,7 @@
 Merging the composed config into these dataclasses rejects wrong types (``model.lr=fast``) and
 missing keys at stage start, naming the key (Hydra's struct mode already rejects unknown keys,
 ``model.lrr=1``). Where a library function consumes a group, its settings dataclass is the schema
-(``PrepareSettings``, ``ExtractionSettings``, ``FREntry``, each label method's settings), so
+(``PrepareSettings``, ``ExtractionSettings``, ``FREntry``, ``DDPMSettings``, each label method's settings), so
 the names and types are stated once; the ``model`` schemas list the LightningModules'
 constructor arguments (a test keeps them equal). ``trainer`` is passed to
 ``pytorch_lightning.Trainer`` as is and validated there.
@@ -15,6 +15,7 @@ from dataclasses import dataclass, make_dataclass
 from typing import Any
 
 from fiqa.data.preparation import PrepareSettings
+from fiqa.diffusion.settings import DDPMSettings
 from fiqa.extract import ExtractionSettings, FREntry
 from fiqa.label import METHODS
 from fiqa.label.correction import EdiffiqaParams
@@ -28,6 +29,7 @@ class PathsConfig:
     prepared: str
     labels: str
     models: str
+    ddpm: str
     metrics: str
     plots: str
     reports: str
@@ -165,6 +167,7 @@ SCHEMAS: dict[str, type | dict[str, type]] = {
     "extract": ExtractionSettings,
     "prepare": PrepareSettings,
     "label": LabelConfig,
+    "ddpm": DDPMSettings,
     "model": {"regressor": RegressorConfig, "distill": DistillConfig},  # by model.name
     "train": TrainSettings,
     "logger": LoggerConfig,

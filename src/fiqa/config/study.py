@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fiqa.config.diffusion import ddpm_settings, reads_pipeline_ddpm
 from fiqa.config.evaluation import aligner_factory
 from fiqa.config.extraction import extractor, fr_entries
 from fiqa.config.labels import label_job
@@ -16,7 +17,8 @@ from fiqa.config.typed import ConfigError, typed
 from fiqa.core.containers import plain_container
 from fiqa.data.preparation import PrepareSettings
 from fiqa.data.sources import read_source
-from fiqa.study.run import StudySpec, study_methods
+from fiqa.label.diffiqa import METHOD as DDPM_METHOD
+from fiqa.study.run import CORRECTED, StudySpec, study_methods
 
 
 def study_spec(cfg: DictConfig) -> StudySpec:
@@ -31,6 +33,7 @@ def study_spec(cfg: DictConfig) -> StudySpec:
         methods = study_methods([str(m) for m in s.methods])
     except ValueError as err:
         raise ConfigError(f"study.methods: {err}") from None
+    reads_ddpm = DDPM_METHOD in {m.removesuffix(CORRECTED) for m in methods} | set(s.blind)
     return StudySpec(
         directory=Path(cfg.paths.studies) / str(s.name),
         source=read_source(cfg.data),
@@ -48,4 +51,5 @@ def study_spec(cfg: DictConfig) -> StudySpec:
         how=str(e.pair_quality),
         aligner=aligner_factory(cfg),
         extractor=extractor(cfg),
+        ddpm=ddpm_settings(cfg) if reads_ddpm and reads_pipeline_ddpm(cfg) else None,
     )

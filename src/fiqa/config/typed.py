@@ -16,7 +16,10 @@ class ConfigError(ValueError):
 
 
 def typed(node: Any, schema: type[T]) -> T:
-    """A config node as an instance of its schema dataclass (validated on the way)."""
+    """A config node as an instance of its schema dataclass (validated on the way); its
+    interpolations are resolved in the node's own config first (``${paths.ddpm}``)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
 
 

@@ -37,5 +37,8 @@ EDC_PLOTS = "edc"
 
 QUALITY_SCORES = "quality"
 
+DDPM_RECORD = "ddpm.json"  # the DDPM stage output: how it was trained, or why none was needed
+DDPM_SAMPLES = "samples.png"  # input, x_t and reconstruction rows
+
 STUDY_STATE = "state.json"
 STUDY_REPORT = "study"

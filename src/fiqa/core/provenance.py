@@ -33,7 +33,12 @@ def git_revision() -> str:
 
 @functools.lru_cache(maxsize=32)
 def file_sha256(path: str) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
+    """SHA-256 of a file that does not change during the run (weights), memoised."""
+    return sha256_now(path)
+
+
+def sha256_now(path: str) -> str:
+    """SHA-256 of a file as it is now, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

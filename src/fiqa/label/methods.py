@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from fiqa.label.crfiqa import CrFiqaParams, crfiqa_label
+from fiqa.label.diffiqa import METHOD as DIFFIQA
+from fiqa.label.diffiqa import DiffiqaParams, DiffiqaProduct
 from fiqa.label.faceqan import FaceQanParams, FaceQanProduct
 from fiqa.label.faceqnet import FaceQnetParams, faceqnet_label
 from fiqa.label.fusion import FusedParams, fused_label, fused_range
@@ -36,6 +38,9 @@ for _method in (
                 products=(EmbeddingNorm,), source=OWN_MODEL),
     LabelMethod("faceqan", FaceQanParams, (0.0, 1.0), blind=True,
                 score=product_score("faceqan"), products=(FaceQanProduct,)),
+    # mean of 5 cosines: [-1, 1], near 1 for a face whose embedding the DDPM's changes keep
+    LabelMethod(DIFFIQA, DiffiqaParams, (-1.0, 1.0), blind=True, score=product_score(DIFFIQA),
+                products=(DiffiqaProduct,)),
     # eq. 1's S_v is unbounded below; [0, 1] with a normalisation
     LabelMethod("huo", HuoParams, (-np.inf, 1.0), blind=False, score=huo_label,
                 products=(SerFiqProduct, LowLevelFeatures)),

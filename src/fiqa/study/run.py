@@ -5,7 +5,9 @@ step's being its method's label column; a step whose key is unchanged and whose 
 is not run again, so a killed study continues where it stopped and a method already trained on
 the same labels is not retrained):
 
-1. prepare the training set (``prepared/``);
+1. prepare the training set (``prepared/``), and when DifFIQA is studied with the pipeline's
+   DDPM, train the study's own face DDPM on it (``ddpm/``; trained models are shared through
+   the cache, ``fiqa.diffusion.fit``);
 2. label it with every method the study trains on, with the label FR models (``labels/``);
    a method ``<base>+ediffiqa`` is ``<base>``'s labels corrected the eDifFIQA way;
 3. one quality regressor per method (``models/<method>/quality.ckpt`` and ``.onnx``, usable with
@@ -29,18 +31,28 @@ from typing import Any
 
 import pandas as pd
 
-from fiqa.core.artifacts import LABELS, MANIFEST, QUALITY_ONNX, STUDY_REPORT, STUDY_STATE
+from fiqa.core.artifacts import (
+    DDPM_RECORD,
+    LABELS,
+    MANIFEST,
+    QUALITY_ONNX,
+    STUDY_REPORT,
+    STUDY_STATE,
+)
 from fiqa.core.atomic import write_json_atomic
 from fiqa.core.provenance import digest
 from fiqa.data.preparation import PrepareSettings, fingerprint, prepare_faces
 from fiqa.data.prepared import PreparedFaces
 from fiqa.data.sources import Source
+from fiqa.diffusion.fit import DDPMJob, fit_ddpm
+from fiqa.diffusion.settings import DDPMSettings
 from fiqa.eval.matrix import Matrix, evaluate_matrix
 from fiqa.eval.outputs import write_matrix
 from fiqa.eval.qualities import QualitySources
 from fiqa.eval.sets import Aligner, load_eval_sets
 from fiqa.extract import Extractor, FREntry
 from fiqa.label import get_method
+from fiqa.label.diffiqa import METHOD as DDPM_METHOD
 from fiqa.label.table import LabelJob, build_labels, corrected, extract_for_labels, write_labels
 from fiqa.train.fit import TrainJob, fit_quality_model
 
@@ -68,6 +80,8 @@ class StudySpec:
         fmrs: FMRs, the primary first; ``limits``: pAUC discard limits; ``how``: pair quality.
         aligner: Aligner factory of raw benchmark photos.
         extractor: The extraction engine (its cache is shared with every other run).
+        ddpm: The face DDPM to train on the training set for DifFIQA (``ddpm`` group); None
+            when no studied method reads a DDPM or ``label.methods.diffiqa.ddpm`` names one.
     """
 
     directory: Path
@@ -86,6 +100,7 @@ class StudySpec:
     how: str
     aligner: Aligner
     extractor: Extractor
+    ddpm: DDPMSettings | None = None
 
     @property
     def base_methods(self) -> list[str]:
@@ -116,6 +131,8 @@ def run_study(spec: StudySpec, tracker: Tracker, train_logger: Tracker) -> Matri
         state.finish("prepare", key, times)
 
     prepare_key = key
+    if spec.ddpm is not None:
+        spec = _with_study_ddpm(spec, prepared_dir, prepare_key, state, times, tracker)
     job = replace(spec.label, target=spec.base_methods[0], compute=tuple(spec.base_methods))
     key = digest([prepare_key, _plain(asdict(job)), spec.methods])
     if not state.done("label", key, labels_dir / LABELS):
@@ -146,6 +163,22 @@ def run_study(spec: StudySpec, tracker: Tracker, train_logger: Tracker) -> Matri
     log.info("study %s: seconds per step of this run %s (all runs: %s)", spec.directory,
              {k: round(v, 1) for k, v in times.items()}, state.path)  # fmt: skip
     return matrix
+
+
+def _with_study_ddpm(spec: StudySpec, prepared_dir: Path, prepare_key: str, state: _State,
+                     times: dict[str, float], tracker: Tracker) -> StudySpec:  # fmt: skip
+    """Train (or reuse) the study's DDPM on its training set; the spec with DifFIQA reading it."""
+    assert spec.ddpm is not None
+    directory = spec.directory / "ddpm"
+    key = digest([prepare_key, _plain(asdict(spec.ddpm))])
+    if not state.done("ddpm", key, directory / DDPM_RECORD):
+        with _timed(times, "ddpm"), tracker("ddpm"):
+            fit_ddpm(DDPMJob(spec.ddpm, prepared_dir, directory,
+                             spec.extractor.cache_root / "ddpm"))  # fmt: skip
+        state.finish("ddpm", key, times)
+    params = dict(spec.label.params)
+    params[DDPM_METHOD] = replace(params[DDPM_METHOD], ddpm=str(directory))
+    return replace(spec, label=replace(spec.label, params=params))
 
 
 def _label(spec: StudySpec, job: LabelJob, prepared: PreparedFaces, directory: Path) -> None:

@@ -1,0 +1,43 @@
+"""ddpm: train the face DDPM of DifFIQA on the prepared faces (``fiqa.diffusion.fit``), when a
+configured method uses the pipeline's DDPM; otherwise record that none was needed."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
+
+from fiqa.config.diffusion import ddpm_job, pipeline_ddpm_users
+from fiqa.core.artifacts import DDPM_SAMPLES
+from fiqa.diffusion.fit import TrainingError, fit_ddpm, write_not_needed
+from fiqa.stages import StageError
+from fiqa.tracking import lightning_logger
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Write ``paths.ddpm``: the DDPM (a DDPMPipeline folder), ddpm.json and samples.png, or
+    only ddpm.json saying why no DDPM was needed."""
+    job = ddpm_job(cfg)
+    users = pipeline_ddpm_users(cfg)
+    if not users:
+        write_not_needed(job.out_dir, "no configured method reads the pipeline's DDPM "
+                         f"(label.target={cfg.label.target}, label.compute="
+                         f"{list(cfg.label.compute)}, eval.methods={list(cfg.eval.methods)}, "
+                         f"label.methods.diffiqa.ddpm={cfg.label.methods.diffiqa.ddpm})")  # fmt: skip
+        return {"ddpm/trained": 0.0}
+    logger = lightning_logger(cfg, "ddpm")
+    try:
+        try:
+            summary = fit_ddpm(job, logger)
+        except TrainingError as err:
+            raise StageError(f"ddpm: {err}") from err
+        if isinstance(logger, WandbLogger) and summary:
+            import wandb
+
+            logger.experiment.log({"ddpm/samples": wandb.Image(str(job.out_dir / DDPM_SAMPLES))})
+            logger.experiment.summary.update(summary)
+        return {"ddpm/trained": 1.0, **summary}
+    finally:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            wandb.finish()
