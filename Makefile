@@ -47,6 +47,7 @@ bench: setup  ## print the benchmark figures
 	$(RUN) python benchmarks/eval_matrix.py
 	$(RUN) python benchmarks/train_throughput.py
 	$(RUN) python benchmarks/cached_training.py
+	$(RUN) python benchmarks/diffiqa_cost.py
 	$(RUN) python benchmarks/scoring_latency.py
 	$(RUN) python benchmarks/recordio_read.py
 	$(RUN) python benchmarks/prepare_throughput.py

@@ -182,6 +182,7 @@ def write_ddpm_output(job: DDPMJob, model_dir: Path, key: str, training: dict[st
     with atomic_dir(job.out_dir) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         ddpm = load_ddpm(tmp, s.unet, s.schedule)
+        ddpm.unet.to(_device(s.accelerator))
         prepared = PreparedFaces(job.prepared_dir)
         grid = sample_grid(ddpm, _grid_faces(prepared, s), s.grid_t, s.seed)
         cv2.imwrite(str(tmp / DDPM_SAMPLES), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
@@ -205,14 +206,21 @@ def write_not_needed(out_dir: Path, reason: str) -> None:
 
 def sample_grid(ddpm: FaceDDPM, faces: np.ndarray, steps: list[int], seed: int) -> np.ndarray:
     """Rows: the uint8 ``faces``, then for each step t their x_t and DDIM reconstruction."""
-    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float()
-    generator = torch.Generator().manual_seed(seed)
+    device = next(ddpm.unet.parameters()).device
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float().to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
     rows = [faces]
     ddim = ddpm.ddim()
     for t in steps:
         for image in perturb(ddpm, ddim, x, t, generator):
-            rows.append(image.round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            rows.append(image.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return face_grid(np.concatenate(rows), ncols=len(faces))
+
+
+def _device(accelerator: str) -> torch.device:
+    """Where the sample grid is drawn: the training's GPU when it had one."""
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
 
 
 def _grid_faces(prepared: PreparedFaces, s: DDPMSettings) -> np.ndarray:
@@ -228,10 +236,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 class _Progress(Callback):
-    """Log lines with the step count, the loss and the speed (every 5% of the steps or 60 s)."""
+    """Log lines with the step count, the loss and the speed (every 5% of the steps or 60 s);
+    the last 5% of the losses and the speed go to ``training.json``."""
 
     def __init__(self, max_steps: int, batch_size: int) -> None:
-        self.max_steps, self.batch_size = max_steps, batch_size
+        self.max_steps, self.batch_size, self.world = max_steps, batch_size, 1
         self.every = max(1, max_steps // 20)
         self.steps, self.seconds = 0, 0.0
         self._losses: list[float] = []  # the last ``every`` steps
@@ -244,9 +253,12 @@ class _Progress(Callback):
 
     @property
     def images_per_s(self) -> float:
-        return self.steps * self.batch_size / self.seconds if self.seconds else 0.0
+        """Training images per second over all devices."""
+        images = self.steps * self.batch_size * self.world
+        return images / self.seconds if self.seconds else 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.world = trainer.world_size
         self._start = self._last_log = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

@@ -3,6 +3,8 @@ configured method uses the pipeline's DDPM; otherwise record that none was neede
 
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
 
@@ -12,18 +14,21 @@ from fiqa.diffusion.fit import TrainingError, fit_ddpm, write_not_needed
 from fiqa.stages import StageError
 from fiqa.tracking import lightning_logger
 
+log = logging.getLogger(__name__)
+
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Write ``paths.ddpm``: the DDPM (a DDPMPipeline folder), ddpm.json and samples.png, or
     only ddpm.json saying why no DDPM was needed."""
     job = ddpm_job(cfg)
     users = pipeline_ddpm_users(cfg)
-    if not users:
-        write_not_needed(job.out_dir, "no configured method reads the pipeline's DDPM "
-                         f"(label.target={cfg.label.target}, label.compute="
-                         f"{list(cfg.label.compute)}, eval.methods={list(cfg.eval.methods)}, "
-                         f"label.methods.diffiqa.ddpm={cfg.label.methods.diffiqa.ddpm})")  # fmt: skip
+    if not users:  # the record does not name the settings: the stages after it stay unchanged
+        log.info("ddpm: nothing to train (label.target=%s, label.compute=%s, eval.methods=%s, "
+                 "label.methods.diffiqa.ddpm=%s)", cfg.label.target, list(cfg.label.compute),
+                 list(cfg.eval.methods), cfg.label.methods.diffiqa.ddpm)  # fmt: skip
+        write_not_needed(job.out_dir, "no configured method reads the pipeline's DDPM")
         return {"ddpm/trained": 0.0}
+    log.info("ddpm: read by %s", ", ".join(users))
     logger = lightning_logger(cfg, "ddpm")
     try:
         try:
