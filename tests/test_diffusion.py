@@ -180,6 +180,9 @@ def test_ddpm_stage_trains_only_when_a_method_reads_it_and_reuses_what_it_traine
     record = demo_root / "ddpm" / "ddpm.json"
     run_stage("ddpm", demo_config(demo_root, small_demo, *FAST))  # label=faceqnet
     assert json.loads(record.read_text())["trained"] is False
+    params = DiffiqaParams(str(demo_root / "ddpm"), TINY, PAPER_SCHEDULE, 1, 5)
+    with pytest.raises(FileNotFoundError, match="no DDPM there; train one with `fiqa ddpm`"):
+        DiffiqaProduct(params, 0).stem(64)  # a label run before a DDPM was trained
     first = run_stage("ddpm", demo_config(demo_root, small_demo, *FAST, "label=diffiqa"))
     assert first["ddpm/trained_now"] == 1.0 and first["ddpm/steps"] == 4.0
     saved = json.loads(record.read_text())

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from fiqa.core.artifacts import DDPM_RECORD
 from fiqa.diffusion.settings import ScheduleSettings, UNetSettings
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -133,8 +134,9 @@ def model_files(path: str | Path) -> list[Path]:
         return [path]
     roots = [path / "unet", path / "scheduler"] if (path / "unet").is_dir() else [path]
     wanted = (".json", *STATE_DICT_SUFFIXES)
+    ignored = ("model_index.json", DDPM_RECORD)  # the pipeline index, fiqa's training record
     return sorted(f for root in roots for f in root.iterdir() if f.suffix in wanted and f.is_file()
-                  and f.name != "model_index.json")  # fmt: skip
+                  and f.name not in ignored)  # fmt: skip
 
 
 def ddpm_digest(path: str | Path) -> str:
