@@ -1,6 +1,6 @@
 """The ``fiqa`` command: pipeline stages (Hydra apps) plus scoring and reporting tools.
 
-fiqa prepare|label|train|evaluate [hydra overrides...]   e.g. fiqa label label=serfiq trainer=cpu
+fiqa prepare|ddpm|label|train|evaluate [hydra overrides...]   e.g. fiqa label label=serfiq
 fiqa study [hydra overrides...]     every label method's regressor, evaluated blind (conf/study/)
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
 fiqa report metrics/eval.json [other/eval.json ...] --out reports/compare   (or --dvc, --wandb)

@@ -11,7 +11,7 @@ the same labels is not retrained):
 2. label it with every method the study trains on, with the label FR models (``labels/``);
    a method ``<base>+ediffiqa`` is ``<base>``'s labels corrected the eDifFIQA way;
 3. one quality regressor per method (``models/<method>/quality.ckpt`` and ``.onnx``, usable with
-   ``fiqa score --checkpoint``), on cached trunk features when the trunk is frozen;
+   ``fiqa score --checkpoint``), on cached trunk features with ``train.cache_frozen``;
 4. the blind evaluation matrix: every trained model, named ``<method>(R)`` as the seed's
    DifFIQA(R), next to the per-image methods and simple baselines, on held-out benchmarks with
    every evaluation FR model: ``metrics/study.json``, ``reports/study.md`` / ``.html`` with the
