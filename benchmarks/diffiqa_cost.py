@@ -27,7 +27,7 @@ import torch
 from fiqa.config import compose_config
 from fiqa.config.diffusion import ddpm_settings
 from fiqa.config.training import regressor_arguments
-from fiqa.diffusion import FaceDDPM, build_scheduler, build_unet
+from fiqa.diffusion.model import FaceDDPM, build_scheduler, build_unet
 from fiqa.diffusion.module import DDPMModule
 from fiqa.extract.products import Batch
 from fiqa.fr import load_fr_model

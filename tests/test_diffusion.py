@@ -16,19 +16,10 @@ import torch
 from torch import nn
 
 from conftest import demo_config
-from fiqa.diffusion import (
-    FaceDDPM,
-    ScheduleSettings,
-    UNetSettings,
-    build_scheduler,
-    build_unet,
-    ddim_reconstruct,
-    ddpm_digest,
-    load_ddpm,
-    q_sample,
-)
+from fiqa.diffusion.model import FaceDDPM, build_scheduler, build_unet, ddpm_digest, load_ddpm
 from fiqa.diffusion.module import DDPMModule
-from fiqa.diffusion.sampling import from_ddpm, to_ddpm
+from fiqa.diffusion.sampling import ddim_reconstruct, from_ddpm, q_sample, to_ddpm
+from fiqa.diffusion.settings import ScheduleSettings, UNetSettings
 from fiqa.extract.products import Batch
 from fiqa.label.diffiqa import DiffiqaParams, DiffiqaProduct, diffiqa_from_embeddings
 from fiqa.stages.runner import run_stage

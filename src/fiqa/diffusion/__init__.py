@@ -1,20 +1,4 @@
-"""The face DDPM (``diffusers`` U-Net and schedules): training on prepared faces, loading,
-forward diffusion and DDIM reconstruction (DifFIQA's perturbations)."""
-
-from fiqa.diffusion.model import FaceDDPM, build_scheduler, build_unet, ddpm_digest, load_ddpm
-from fiqa.diffusion.sampling import ddim_reconstruct, perturb, q_sample
-from fiqa.diffusion.settings import DDPMSettings, ScheduleSettings, UNetSettings
-
-__all__ = [
-    "DDPMSettings",
-    "FaceDDPM",
-    "ScheduleSettings",
-    "UNetSettings",
-    "build_scheduler",
-    "build_unet",
-    "ddim_reconstruct",
-    "ddpm_digest",
-    "load_ddpm",
-    "perturb",
-    "q_sample",
-]
+"""The face DDPM: ``settings`` (the ``ddpm`` group's schema, light), ``model`` (``diffusers``
+U-Net and schedules, loading, content digest), ``sampling`` (forward diffusion, DDIM
+reconstruction), ``module`` and ``fit`` (Lightning training). Import the submodules: this package
+imports nothing, so the config schemas and the label registry do not load ``diffusers``."""

@@ -9,7 +9,6 @@ content hash that keys everything computed with a DDPM (DifFIQA labels in the ex
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from fiqa.core.artifacts import DDPM_RECORD
+from fiqa.core.provenance import digest, sha256_now
 from fiqa.diffusion.settings import ScheduleSettings, UNetSettings
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -151,11 +151,7 @@ def ddpm_digest(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _digest(state: tuple[tuple[str, int, int], ...], root: str) -> str:
-    sha = hashlib.sha256()
-    for name, _, _ in state:
-        if name != root:  # a folder's files by their place in it; a lone file by content only
-            sha.update(str(Path(name).relative_to(root)).encode())
-        with open(name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                sha.update(block)
-    return sha.hexdigest()[:16]
+    # a folder's files by their place in it and content; a lone file by content only
+    parts = [(str(Path(name).relative_to(root)) if name != root else "", sha256_now(name))
+             for name, _, _ in state]  # fmt: skip
+    return digest(parts)

@@ -19,15 +19,17 @@ import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from fiqa.core.provenance import digest
-from fiqa.diffusion import FaceDDPM, ScheduleSettings, UNetSettings, ddpm_digest, load_ddpm
-from fiqa.diffusion.sampling import perturb
+from fiqa.diffusion.settings import ScheduleSettings, UNetSettings
 from fiqa.extract.products import Batch, BatchProduct
+
+if TYPE_CHECKING:  # diffusers loads only when a DDPM is used, not with the registry
+    from fiqa.diffusion.model import FaceDDPM
 
 METHOD = "diffiqa"  # the registry name of the one label method that reads a face DDPM
 
@@ -86,6 +88,8 @@ def diffiqa_from_embeddings(
 @functools.lru_cache(maxsize=4)
 def _loaded(path: str, digest_: str, unet: str, schedule: str) -> FaceDDPM:
     """The DDPM of ``path`` (loaded once per process and content; settings as JSON)."""
+    from fiqa.diffusion.model import load_ddpm
+
     return load_ddpm(
         path, UNetSettings(**json.loads(unet)), ScheduleSettings(**json.loads(schedule))
     )
@@ -122,6 +126,8 @@ class DiffiqaProduct(BatchProduct):
 
     def ddpm_digest(self) -> str:
         """Content digest of the DDPM (the error says how to get one)."""
+        from fiqa.diffusion.model import ddpm_digest
+
         try:
             return ddpm_digest(self.params.ddpm)
         except FileNotFoundError as err:
@@ -139,6 +145,8 @@ class DiffiqaProduct(BatchProduct):
         return ddpm
 
     def compute(self, batch: Batch) -> torch.Tensor:
+        from fiqa.diffusion.sampling import perturb
+
         p = self.params
         ddpm = self.ddpm(batch.x.device)
         ddim = ddpm.ddim()
