@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import io
 import pickle
+import resource
+import struct
+import time
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import skimage.data
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fiqa.core.images import (
+    MAX_IMAGE_PIXELS,
     READ_FAILURE_REASONS,
     ImageReadError,
     _decode_with_pil,
@@ -161,3 +166,68 @@ def test_decode_image_from_bytes_names_the_source() -> None:
     with pytest.raises(ImageReadError, match="record 7") as info:
         decode_image(b"\x00\x01garbage", source="record 7")
     assert info.value.reason == "not_an_image"
+
+
+def _black_png(width: int, height: int) -> bytes:
+    """A valid 1-bit all-black PNG, compressed row by row (a 20000 x 20000 one is ~50 KB and
+    never exists in memory as pixels)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    row, packer = b"\x00" * (1 + -(-width // 8)), zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_png_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np.testing.assert_array_equal(decode_image(_black_png(64, 48)), np.zeros((48, 64, 3)))
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_black_png(20000, 20000))  # 4e8 px: 1.2 GB as RGB, 2.7 GB RSS in OpenCV
+    with monkeypatch.context() as unlimited:
+        unlimited.setattr(Image, "MAX_IMAGE_PIXELS", None)
+        assert Image.open(bomb).size == (20000, 20000)  # a valid PNG, not a broken one
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    with pytest.raises(ImageReadError, match="20000x20000") as info:
+        read_image(bomb)
+    seconds = time.perf_counter() - start
+    assert info.value.reason == "too_large"
+    assert seconds < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100_000
+
+
+def test_jpeg_header_beyond_the_limit_is_refused_before_decoding() -> None:
+    jpeg = bytearray(cv2.imencode(".jpg", ASTRONAUT[:, :, ::-1])[1].tobytes())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)  # header claims 60000 x 60000
+    with pytest.raises(ImageReadError, match="60000x60000") as info:
+        decode_image(bytes(jpeg))
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "WEBP", "TIFF", "GIF"])
+def test_max_pixels_applies_to_every_format(fmt: str) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(ASTRONAUT[:20, :30]).save(buffer, fmt)
+    assert decode_image(buffer.getvalue(), max_pixels=600).shape == (20, 30, 3)
+    with pytest.raises(ImageReadError, match="30x20 px = 600 > 599") as info:
+        decode_image(buffer.getvalue(), source=f"a.{fmt.lower()}", max_pixels=599)
+    assert info.value.reason == "too_large"
+    assert MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS  # the default is PIL's bomb limit
+
+
+def test_format_only_opencv_reads_is_checked_after_decoding() -> None:
+    ok, hdr = cv2.imencode(".hdr", np.full((20, 30, 3), 0.5, np.float32))  # Radiance HDR
+    assert ok
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(hdr.tobytes()))  # no header check possible: OpenCV decodes
+    assert decode_image(hdr.tobytes(), max_pixels=600).shape == (20, 30, 3)
+    with pytest.raises(ImageReadError, match="600 > 599") as info:
+        decode_image(hdr.tobytes(), max_pixels=599)
+    assert info.value.reason == "too_large"

@@ -297,6 +297,24 @@ def test_load_pairs_txt_with_no_image_found_says_to_check_the_root(
         load_pairs_txt(pairs_txt, lfw_root, ext=".png")
 
 
+def test_load_pairs_txt_names_the_file_and_line_of_non_utf8_bytes(
+    tmp_path: Path, lfw_root: Path
+) -> None:
+    pairs_txt = tmp_path / "pairs.txt"
+    pairs_txt.write_bytes("1\t1\nAlice\t1\t2\nJos\u00e9\t1\t2\n".encode("latin1"))
+    with pytest.raises(ValueError, match=r"pairs\.txt:3: not UTF-8 text \(byte 0xe9"):
+        load_pairs_txt(pairs_txt, lfw_root)
+    pairs_txt.write_bytes(codecs.BOM_UTF8 + b"1\t1\nAlice\t1\t2\n")  # a BOM is no header
+    assert load_pairs_txt(pairs_txt, lfw_root).pairs.genuine.tolist() == [True]
+
+
+def test_load_benchmark_table_names_a_non_utf8_table(tmp_path: Path) -> None:
+    table = tmp_path / "identities.csv"
+    table.write_bytes("path,identity\nJos\u00e9/1.jpg,Jos\u00e9\n".encode("latin1"))
+    with pytest.raises(ValueError, match=r"identities\.csv: not UTF-8 text"):
+        load_benchmark({"format": "table", "root": str(tmp_path), "table": str(table)})
+
+
 # --- identity folders ----------------------------------------------------------------------------
 
 FOLDER_SIZES = {"id_a": 3, "id_b": 1, "id_c": 4, "id_d": 2}  # 10 images, 10 genuine, 35 impostor
@@ -375,6 +393,20 @@ def test_impostor_sampling_scales_without_an_n_by_n_matrix() -> None:
 
     assert a.size == 10_000 and len(_pair_set(a, b)) == 10_000
     assert (a < b).all() and (a // 200 != b // 200).all()
+
+
+def test_identity_folder_skips_odd_entries_with_a_warning(
+    identity_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = load_identity_folder(identity_root, impostors=5).paths
+    os.symlink("loop.jpg", identity_root / "id_a" / "loop.jpg")  # points at itself
+    os.symlink("gone.png", identity_root / "id_b" / "dangling.png")
+    (identity_root / "README.txt").write_text("not an identity")
+    with caplog.at_level(logging.WARNING, logger="fiqa.data.folder"):
+        bench = load_identity_folder(identity_root, impostors=5)
+    assert bench.paths == expected
+    assert "3 entries are not <identity>/<file> images" in caplog.text
+    assert "symlink_loop" in caplog.text and "dangling_link" in caplog.text
 
 
 def test_identity_folder_rejects_empty_missing_and_negative(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from fiqa.core.align import align_face, get_template
-from fiqa.core.images import ImageReadError, decode_image
+from fiqa.core.images import MAX_IMAGE_PIXELS, ImageReadError, decode_image
 from fiqa.data.detect import Detection, YuNetDetector
 from fiqa.data.prepared import encode_face
 
@@ -64,7 +64,10 @@ def pick_face(
 
 
 class FaceAligner:
-    """Decode -> (given landmarks | detect + pick) -> align -> PNG; picklable."""
+    """Decode -> (given landmarks | detect + pick) -> align -> PNG; picklable.
+
+    Images of more than ``max_image_pixels`` pixels fail as ``too_large`` before decoding.
+    """
 
     def __init__(
         self,
@@ -73,6 +76,7 @@ class FaceAligner:
         score_threshold: float = 0.6,
         pad_ratio: float = 0.3,
         pre_aligned: bool = False,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"prepare.face_selection={selection!r}; choose one of {SELECTIONS}")
@@ -80,12 +84,13 @@ class FaceAligner:
         self.size = get_template(template).size
         self.selection = selection
         self.pre_aligned = pre_aligned
+        self.max_image_pixels = max_image_pixels
         self.detector = YuNetDetector(score_threshold=score_threshold, pad_ratio=pad_ratio)
 
     def __call__(self, index: int, row: dict[str, Any], data: bytes) -> FaceResult:
         """Decode ``data`` and align it; the face is returned PNG-encoded (or as given when
         the input was already aligned, keeping its original bytes)."""
-        image = decode_image(data, source=str(row["path"]))
+        image = decode_image(data, source=str(row["path"]), max_pixels=self.max_image_pixels)
         face, result = self.align(index, row, image)
         if face is not None:
             result.data = data if self.pre_aligned else encode_face(face)

@@ -2,33 +2,103 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+#: Reasons a folder entry is not listed as an image; prepare turns each into a failure row.
+LISTING_FAILURE_REASONS = (
+    "outside_identity_folder",  # a file directly in the root, not in an <identity>/ folder
+    "nested_folder",  # a folder inside an identity folder (not descended into)
+    "not_a_file",  # a folder named like an image (x.jpg/), a FIFO, socket or device
+    "dangling_link",  # a symbolic link whose target does not exist
+    "symlink_loop",  # a symbolic link that resolves to itself (ELOOP)
+    "unreadable",  # an entry or identity folder that cannot be inspected (permissions, I/O)
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def _entry_kind(entry: os.DirEntry) -> str:
+    """``file``, ``dir`` (both after following symbolic links) or a listing failure reason."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+    except OSError as err:  # DirEntry tests raise on all but a missing link target
+        return "symlink_loop" if err.errno == errno.ELOOP else "unreadable"
+    return "dangling_link" if entry.is_symlink() else "not_a_file"
+
+
+def _visible_entries(folder: Path) -> list[tuple[str, str]]:
+    """(name, kind) of the non-hidden entries of ``folder``, sorted by name."""
+    with os.scandir(folder) as entries:
+        return sorted((e.name, _entry_kind(e)) for e in entries if not e.name.startswith("."))
+
+
+def _list_identity(root: Path, identity: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image paths (relative to ``root``) and (path, reason) of the odd entries of one
+    identity folder."""
+    try:
+        entries = _visible_entries(root / identity)
+    except OSError as err:
+        return [], [(identity, "symlink_loop" if err.errno == errno.ELOOP else "unreadable")]
+    images, damaged = [], []
+    for name, kind in entries:
+        path = f"{identity}/{name}"
+        if kind == "file":
+            images.append(path)
+        elif kind == "dir":
+            image_like = name.lower().endswith(IMAGE_SUFFIXES)
+            damaged.append((path, "not_a_file" if image_like else "nested_folder"))
+        else:
+            damaged.append((path, kind))
+    return images, damaged
 
 
 def list_identity_folder(root: str | Path) -> pd.DataFrame:
     """Every regular file under ``root/<identity>/`` as a table (path relative to root, identity).
 
     All files count, whatever their suffix: a non-image file becomes a failure row later instead
-    of silently disappearing. Hidden files and folders (``.name``) are ignored. Listing uses
-    ``os.scandir`` (one system call per folder entry batch, fast on millions of files).
+    of silently disappearing. Hidden files and folders (``.name``) are ignored. Other entries
+    (files in the root, sub-folders, dangling links, symbolic-link loops, unreadable folders) are
+    listed in ``table.attrs["damaged"]`` as (path, reason), reasons from
+    :data:`LISTING_FAILURE_REASONS`, with one warning counting them; the listing never aborts
+    on them. Listing uses ``os.scandir`` (one system call per folder entry batch, fast on
+    millions of files; a stat only for symbolic links).
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a directory.
+        ValueError: If no identity folder holds a file.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} is not a directory")
-    with os.scandir(root) as entries:
-        identities = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-    rows = []
-    for identity in identities:
-        with os.scandir(root / identity) as entries:
-            names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
-        rows += [(f"{identity}/{name}", identity) for name in names]
+    rows, damaged = [], []
+    for name, kind in _visible_entries(root):
+        if kind == "dir":
+            images, odd = _list_identity(root, name)
+            rows += [(path, name) for path in images]
+            damaged += odd
+        else:
+            damaged.append((name, "outside_identity_folder" if kind == "file" else kind))
+    if damaged:
+        counts = dict(Counter(reason for _, reason in damaged))
+        log.warning("%s: %d entries are not <identity>/<file> images: %s (first: %s)",
+                    root, len(damaged), counts, damaged[0][0])  # fmt: skip
     if not rows:
         raise ValueError(f"data.root {root} holds no <identity>/<image> files")
-    return pd.DataFrame(rows, columns=["path", "identity"])
+    table = pd.DataFrame(rows, columns=["path", "identity"])
+    table.attrs["damaged"] = damaged
+    return table
 
 
 def assign_splits(identities: pd.Series, val_fraction: float, seed: int) -> pd.Series:

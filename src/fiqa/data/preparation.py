@@ -57,6 +57,8 @@ class PrepareSettings:
         num_workers: Spawned worker processes reading and aligning images.
         val_fraction: Share of identities held out for validation (identity-disjoint).
         shard_size: Aligned faces per shard file.
+        max_image_pixels: Larger input images (width x height) fail as ``too_large``, refused
+            from the header before decoding (decompression bombs).
         max_failure_rate: The preparation fails when more inputs than this fail.
         seed: Seed of the split.
     """
@@ -70,6 +72,7 @@ class PrepareSettings:
     num_workers: int
     val_fraction: float
     shard_size: int
+    max_image_pixels: int
     max_failure_rate: float
     seed: int
 
@@ -78,21 +81,27 @@ class PrepareSettings:
             raise ValueError(f"prepare.detector={self.detector!r}; choose one of {DETECTORS}")
         if self.shard_size < 1:
             raise ValueError(f"prepare.shard_size must be >= 1, got {self.shard_size}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"prepare.max_image_pixels must be >= 1, got {self.max_image_pixels}")
 
     def aligner(self, pre_aligned: bool = False) -> FaceAligner:
         """The face aligner of these settings."""
         return FaceAligner(self.template, self.face_selection, self.score_threshold,
-                           self.pad_ratio, pre_aligned)  # fmt: skip
+                           self.pad_ratio, pre_aligned, self.max_image_pixels)  # fmt: skip
 
 
 def fingerprint(settings: PrepareSettings, data: str, source: Source) -> str:
     """Identity of the work: settings (minus the runtime ones), the dataset's description
-    ``data`` (its config), the listing and the code version."""
+    ``data`` (its config), the listing, the inputs' sizes and modification times (an input
+    replaced between a kill and the resume starts the work afresh) and the code version."""
     kept = {k: v for k, v in asdict(settings).items() if k not in RUNTIME_SETTINGS}
     digest = hashlib.sha256(json.dumps([kept, fiqa.__version__], sort_keys=True).encode())
     digest.update(data.encode())
     listing = source.table[["path", "identity"]]
     digest.update(pd.util.hash_pandas_object(listing, index=False).to_numpy().tobytes())
+    start = time.perf_counter()
+    digest.update(source.read_bytes.stamp(source.table).tobytes())
+    log.debug("prepare: inputs stat'ed in %.1f s", time.perf_counter() - start)
     return digest.hexdigest()
 
 
@@ -262,6 +271,8 @@ def write_prepared(
         shard_size: Faces per shard file.
     """
     directory = Path(directory)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if (directory / MANIFEST).exists():
         raise FileExistsError(f"{directory / MANIFEST} exists; not overwriting a prepared set")
     n = len(faces)

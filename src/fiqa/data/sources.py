@@ -8,10 +8,12 @@ Source table columns: ``path`` (relative to ``data.root``), ``identity``, option
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -28,6 +30,19 @@ class FileBytes:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    def stamp(self, table: pd.DataFrame) -> np.ndarray:
+        """(size, mtime_ns) per row's file, (-1, -1) where it cannot be stat'ed (it becomes a
+        failure row when read): edited inputs change the resume fingerprint. One ``stat`` per
+        file, no read."""
+        stamps, root = np.full((len(table), 2), -1, dtype=np.int64), os.fspath(self.root)
+        for i, path in enumerate(table["path"]):
+            try:
+                info = os.stat(os.path.join(root, path))  # not Path: ~2x faster on millions
+            except (OSError, ValueError):  # missing, unreadable, a NUL in the name
+                continue
+            stamps[i] = info.st_size, info.st_mtime_ns
+        return stamps
 
     def __call__(self, row: dict[str, Any]) -> bytes:
         path = self.root / row["path"]
@@ -47,6 +62,16 @@ class RecordBytes:
 
         self.rec_path = Path(rec_path)
         self.reader = RecordIOReader(rec_path, idx_path)
+
+    def stamp(self, table: pd.DataFrame) -> np.ndarray:
+        """(size, mtime_ns) of the ``.rec`` and ``.idx`` files ((-1, -1) for an absent one):
+        every record lives in them, so a rewritten file changes the resume fingerprint."""
+        stamps = np.full((2, 2), -1, dtype=np.int64)
+        for i, path in enumerate((self.rec_path, self.reader.idx_path)):
+            if path.exists():  # a rebuilt index that could not be saved is absent
+                info = path.stat()
+                stamps[i] = info.st_size, info.st_mtime_ns
+        return stamps
 
     def __call__(self, row: dict[str, Any]) -> bytes:
         from fiqa.data.recordio import RecordIOError, unpack_record
@@ -84,11 +109,13 @@ def read_source(data: DictConfig) -> Source:
             landmarks=bool(data.use_landmarks),
             references=data.get("references"),
         )
-        source = Source(table, FileBytes(root))
+        source = Source(table, FileBytes(root), damaged=table.attrs.pop("damaged", []))
     elif data.format == "table":
         source = Source(read_identity_table(data), FileBytes(root))
     else:
-        source = Source(list_identity_folder(root), FileBytes(root))
+        table = list_identity_folder(root)
+        # popped: pandas copies attrs into every row a worker materialises
+        source = Source(table, FileBytes(root), damaged=table.attrs.pop("damaged", []))
     if data.get("metadata"):
         source.table = _join_metadata(source.table, root / data.metadata)
     if source.table.empty:

@@ -161,6 +161,23 @@ def load_bin(path: str | Path, name: str | None = None) -> VerificationBenchmark
     return VerificationBenchmark(name or path.stem, images, pairs, True, None, ids)
 
 
+def _read_utf8_text(path: Path) -> str:
+    """The text of a UTF-8 file (a byte-order mark is dropped).
+
+    Raises:
+        ValueError: If the file is not UTF-8, naming the file, line and byte.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def _parse_pairs_line(tokens: list[str], ext: str) -> tuple[str, str, bool]:
     """Both image ids and the genuine flag of a ``pairs.txt`` line of 3 or 4 fields."""
     if len(tokens) not in (3, 4):
@@ -182,10 +199,11 @@ def load_pairs_txt(
     their images listed in ``missing``. ``name`` defaults to the name of ``images_root``.
 
     Raises:
-        ValueError: On a line that is no pair, or when no pair has both images on disk.
+        ValueError: On a file that is not UTF-8, a line that is no pair, or when no pair has
+            both images on disk.
     """
     pairs_path, root = Path(pairs_path), Path(images_root)
-    numbered = enumerate(pairs_path.read_text().splitlines(), 1)
+    numbered = enumerate(_read_utf8_text(pairs_path).splitlines(), 1)
     lines = [(number, line.split()) for number, line in numbered if line.strip()]
     if lines and len(lines[0][1]) <= 2 and all(token.isdigit() for token in lines[0][1]):
         header = [int(token) for token in lines.pop(0)[1]]
@@ -264,7 +282,11 @@ def load_identity_table(
     root, table = Path(root), Path(table)
     if not table.is_file():
         raise FileNotFoundError(f"benchmark table {table} not found")
-    frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
+    try:
+        frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"benchmark table {table}: not UTF-8 text ({exc.reason}); "
+                         "convert it to UTF-8") from None  # fmt: skip
     missing = [c for c in (path_column, identity_column) if c not in frame.columns]
     if missing or frame.empty:
         raise ValueError(f"benchmark table {table}: no column {missing} or no rows "

@@ -40,7 +40,8 @@ _IMAGE_SUFFIX = r"(?i)\.(jpe?g|png|bmp|webp)$"  # a str, so pandas runs it in py
 
 def _list_subset(root: Path, subset: str) -> pd.DataFrame:
     """``path`` (``subset/identity/file``), ``identity``, ``subset``, ``name_id``
-    (``identity/stem``) per regular file in ``root/subset/*/`` (empty when there is none)."""
+    (``identity/stem``) per regular file in ``root/subset/*/`` (empty when there is none);
+    ``attrs["damaged"]``: the odd entries (``fiqa.data.folder.list_identity_folder``)."""
     folder = root / subset
     if not folder.is_dir():
         raise FileNotFoundError(f"VGGFace2 subset {folder} not found; list present ones only")
@@ -48,7 +49,7 @@ def _list_subset(root: Path, subset: str) -> pd.DataFrame:
         table = list_identity_folder(folder)
     except ValueError:  # a subset without images: the caller reports the dataset as empty
         return pd.DataFrame(columns=["path", "identity", "subset", "name_id"])
-    return pd.DataFrame(
+    listed = pd.DataFrame(
         {
             "path": subset + "/" + table["path"],
             "identity": table["identity"],
@@ -56,6 +57,8 @@ def _list_subset(root: Path, subset: str) -> pd.DataFrame:
             "name_id": table["path"].str.replace(r"\.[^./]*$", "", regex=True),  # drop suffix
         }
     )
+    listed.attrs["damaged"] = [(f"{subset}/{p}", r) for p, r in table.attrs.get("damaged", [])]
+    return listed
 
 
 def find_file(root: Path, filename: str, folders: Iterable[str] = ANNOTATION_DIRS) -> Path | None:
@@ -262,7 +265,9 @@ def read_vggface2(
         Columns ``path`` (``subset/identity/file``), ``identity``, ``subset``, ``landmarks``
         (10 floats in ArcFace order, or None), ``box`` (``[x, y, w, h]`` or None),
         ``landmark_issue`` (``"missing"``: no CSV row, ``"nan"``: non-finite or short row, None),
-        then ``name`` and ``is_reference`` when asked for.
+        then ``name`` and ``is_reference`` when asked for. ``attrs["damaged"]``: (path,
+        reason) of the entries that are no ``<identity>/<file>`` (sub-folders, dangling links,
+        ...), failure rows of prepare.
 
     Raises:
         FileNotFoundError: If ``root``, a subset folder or the reference list is missing.
@@ -272,7 +277,9 @@ def read_vggface2(
     if not root.is_dir():
         raise FileNotFoundError(f"VGGFace2 data.root {root} is not a directory")
     wanted = sorted({subsets} if isinstance(subsets, str) else set(subsets))
-    table = pd.concat([_list_subset(root, s) for s in wanted], ignore_index=True)
+    listed = [_list_subset(root, s) for s in wanted]
+    damaged = [entry for subset in listed for entry in subset.attrs.get("damaged", [])]
+    table = pd.concat(listed, ignore_index=True)
     if table.empty:
         raise ValueError(f"VGGFace2 data.root {root} holds no {wanted} <identity>/<image> files")
     points = np.full((len(table), 10), np.nan)
@@ -301,4 +308,6 @@ def read_vggface2(
         if not ref_path.is_file():
             raise FileNotFoundError(f"data.references {references} not found (also under {root})")
         table["is_reference"] = _mark_references(table, ref_path).astype(bool)
-    return table.drop(columns="name_id")
+    table = table.drop(columns="name_id")
+    table.attrs = {"damaged": damaged}
+    return table
