@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from fiqa.core.atomic import atomic_dir, atomic_path, replace_dir, write_json_atomic
+from fiqa.core.atomic import (
+    atomic_dir,
+    atomic_path,
+    replace_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -50,3 +58,22 @@ def test_replace_dir_onto_a_missing_target_and_json(tmp_path: Path):
     replace_dir(src, tmp_path / "dst")
     assert not src.exists()
     assert json.loads((tmp_path / "dst" / "m.json").read_text()) == {"pauc@0.2": 0.5, "n": [1, 2]}
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"),
+                         [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)])  # fmt: skip
+def test_outputs_get_the_modes_of_the_umask_not_owner_only(
+    tmp_path: Path, umask: int, file_mode: int, dir_mode: int
+):
+    previous = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "report.md", "# report\n")
+        with atomic_dir(tmp_path / "labels") as tmp:
+            (tmp / "labels.parquet").write_bytes(b"x")
+        with atomic_path(tmp_path / "model.onnx") as tmp, open(tmp, "wb") as fh:  # a writer
+            fh.write(b"onnx")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "labels").stat().st_mode) == dir_mode

@@ -208,3 +208,61 @@ def test_settings_objects_check_their_values(override: str, message: str):
 
     with pytest.raises(ValueError, match=message):
         typed(compose_default([override]).prepare, PrepareSettings)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("prepare.shard_size=0", "prepare.shard_size=0: must be >= 1"),
+        ("prepare.shard_size=-5", "prepare.shard_size=-5: must be >= 1"),
+        ("prepare.val_fraction=1.5", "prepare.val_fraction=1.5: must be in [0, 1)"),
+        ("prepare.val_fraction=1.0", "prepare.val_fraction=1.0: must be in [0, 1)"),
+        ("prepare.max_failure_rate=-0.1", "prepare.max_failure_rate=-0.1: must be in [0, 1]"),
+        ("prepare.num_workers=-1", "prepare.num_workers=-1: must be >= 0"),
+        ("eval.fmr=2", "eval.fmr=2: must be in (0, 1)"),
+        ("eval.fmr=0", "eval.fmr=0: must be in (0, 1)"),
+        ("eval.extra_fmrs=[0.01,1.0]", "eval.extra_fmrs[1]=1.0: must be in (0, 1)"),
+        ("eval.discard_limits=[0.2,1.5]", "eval.discard_limits[1]=1.5: must be in (0, 1]"),
+        ("eval.discard_limits=[0]", "eval.discard_limits[0]=0: must be in (0, 1]"),
+        ("train.batch_size=0", "train.batch_size=0: must be >= 1"),
+        ("fr.batch_size=0", "fr.batch_size=0: must be >= 1"),
+        ("extract.part_rows=0", "extract.part_rows=0: must be >= 1"),
+        ("label.methods.serfiq.passes=1", "label.methods.serfiq.passes=1: must be >= 2"),
+        ("label.methods.serfiq.dropout=1.0", "label.methods.serfiq.dropout=1.0: must be in (0, 1)"),
+        ("label.ediffiqa.top=0", "label.ediffiqa.top=0: must be in (0, 1]"),
+        ("label.methods.diffiqa.t=1000", "label.methods.diffiqa.t=1000: must be < label.methods"),
+        ("ddpm.batch_size=0", "ddpm.batch_size=0: must be >= 1"),
+        ("model.lr=0", "model.lr=0: must be > 0"),
+        ("model.consistency_weight=1.0", "model.consistency_weight=1.0: must be in [0, 1)"),
+        ("train.early_stopping_patience=0", "train.early_stopping_patience=0: must be >= 1"),
+        ("label.methods.faceqan.eps=2", "label.methods.faceqan.eps must be in (0, 1)"),  # own check
+    ],
+)
+def test_out_of_range_values_fail_at_start_naming_the_key_and_range(override: str, message: str):
+    """Checked by validate_config (no model, no image): before, shard_size=0 failed inside the
+    stage and eval.fmr / val_fraction only after the FR model ran / every image was read."""
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_default([override]))
+    assert message in str(err.value)
+
+
+def test_out_of_range_values_of_the_distill_model_are_named():
+    for override, message in [("model.temperature=0", "model.temperature=0: must be > 0"),
+                              ("model.loss_weights=[0.4,-1,0.4]", "model.loss_weights[1]=-1"),
+                              ("model.regressor.lr=-1", "model.regressor.lr=-1: must be > 0")]:  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            validate_config(compose_default(["model=distill", override]))
+        assert message in str(err.value)
+    validate_config(compose_default(["model=distill"]))
+    validate_config(compose_default(["train.early_stopping_patience=null"]))  # null: off
+
+
+def test_every_range_checked_key_is_a_config_key():
+    """The table cannot name a key that no config has (a check that would never run)."""
+    from fiqa.config.ranges import ELEMENT_RANGES, RANGES
+
+    configs = [compose_default(), compose_default(["model=distill"]),
+               compose_default(["data=table", "data.table=/t.csv"])]  # fmt: skip
+    absent = object()
+    for key in [*RANGES, *ELEMENT_RANGES]:
+        assert any(OmegaConf.select(c, key, default=absent) is not absent for c in configs), key

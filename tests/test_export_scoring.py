@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -227,3 +229,64 @@ def test_score_prepared_and_external_onnx_input_conventions(
     scorer = QualityScorer.from_path(foreign, onnx_options=options)
     assert (scorer.template, scorer.input_size) == ("arcface_112", (112, 112))
     np.testing.assert_allclose(scorer.score(faces), table["quality"], atol=1e-4)
+
+
+def test_files_that_are_no_quality_model_are_named(tmp_path: Path) -> None:
+    """Before: raw library errors that name no file (``Unsupported operand 155``,
+    ``KeyError: 'pytorch-lightning_version'``, onnxruntime's ``Required inputs ... missing``)."""
+    from fiqa.fr.sface import default_sface_path
+    from fiqa.quality.scoring import QualityModelError
+
+    def rejected(path: Path, message: str) -> None:
+        with pytest.raises(QualityModelError, match=re.escape(f"{path} {message}")):
+            QualityScorer.from_path(path)
+
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    rejected(noise, "is not a fiqa quality checkpoint: torch.load cannot read it")
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"a": 1}, plain)
+    rejected(plain, "is not a fiqa quality checkpoint: it is a torch file but no Lightning "
+             "checkpoint (a dict with keys ['a']")  # fmt: skip
+    other = tmp_path / "other.ckpt"
+    torch.save({"pytorch-lightning_version": "2", "state_dict": {}, "hyper_parameters": {"x": 1}},
+               other)  # fmt: skip
+    rejected(other, "is not a fiqa quality checkpoint: it is a Lightning checkpoint of another")
+    rejected(default_sface_path(), "is not a fiqa quality model (it outputs fc1 of shape (1, 128)")
+    garbage = tmp_path / "noise.onnx"
+    garbage.write_bytes(np.random.default_rng(1).bytes(4096))
+    rejected(garbage, "is not a fiqa quality model: onnxruntime cannot load it")
+
+
+def test_fiqa_score_names_missing_inputs_and_fails_when_nothing_exists(
+    trained: tuple[QualityRegressor, Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: a nonexistent path was one failure row and the exit code 0."""
+    from fiqa.cli.main import main
+
+    onnx_path = trained[2]
+    out = tmp_path / "scores.csv"
+    absent = tmp_path / "absent.png"
+    assert main(["score", "--checkpoint", str(onnx_path), str(absent), "--out", str(out)]) == 1
+    assert f"fiqa score: no such file or folder: {absent}; nothing was scored" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+    face = tmp_path / "face.png"
+    Image.fromarray(random_faces(1, 5)[0]).save(face)
+    with caplog.at_level("INFO", logger="fiqa"):
+        code = main(["score", "--checkpoint", str(onnx_path), str(face), str(absent),
+                     "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert f"scored 2 images (1 failed, 1 of them missing: {absent})" in caplog.text
+    table = pd.read_csv(out)
+    assert table["failure"].fillna("").tolist() == ["", "missing"]
+
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(b"\x00" * 64)
+    assert main(["score", "--checkpoint", str(noise), str(face), "--out", str(out)]) == 1
+    assert f"fiqa score: {noise} is not a fiqa quality checkpoint" in capsys.readouterr().err

@@ -23,13 +23,17 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders expanded to their image files (recursive, sorted); lists read."""
+    """Files as given; folders expanded to their image files (recursive, sorted); lists read.
+
+    A path that does not exist (a missing list too) is kept as given: it is scored as a
+    ``missing`` failure row.
+    """
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.suffix.lower() == ".txt":
+        elif path.suffix.lower() == ".txt" and path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines()
             paths.extend(Path(line.strip()) for line in lines if line.strip())
         else:
@@ -61,19 +65,25 @@ def _score(argv: list[str]) -> int:
         parser.error("give image inputs or --prepared DIR (one of the two)")
 
     from fiqa.core.atomic import atomic_path
-    from fiqa.quality.scoring import QualityScorer
+    from fiqa.quality.scoring import QualityModelError, QualityScorer
 
+    paths = _expand_inputs(args.inputs)
+    if args.inputs and not paths:
+        parser.error(f"no image files found in {args.inputs}")
+    missing = [p for p in paths if not p.exists()]
+    if paths and len(missing) == len(paths):  # checked before the model is loaded
+        return _score_error(f"no such file or folder: {_listed(missing)}; nothing was scored")
     options = {k: getattr(args, k) for k in ("template", "colour", "mean", "std")}
-    scorer = QualityScorer.from_path(
-        args.checkpoint, device=args.device,
-        onnx_options={k: v for k, v in options.items() if v is not None},
-    )  # fmt: skip
+    try:
+        scorer = QualityScorer.from_path(
+            args.checkpoint, device=args.device,
+            onnx_options={k: v for k, v in options.items() if v is not None},
+        )  # fmt: skip
+    except (FileNotFoundError, QualityModelError) as err:
+        return _score_error(str(err))
     if args.prepared:
         table = scorer.score_prepared(args.prepared, batch_size=args.batch_size)
     else:
-        paths = _expand_inputs(args.inputs)
-        if not paths:
-            parser.error(f"no image files found in {args.inputs}")
         table = scorer.score_files(paths, batch_size=args.batch_size, mode=args.mode)
     out = Path(args.out)
     with atomic_path(out) as tmp:
@@ -82,8 +92,22 @@ def _score(argv: list[str]) -> int:
         else:
             table.to_csv(tmp, index=False)
     n_failed = int(table["failure"].notna().sum()) if "failure" in table else 0
-    logging.getLogger("fiqa").info("scored %d images (%d failed) -> %s", len(table), n_failed, out)
+    absent = f", {len(missing)} of them missing: {_listed(missing)}" if missing else ""
+    logging.getLogger("fiqa").info(
+        "scored %d images (%d failed%s) -> %s", len(table), n_failed, absent, out
+    )
     return 0
+
+
+def _score_error(message: str) -> int:
+    sys.stderr.write(f"fiqa score: {message}\n")
+    return 1
+
+
+def _listed(paths: list[Path], most: int = 5) -> str:
+    """``a, b, c`` (the first ``most`` paths, then how many more)."""
+    shown = ", ".join(map(str, paths[:most]))
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def _report(argv: list[str]) -> int:

@@ -16,13 +16,14 @@ from fiqa.config import config_dir
 from fiqa.config.study import study_spec
 from fiqa.config.typed import register_templates
 from fiqa.config.validate import validate_config
+from fiqa.stages.runner import stage_lock
 from fiqa.study.run import run_study
 from fiqa.tracking import lightning_logger, stage_run
 
 
 def study(cfg: DictConfig) -> dict[str, float]:
-    """Validate ``cfg``, then run (or continue) the study of ``cfg.study``; returns the
-    matrix summary (``<benchmark>/<fr>/<method>/pauc@<limit>``...)."""
+    """Validate ``cfg``, then run (or continue) the study of ``cfg.study``, holding the lock of
+    its folder; returns the matrix summary (``<benchmark>/<fr>/<method>/pauc@<limit>``...)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     validate_config(cfg)
     register_templates(cfg)
@@ -45,7 +46,8 @@ def study(cfg: DictConfig) -> dict[str, float]:
 
                 wandb.finish()
 
-    matrix = run_study(spec, lambda job: stage_run(cfg, job), train_logger)
+    with stage_lock("study", [spec.directory]):  # one run per study folder at a time
+        matrix = run_study(spec, lambda job: stage_run(cfg, job), train_logger)
     return matrix.summary()
 
 

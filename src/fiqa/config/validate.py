@@ -1,4 +1,10 @@
-"""``validate_config``: every schema'd group of a composed config checked at stage start."""
+"""``validate_config``: every schema'd group of a composed config checked at stage start.
+
+It runs before any model or image is loaded (``fiqa.stages.runner.run_stage``, ``fiqa study``):
+types and missing keys (the schemas), closed choices, value ranges (``fiqa.config.ranges``) and
+the settings dataclasses' own checks (their ``__post_init__``), each failure a ``ConfigError``
+naming the key.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fiqa.config.ranges import check_ranges
 from fiqa.config.schemas import SCHEMAS
 from fiqa.config.typed import ConfigError
 from fiqa.data.verification import BENCHMARK_FORMATS
@@ -25,7 +32,7 @@ LIST_CHOICES: dict[str, tuple[Any, ...]] = {"label.compute": tuple(METHODS)}
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check every schema'd group of ``cfg`` (types, missing keys, closed choices).
+    """Check every schema'd group of ``cfg`` (types, missing keys, closed choices, ranges).
 
     Raises:
         ConfigError: Naming the first offending key.
@@ -34,22 +41,34 @@ def validate_config(cfg: DictConfig) -> None:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     except OmegaConfBaseException as err:
         raise ConfigError(f"config key {err.full_key}: {str(err.msg).splitlines()[0]}") from None
-    for key, schema in SCHEMAS.items():
-        if key not in cfg:
-            raise ConfigError(f"config group {key!r} is missing")
-        if isinstance(schema, dict):  # one schema per option, chosen by the group's name
-            name = cfg[key].get("name")
-            if name not in schema:
-                raise ConfigError(f"{key}.name={name!r}; choose one of {', '.join(schema)}")
-            schema = schema[name]
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
-        except OmegaConfBaseException as err:
-            reason = str(err.msg).splitlines()[0]
-            raise ConfigError(f"invalid config key {key}.{err.full_key}: {reason}") from None
-        missing = sorted(OmegaConf.missing_keys(merged))
-        if missing:
-            raise ConfigError(f"config keys missing: {', '.join(f'{key}.{m}' for m in missing)}")
+    groups = {key: _typed_group(cfg, key, schema) for key, schema in SCHEMAS.items()}
+    _check_choices(cfg)
+    check_ranges(cfg)
+    for group in groups.values():
+        _check_settings(group)
+
+
+def _typed_group(cfg: DictConfig, key: str, schema: type | dict[str, type]) -> DictConfig:
+    """Group ``key`` of ``cfg`` merged onto its schema (types checked, nothing missing)."""
+    if key not in cfg:
+        raise ConfigError(f"config group {key!r} is missing")
+    if isinstance(schema, dict):  # one schema per option, chosen by the group's name
+        name = cfg[key].get("name")
+        if name not in schema:
+            raise ConfigError(f"{key}.name={name!r}; choose one of {', '.join(schema)}")
+        schema = schema[name]
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
+    except OmegaConfBaseException as err:
+        reason = str(err.msg).splitlines()[0]
+        raise ConfigError(f"invalid config key {key}.{err.full_key}: {reason}") from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(f"config keys missing: {', '.join(f'{key}.{m}' for m in missing)}")
+    return merged
+
+
+def _check_choices(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -58,3 +77,12 @@ def validate_config(cfg: DictConfig) -> None:
         unknown = [v for v in OmegaConf.select(cfg, key) if v not in allowed]
         if unknown:
             raise ConfigError(f"{key}: unknown {unknown}; choose from {', '.join(allowed)}")
+
+
+def _check_settings(group: DictConfig) -> None:
+    """Build a group's settings dataclass: its ``__post_init__`` checks (``prepare.detector``,
+    ``label.methods.faceqan.eps``...) run now, not when a stage first builds it."""
+    try:
+        OmegaConf.to_object(group)
+    except ValueError as err:  # the checks name their keys
+        raise ConfigError(str(err)) from None

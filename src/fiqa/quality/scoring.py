@@ -4,7 +4,9 @@ ONNX quality model (e.g. a published eDifFIQA graph) with its input convention a
 A scorer knows the template and size its model takes. Aligned faces on another template are
 re-warped; raw photos are detected and aligned first (``mode="raw"``, or ``"auto"``: images of
 exactly the model's input size are taken as aligned). Files that cannot be read, have no face,
-or have the wrong size for aligned input become failure rows, never errors.
+or have the wrong size for aligned input become failure rows, never errors. A model file that is
+not a quality model (random bytes, a torch file that is no Lightning checkpoint, an FR model's
+ONNX graph) is a ``QualityModelError`` naming the file and what it holds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ import pandas as pd
 import torch
 
 from fiqa.core.align import retarget_faces
+from fiqa.quality.model_files import (
+    QualityModelError,
+    check_checkpoint,
+    check_quality_graph,
+    onnx_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +71,14 @@ class QualityScorer:
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
+            QualityModelError: If it is no fiqa quality checkpoint / no ONNX quality model.
             ValueError: If the suffix is neither ``.ckpt`` nor ``.onnx``.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"quality model {path} not found: run the train stage first")
         if path.suffix == ".ckpt":
-            from fiqa.quality.model import QualityRegressor
-
-            model = QualityRegressor.load_from_checkpoint(path, map_location=device,
-                                                          pretrained=False).eval()  # fmt: skip
+            model = _load_checkpoint(path, device)
             return cls(_torch_predictor(model), f"{path} (torch, {device})", model.template,
                        model.input_size)  # fmt: skip
         if path.suffix == ".onnx":
@@ -189,6 +195,20 @@ class QualityScorer:
         return table.assign(quality=quality)
 
 
+def _load_checkpoint(path: Path, device: str) -> Any:
+    """The ``QualityRegressor`` of a Lightning checkpoint, in eval mode."""
+    from fiqa.quality.model import QualityRegressor
+
+    check_checkpoint(path, QualityRegressor)
+    try:
+        model = QualityRegressor.load_from_checkpoint(path, map_location=device, pretrained=False)
+    except RuntimeError as err:  # e.g. a state dict that does not fit its hyper-parameters
+        raise QualityModelError(
+            f"{path} cannot be loaded as a fiqa quality checkpoint ({str(err).splitlines()[0]})"
+        ) from err
+    return model.eval()
+
+
 def _torch_predictor(model: torch.nn.Module) -> Predict:
     """Checkpoint backend; the FR weights are not re-read (the checkpoint holds them)."""
 
@@ -215,7 +235,8 @@ def _onnx_predictor(path: Path, device: str,
                 f"(available: {ort.get_available_providers()}); use device='cpu'"
             )
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(path), providers=providers)
+    session = onnx_session(path, providers)
+    check_quality_graph(path, session)
     meta = session.get_modelmeta().custom_metadata_map
     graph_input = session.get_inputs()[0]
     if "fiqa.template" in meta:  # exported by fiqa.quality.export: RGB 0..255 as is
