@@ -5,7 +5,8 @@ inside them are fixed here, so a stage and the stages that read its output canno
 
     paths.prepared/  MANIFEST, FAILURES, PREPARE_SUMMARY, faces-NNNNN.bin shards
     paths.labels/    LABELS, LABELS_PROVENANCE, LABEL_REPORT, LABEL_FIGURES/
-    paths.models/    QUALITY_CHECKPOINT, QUALITY_ONNX, LAST_CHECKPOINT, STUDENT, COST_TABLE
+    paths.models/    QUALITY_CHECKPOINT, QUALITY_ONNX, STUDENT, COST_TABLE, LINEAGE (staged with
+                     LAST_CHECKPOINT in <models>.partial/, ``fiqa.train.staging``)
     paths.metrics/   TRAIN_METRICS, EVAL_METRICS
     paths.plots/     EDC_PLOTS/<benchmark>__<fr model>.json
     paths.reports/   EVAL_REPORT.md / .html, edc_<benchmark>__<fr model>.png / .svg
@@ -26,7 +27,8 @@ LABEL_FIGURES = "report"
 
 QUALITY_CHECKPOINT = "quality.ckpt"
 QUALITY_ONNX = "quality.onnx"
-LAST_CHECKPOINT = "checkpoints/last.ckpt"  # full training state for train.resume
+LAST_CHECKPOINT = "checkpoints/last.ckpt"  # full training state (in the staging directory)
+LINEAGE = "lineage.json"  # config and input hashes of the model (fiqa.core.lineage)
 STUDENT = "student.pth"
 COST_TABLE = "cost.md"
 

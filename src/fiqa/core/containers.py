@@ -1,4 +1,4 @@
-"""Plain Python values from config containers."""
+"""Plain Python values from config containers, and what differs between two of them."""
 
 from __future__ import annotations
 
@@ -16,3 +16,20 @@ def plain_container(value: Any) -> Any:
     if isinstance(value, list | tuple | ListConfig):
         return [plain_container(v) for v in value]
     return value
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: tuple[str, ...] = ()
+                ) -> list[str]:  # fmt: skip
+    """``key (old -> new)`` for every dotted key whose value differs, but ``ignore``."""
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in ignore)
+    return [f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})" for k in keys]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat |= _flatten(item, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+    return flat

@@ -7,7 +7,7 @@ eDifFIQA way) and checks them; ``write_labels`` writes the labels directory atom
     labels.parquet   sample_id, path, identity, split, [degradation, severity], one column per
                      method (and per method@model), quality; provenance in the schema metadata
     labels.json      provenance: target, correction, settings, FR models (weights sha256), seed,
-                     code version
+                     code version, and the sha256 of the manifest it was made from (``inputs``)
     report.json      distributions, agreement between methods (and with the demo's severity)
     report/*.png     the same as figures
 """
@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from fiqa.core.artifacts import LABEL_FIGURES, LABEL_REPORT, LABELS, LABELS_PROVENANCE
+from fiqa.core.artifacts import LABEL_FIGURES, LABEL_REPORT, LABELS, LABELS_PROVENANCE, MANIFEST
 from fiqa.core.atomic import atomic_dir, write_json_atomic
+from fiqa.core.lineage import input_hashes
 from fiqa.core.provenance import code_version
 from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry
@@ -145,6 +146,7 @@ def build_labels(
         },
         "template": prepared.template,
         "seed": int(job.seed),
+        "inputs": input_hashes({"manifest": prepared.directory / MANIFEST}),  # fiqa.core.lineage
         **code_version(),
     }
     return Labels(table, job.methods, provenance)

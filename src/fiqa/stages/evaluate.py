@@ -10,18 +10,40 @@ W&B.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from fiqa.config.evaluation import eval_sets, quality_sources
 from fiqa.config.extraction import extractor, fr_entries
 from fiqa.config.typed import register_templates
+from fiqa.core.artifacts import LABELS, LABELS_PROVENANCE, LINEAGE, MANIFEST
+from fiqa.core.lineage import check_inputs
 from fiqa.eval.matrix import evaluate_matrix
 from fiqa.eval.outputs import write_matrix
 from fiqa.stages import StageError
 from fiqa.tracking import stage_run
 
 log = logging.getLogger(__name__)
+
+
+def check_lineage(cfg: DictConfig) -> None:
+    """The labels were made from the prepared set, and the model (``model`` in
+    ``eval.methods``) from both (``fiqa.core.lineage``).
+
+    Raises:
+        LineageError: Naming the record and the file that do not belong to it.
+    """
+    prepared, labels = Path(cfg.paths.prepared), Path(cfg.paths.labels)
+    if not (prepared / MANIFEST).is_file():
+        return  # no prepared set: only external benchmarks are evaluated
+    if (labels / LABELS).is_file():
+        check_inputs(labels / LABELS_PROVENANCE, {"manifest": prepared / MANIFEST},
+                     fix="Run `fiqa label` on this prepared set (or `dvc repro`).")  # fmt: skip
+    if "model" in cfg.eval.methods and (labels / LABELS).is_file():
+        check_inputs(Path(cfg.paths.models) / LINEAGE,
+                     {"manifest": prepared / MANIFEST, "labels": labels / LABELS},
+                     fix="Run `fiqa train` on these labels (or `dvc repro`).")  # fmt: skip
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -31,6 +53,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     fmrs = list(dict.fromkeys([float(e.fmr), *map(float, e.extra_fmrs)]))
     limits = [float(x) for x in e.discard_limits]
     try:
+        check_lineage(cfg)
         sets = eval_sets(cfg)
     except (FileNotFoundError, ValueError) as err:
         raise StageError(f"evaluate: {err}") from err

@@ -76,19 +76,31 @@ def seed_worker(worker_id: int) -> None:
 
 
 class SeededShuffleSampler(Sampler[tuple[int, int]]):
-    """Shuffles with its own generator; yields ``(index, augmentation_seed)`` pairs."""
+    """Shuffles with its own generator; yields ``(index, augmentation_seed)`` pairs.
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
-        self.generator = torch.Generator().manual_seed(seed)
+    Epoch ``e``'s order and seeds come from a generator seeded with ``(seed, e)``, so an epoch
+    has the same batches whether the run was resumed or not. ``skip`` leaves out the first items
+    of the first epoch iterated (the ones a run killed mid-epoch already trained on); Lightning's
+    ``set_epoch`` moves the sampler on to the next epoch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip
 
     def __len__(self) -> int:
         return self.n
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw epoch ``epoch``'s order next (Lightning calls this before each epoch)."""
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = torch.randperm(self.n, generator=self.generator).tolist()
-        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=self.generator).tolist()
-        return iter(zip(order, seeds, strict=True))
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2, np.uint64)
+        generator = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+        order = torch.randperm(self.n, generator=generator).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator).tolist()
+        return iter(list(zip(order, seeds, strict=True))[self.skip :])
 
 
 class LabelledFaces(Dataset):
@@ -243,6 +255,7 @@ class QualityDataModule(pl.LightningDataModule):
         self.prepared: PreparedFaces | None = None
         # cached frozen-part outputs by manifest row (fiqa.train.frozen): batches of features
         self.features: Mapping[str, np.ndarray] | None = None
+        self.start = (0, 0)  # epoch, samples of it already trained (start_at)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the manifest and labels, join them, check the face size."""
@@ -303,7 +316,12 @@ class QualityDataModule(pl.LightningDataModule):
                 else None
             )
             dataset = LabelledFaces(self.prepared, table, transform, self.retarget)
-        return self._loader(dataset, SeededShuffleSampler(len(dataset), self.seed))
+        return self._loader(dataset, SeededShuffleSampler(len(dataset), self.seed, *self.start))
+
+    def start_at(self, epoch: int, batches: int) -> None:
+        """Start the train sampler at ``epoch`` after ``batches`` of its batches (a run resumed
+        from a checkpoint: ``fiqa.train.staging.train_position``)."""
+        self.start = (epoch, batches * self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         """Validation split in manifest order, no augmentation."""

@@ -4,18 +4,25 @@ ONNX export, model-cost table and metrics.
 ``fit_quality_model(job, extractor, logger)`` is the whole train stage as a library call:
 
     models/quality.ckpt           best weights by val/spearman
-    models/checkpoints/last.ckpt  full training state (train.resume)
     models/quality.onnx           the exported model, checked against torch
     models/student.pth            the distilled student (model=distill)
     models/cost.md                params / FLOPs of teacher, student and quality model
+    models/lineage.json           the run's config and the hashes of its manifest and labels
     metrics/train.json            the summary
+
+made in ``models.partial/`` with a resumable training state and published in one rename
+(``fiqa.train.staging``). The labels must have been made from the prepared set given
+(``fiqa.core.lineage``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +34,15 @@ from torch import nn
 
 from fiqa.core.artifacts import (
     COST_TABLE,
+    LABELS_PROVENANCE,
     LAST_CHECKPOINT,
+    MANIFEST,
     QUALITY_CHECKPOINT,
     QUALITY_ONNX,
     STUDENT,
-    TRAIN_METRICS,
 )
-from fiqa.core.atomic import write_json_atomic, write_text_atomic
+from fiqa.core.atomic import write_text_atomic
+from fiqa.core.lineage import check_inputs, input_hashes
 from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry, Request, unit_rows
 from fiqa.quality.export import export_onnx
@@ -45,6 +54,14 @@ from fiqa.train.distill import DistillationModule
 from fiqa.train.distill_data import IdentityFacesDataModule
 from fiqa.train.frozen import can_cache, frozen_features
 from fiqa.train.settings import TrainSettings
+from fiqa.train.staging import (
+    AtomicCheckpointIO,
+    ResumableState,
+    open_staging,
+    publish,
+    staging_dir,
+    train_position,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +124,56 @@ def fit_quality_model(
     Returns:
         The summary (``train/...``, ``val/...``, ``cost/...``); the fit's metrics only when
         ``fast_dev_run`` (nothing is written then).
+
+    Raises:
+        fiqa.core.lineage.LineageError: The labels were made from another prepared set.
+        fiqa.train.staging.ResumeError: ``train.resume`` on staged work of another run.
     """
+    manifest = job.prepared_dir / MANIFEST
+    check_inputs(job.labels_path.with_name(LABELS_PROVENANCE), {"manifest": manifest},
+                 fix="Run `fiqa label` on this prepared set (or `dvc repro`).")  # fmt: skip
+    identity = run_identity(job)
+    final, staged = job, replace(job, models_dir=staging_dir(job.models_dir))
+    resume = open_staging(staged.models_dir, identity, job.settings.resume)
+    summary = _fit(staged, extractor, logger, distill_logger, resume)
+    if summary.get("train/fast_dev_run"):
+        shutil.rmtree(staged.models_dir, ignore_errors=True)
+        return {k: v for k, v in summary.items() if k != "train/fast_dev_run"}
+    publish(staged.models_dir, final.models_dir, final.metrics_dir, identity, summary)
+    return summary
+
+
+def run_identity(job: TrainJob) -> dict[str, Any]:
+    """What a run is: the config its weights depend on and the hashes of its inputs (the
+    resume check and ``models/lineage.json``)."""
+    return {
+        "model": dict(job.model),
+        "trainer": dict(job.trainer),
+        "train": asdict(job.settings),
+        "label_column": job.label_column,
+        "validation_fr": asdict(job.validation_fr),
+        "fmr": job.fmr,
+        "val_limit": job.val_limit,
+        "inputs": input_hashes(
+            {"manifest": job.prepared_dir / MANIFEST, "labels": job.labels_path}
+        ),
+        "labels": labels_used(job.labels_path.with_name(LABELS_PROVENANCE)),
+    }
+
+
+def labels_used(record: Path) -> dict[str, Any]:
+    """Target and correction of the labels trained on (from their ``labels.json``; empty for
+    hand-made labels): recorded in ``models/lineage.json`` and the W&B run's config."""
+    if not record.is_file():
+        return {}
+    made = json.loads(record.read_text(encoding="utf-8"))
+    return {key: made.get(key) for key in ("target", "correction")}
+
+
+def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
+         distill_logger: Logger | bool, resume: Path | None) -> dict[str, float]:  # fmt: skip
+    """The training and exports of ``fit_quality_model``, written to ``job.models_dir`` (the
+    staging directory)."""
     pl.seed_everything(job.settings.seed, workers=True)
     distilled = None
     if job.model["name"] == "distill":
@@ -122,24 +188,27 @@ def fit_quality_model(
                                    template=model.template)  # fmt: skip
     datamodule.setup()
     model.target_scaling = datamodule.scaling.as_dict()
+    if resume is not None:
+        datamodule.start_at(*train_position(resume))
     if s.cache_frozen and can_cache(hparams):
         source = FaceSource.from_prepared(PreparedFaces(job.prepared_dir))
         datamodule.use_features(frozen_features(hparams, source, extractor, s.batch_size))
         log.info("training on cached %s outputs (the frozen part runs once per face)",
                  hparams["freeze"])  # fmt: skip
     best, callbacks = _callbacks(job, model, datamodule, extractor)
-    trainer = _trainer(job, callbacks, logger)
-    last = job.models_dir / LAST_CHECKPOINT
-    resume = str(last) if s.resume and last.is_file() else None
-    if resume:
-        log.info("resuming from %s", resume)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    # no sanity check on resume: Lightning would average its metrics into the resumed epoch's
+    trainer = _trainer(job, callbacks, logger, **({"num_sanity_val_steps": 0} if resume else {}))
+    with warnings.catch_warnings():  # the staging directory holds run.json (and a resume)
+        warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+        # the train sampler starts where the killed run stopped (QualityDataModule.start_at)
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.fast_dev_run:
         log.info("fast_dev_run: no checkpoint or export")
-        return metrics
+        return metrics | {"train/fast_dev_run": 1.0}
     if not best.best_model_path:
-        raise TrainingError(f"train: no checkpoint was saved (is {MONITOR!r} logged?)")
+        raise TrainingError(f"no checkpoint was saved (is {MONITOR!r} logged?)")
     best_model = QualityRegressor.load_from_checkpoint(best.best_model_path, map_location="cpu",
                                                        pretrained=False)  # fmt: skip
     export = export_onnx(best_model, job.models_dir / QUALITY_ONNX, atol=s.onnx_max_abs_diff)
@@ -148,13 +217,17 @@ def fit_quality_model(
         "train/best_val_spearman": float(best.best_model_score),
         "train/epochs": float(trainer.current_epoch),
         "train/global_step": float(trainer.global_step),
+        "train/resumed": float(resume is not None),
         "train/onnx_max_abs_diff": float(export["max_abs_diff"]),
         **against_constant(best_model, datamodule),
         **{k: v for k, v in metrics.items() if k.startswith("val/")},
         **costs,
     }
-    write_json_atomic(job.metrics_dir / TRAIN_METRICS, summary)
     if isinstance(logger, WandbLogger):
+        logger.experiment.config.update(
+            {"labels_used": labels_used(job.labels_path.with_name(LABELS_PROVENANCE))},
+            allow_val_change=True,
+        )
         log_to_wandb(logger, summary, costs, best_model, datamodule)
     return summary
 
@@ -187,7 +260,7 @@ def against_constant(model: QualityRegressor, datamodule: QualityDataModule) -> 
 
 def _trainer(job: TrainJob, callbacks: list[Callback], logger: Logger | bool, **overrides):
     return pl.Trainer(**{**job.trainer, **overrides}, callbacks=callbacks, logger=logger,
-                      default_root_dir=job.models_dir)  # fmt: skip
+                      default_root_dir=job.models_dir, plugins=[AtomicCheckpointIO()])  # fmt: skip
 
 
 def distill(job: TrainJob, logger: Logger | bool) -> tuple[dict[str, Any], DistillationModule]:
@@ -245,9 +318,8 @@ def _callbacks(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    last_dir = job.models_dir / Path(LAST_CHECKPOINT).parent
-    callbacks: list[Callback] = [best, ModelCheckpoint(dirpath=last_dir, save_top_k=0,
-                                                       save_last=True)]  # fmt: skip
+    state = ResumableState(job.models_dir / LAST_CHECKPOINT, job.settings.checkpoint_every_n_steps)
+    callbacks: list[Callback] = [best, state]
     patience = job.settings.early_stopping_patience
     if patience is not None:  # check_finite: stop on a NaN metric
         callbacks.append(EarlyStopping(MONITOR, patience=int(patience), mode="max",

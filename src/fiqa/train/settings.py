@@ -19,7 +19,10 @@ class TrainSettings:
             pretrained FR model's (``fiqa.train.frozen``; flip augmentation only).
         seed: Seed of everything (shuffle, augmentation, initialisation).
         onnx_max_abs_diff: Export check: largest ONNX vs torch difference accepted.
-        resume: Continue from the last checkpoint when it exists.
+        resume: Continue a killed run of the same config and inputs from its staged
+            checkpoint (``fiqa.train.staging``); refused for another run's.
+        checkpoint_every_n_steps: Also save the resumable state every that many optimiser
+            steps (it is always saved at the end of each epoch); None = epochs only.
         early_stopping_patience: Validation epochs without a better ``val/spearman`` before
             stopping; None = off.
         val_edc: Log ``val/pauc@<limit>`` on the validation pairs (first ``label.fr_models``).
@@ -33,5 +36,6 @@ class TrainSettings:
     seed: int
     onnx_max_abs_diff: float
     resume: bool
+    checkpoint_every_n_steps: int | None
     early_stopping_patience: int | None
     val_edc: bool
