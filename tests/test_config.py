@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -58,9 +62,103 @@ def compose_default(overrides: list[str] | None = None):
     return compose_config(overrides)
 
 
-def test_params_yaml_equals_composed_default_config():
-    committed = (REPO_ROOT / "params.yaml").read_text(encoding="utf-8")
-    assert committed == compose_params(CONF), "params.yaml is stale: run `make params`"
+def committed_files(repo: Path, into: Path) -> Path:
+    """``params.yaml`` and ``conf/`` of ``repo`` as committed at HEAD (what ``dvc repro`` reads
+    in a fresh checkout), extracted into ``into``; ``repo`` itself outside a git checkout."""
+    if shutil.which("git") is None:
+        return repo
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", "HEAD", "params.yaml", "conf"],
+        capture_output=True,
+    )
+    if archive.returncode != 0:  # no git checkout, or params.yaml and conf/ not committed there
+        return repo
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def params_drift(repo: Path, scratch: Path) -> str | None:
+    """Why ``repo``'s params.yaml disagrees with its ``conf/`` composed; None when it agrees.
+
+    The committed params.yaml must be HEAD's ``conf/`` composed, so that ``dvc exp run -S
+    label.target=crfiqa``, which rewrites the workspace's params.yaml, is no drift. Edits of
+    ``conf/`` not yet committed must compose to the workspace's params.yaml (``make params`` run)
+    or to the committed one (edits that change no value).
+    """
+    committed = committed_files(repo, scratch)
+    params = (committed / "params.yaml").read_text(encoding="utf-8")
+    if params != compose_params(committed / "conf"):
+        where = "the committed params.yaml" if committed != repo else "params.yaml"
+        return f"{where} is stale: run `make params` (and commit it)"
+    if committed != repo:
+        workspace = (repo / "params.yaml").read_text(encoding="utf-8")
+        if compose_params(repo / "conf") not in {params, workspace}:
+            return "conf/ changed since params.yaml was written: run `make params`"
+    return None
+
+
+def test_params_yaml_equals_composed_default_config(tmp_path: Path):
+    assert params_drift(REPO_ROOT, tmp_path) is None
+
+
+def git(repo: Path, *args: str) -> None:
+    identity = ["-c", "user.name=fiqa", "-c", "user.email=fiqa@test", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "-C", str(repo), *identity, *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def params_repo(tmp_path: Path) -> Path:
+    """A git repository holding a copy of conf/ and its params.yaml, committed."""
+    repo = tmp_path / "repo"
+    shutil.copytree(CONF, repo / "conf")
+    (repo / "params.yaml").write_text(compose_params(repo / "conf"), encoding="utf-8")
+    git(repo, "init", "-q")
+    git(repo, "add", "params.yaml", "conf")
+    git(repo, "commit", "-q", "-m", "conf and params.yaml")
+    return repo
+
+
+def edit_config(repo: Path) -> None:
+    config = repo / "conf" / "config.yaml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("experiment_name: demo", "experiment_name: edited"), "utf-8")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_params_drift_accepts_a_dvc_experiment_and_uncommitted_make_params(
+    params_repo: Path, tmp_path: Path
+):
+    experiment = compose_params(params_repo / "conf", ["label.target=crfiqa"])  # dvc exp run -S
+    (params_repo / "params.yaml").write_text(experiment, encoding="utf-8")
+    assert experiment != compose_params(params_repo / "conf")  # the workspace file differs
+    assert params_drift(params_repo, tmp_path / "a") is None
+    edit_config(params_repo)  # a conf/ edit, then `make params`, not committed yet
+    (params_repo / "params.yaml").write_text(compose_params(params_repo / "conf"), "utf-8")
+    assert params_drift(params_repo, tmp_path / "b") is None
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_params_drift_names_a_stale_committed_file_and_a_forgotten_make_params(
+    params_repo: Path, tmp_path: Path
+):
+    edit_config(params_repo)  # `make params` forgotten
+    assert "conf/ changed" in params_drift(params_repo, tmp_path / "a")
+    git(params_repo, "commit", "-q", "-am", "conf/ edited, params.yaml stale")
+    assert "committed params.yaml is stale" in params_drift(params_repo, tmp_path / "b")
+    (params_repo / "params.yaml").write_text(compose_params(params_repo / "conf"), "utf-8")
+    assert "committed params.yaml is stale" in params_drift(params_repo, tmp_path / "c")
+
+
+def test_params_drift_outside_git_compares_the_workspace_file(tmp_path: Path):
+    repo = tmp_path / "export"
+    shutil.copytree(CONF, repo / "conf")
+    (repo / "params.yaml").write_text(compose_params(repo / "conf"), encoding="utf-8")
+    assert params_drift(repo, tmp_path / "scratch") is None
+    edit_config(repo)
+    assert params_drift(repo, tmp_path / "scratch") == (
+        "params.yaml is stale: run `make params` (and commit it)"
+    )
 
 
 def test_every_design_group_has_options_and_the_default_names_its_data():
@@ -144,6 +242,8 @@ def test_missing_key_is_named():
         del cfg.prepare["shard_size"]
     with pytest.raises(ConfigError, match=r"prepare\.shard_size"):
         validate_config(cfg)
+    with pytest.raises(ConfigError, match=r"missing: data\.table"):  # ??? over a schema default
+        validate_config(compose_default(["data=table"]))
 
 
 @pytest.mark.parametrize("option", options("fr"))
@@ -255,6 +355,13 @@ def test_out_of_range_values_of_the_distill_model_are_named():
         assert message in str(err.value)
     validate_config(compose_default(["model=distill"]))
     validate_config(compose_default(["train.early_stopping_patience=null"]))  # null: off
+
+
+@pytest.mark.parametrize("key", ["data.root", "paths.root"])
+def test_an_empty_folder_key_fails_naming_it(key: str):
+    """``data.root=`` would scan the current directory (the repository) as a dataset."""
+    with pytest.raises(ConfigError, match=rf"^{key} is empty: set it to "):
+        validate_config(compose_default([f"{key}="]))
 
 
 def test_every_range_checked_key_is_a_config_key():

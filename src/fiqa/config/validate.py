@@ -1,9 +1,9 @@
 """``validate_config``: every schema'd group of a composed config checked at stage start.
 
 It runs before any model or image is loaded (``fiqa.stages.runner.run_stage``, ``fiqa study``):
-types and missing keys (the schemas), closed choices, value ranges (``fiqa.config.ranges``) and
-the settings dataclasses' own checks (their ``__post_init__``), each failure a ``ConfigError``
-naming the key.
+types and missing keys (the schemas), closed choices, empty folder keys (``data.root=``), value
+ranges (``fiqa.config.ranges``) and the settings dataclasses' own checks (their
+``__post_init__``), each failure a ``ConfigError`` naming the key.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "label.correction": CORRECTIONS,
 }
 LIST_CHOICES: dict[str, tuple[Any, ...]] = {"label.compute": tuple(METHODS)}
+# Folders an empty value would silently turn into another one: `data.root=` into the current
+# directory (the repository, scanned as a dataset), `paths.root=` into `/` (outputs at /models).
+NON_EMPTY: dict[str, str] = {
+    "data.root": "the dataset's folder, e.g. data.root=/datasets/my_faces",
+    "paths.root": "the folder the stages write under (default `.`)",
+}
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -43,6 +49,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"config key {err.full_key}: {str(err.msg).splitlines()[0]}") from None
     groups = {key: _typed_group(cfg, key, schema) for key, schema in SCHEMAS.items()}
     _check_choices(cfg)
+    _check_non_empty(cfg)
     check_ranges(cfg)
     for group in groups.values():
         _check_settings(group)
@@ -62,9 +69,12 @@ def _typed_group(cfg: DictConfig, key: str, schema: type | dict[str, type]) -> D
     except OmegaConfBaseException as err:
         reason = str(err.msg).splitlines()[0]
         raise ConfigError(f"invalid config key {key}.{err.full_key}: {reason}") from None
-    missing = sorted(OmegaConf.missing_keys(merged))
+    # A ??? in the config does not replace a schema default when merged (data=table's
+    # data.table): look for missing values in the group itself too.
+    missing = {f"{key}.{m}" for m in OmegaConf.missing_keys(merged)}
+    missing |= OmegaConf.missing_keys(cfg[key])
     if missing:
-        raise ConfigError(f"config keys missing: {', '.join(f'{key}.{m}' for m in missing)}")
+        raise ConfigError(f"config keys missing: {', '.join(sorted(missing))}")
     return merged
 
 
@@ -77,6 +87,13 @@ def _check_choices(cfg: DictConfig) -> None:
         unknown = [v for v in OmegaConf.select(cfg, key) if v not in allowed]
         if unknown:
             raise ConfigError(f"{key}: unknown {unknown}; choose from {', '.join(allowed)}")
+
+
+def _check_non_empty(cfg: DictConfig) -> None:
+    for key, what in NON_EMPTY.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{key} is empty: set it to {what}")
 
 
 def _check_settings(group: DictConfig) -> None:
