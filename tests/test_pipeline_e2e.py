@@ -189,6 +189,22 @@ def test_evaluate_trained_model_on_an_external_folder_benchmark(pipeline_repo, t
 
 
 @pytest.mark.slow
+def test_adhoc_evaluate_leaves_the_pipeline_outputs_and_dvc_status_clean(pipeline_repo):
+    from fiqa.cli.adhoc import run_name
+
+    repo, env, _ = pipeline_repo
+    before = {p: (repo / p).read_bytes() for p in ("metrics/eval.json", "reports/eval.md")}
+    benchmark = ["eval/benchmark=folder", "eval.benchmark.root=data/raw", "eval.benchmark.name=raw",
+                 "eval.benchmark.impostors=300"]  # fmt: skip
+    log = sh(repo, "fiqa", "evaluate", *benchmark, env=env)
+    run = repo / "runs" / run_name(sorted(benchmark))
+    assert f"writes to {run.relative_to(repo)}" in log
+    assert "raw" in json.loads((run / "metrics" / "eval.json").read_text())
+    assert {p: (repo / p).read_bytes() for p in before} == before
+    assert "up to date" in sh(repo, "dvc", "status", env=env)
+
+
+@pytest.mark.slow
 def test_multirun_sweep_gives_each_job_its_own_outputs(pipeline_repo):
     repo, env, _ = pipeline_repo
     sweep = repo / "multirun-lr"
@@ -218,7 +234,7 @@ def test_exp_run_with_other_label_method_reruns_from_label(pipeline_repo):
     labels = pd.read_parquet(repo / "data/labels/labels.parquet")
     assert labels["quality"].equals(labels["serfiq"])
     # the local comparison of the DVC experiments: the baseline commit and the new experiment
-    sh(repo, "fiqa", "report", "--dvc", "--out", "reports/experiments", env=env)
-    text = (repo / "reports" / "experiments.md").read_text()
+    sh(repo, "fiqa", "report", "--dvc", "--out", "outputs/experiments", env=env)
+    text = (repo / "outputs" / "experiments.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| model (")]
     assert len(rows) >= 2, text[:2000]  # one model row per experiment with eval metrics

@@ -1,4 +1,5 @@
-"""Hydra entry points: every pipeline stage is a ``@hydra.main`` app over ``conf/``."""
+"""Hydra entry points: every pipeline stage is a ``@hydra.main`` app over ``conf/``; a user
+error ends it in one line (``fiqa.cli.errors``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from fiqa.cli.adhoc import place_adhoc_run
+from fiqa.cli.errors import reported_errors, verbose_errors
 from fiqa.config import config_dir
 from fiqa.stages.runner import run_stage
 
@@ -28,15 +31,34 @@ def redirect_multirun_outputs(cfg: DictConfig) -> None:
         cfg.paths.metrics = str(job_dir / "metrics")
 
 
+def redirect_adhoc_outputs(stage: str, cfg: DictConfig) -> None:
+    """A single run composed from ``conf/`` (not ``dvc repro``'s ``--config-name params``) with
+    overrides that change what it computes writes to ``runs/<overrides>/`` (``fiqa.cli.adhoc``)."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN or hydra_cfg.job.config_name != "config":
+        return
+    place_adhoc_run(stage, cfg, list(hydra_cfg.overrides.task))
+
+
+def stage_task(stage: str, cfg: DictConfig, prog: str) -> float | None:
+    """The body of a stage's Hydra app: run ``stage`` on ``cfg``, reporting a user error as
+    ``<prog>: <message>``; returns ``val/spearman``, what sweepers (e.g. Optuna) optimise."""
+    with reported_errors(prog, stage):
+        redirect_multirun_outputs(cfg)
+        redirect_adhoc_outputs(stage, cfg)
+        result = run_stage(stage, cfg)
+    return result.get("val/spearman")
+
+
 def run_hydra_stage(stage: str, argv: list[str]) -> None:
-    """Run ``stage`` as a Hydra app with ``argv`` as its command line (overrides, -m, --cfg...)."""
+    """Run ``stage`` as a Hydra app with ``argv`` as its command line (overrides, -m, --cfg...,
+    and ``-v``/``--verbose``: full tracebacks)."""
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def _app(cfg: DictConfig) -> float | None:
-        redirect_multirun_outputs(cfg)
-        result = run_stage(stage, cfg)
-        # Returned value is what sweepers (e.g. Optuna) optimise.
-        return result.get("val/spearman")
+        return stage_task(stage, cfg, prog=f"fiqa {stage}")
 
-    sys.argv = [f"fiqa {stage}", *argv]
+    sys.argv = [f"fiqa {stage}", *verbose_errors(argv)]
     _app()

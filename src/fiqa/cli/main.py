@@ -2,6 +2,7 @@
 
 fiqa prepare|ddpm|label|train|evaluate [hydra overrides...]   e.g. fiqa label label=serfiq
 fiqa study [hydra overrides...]     every label method's regressor, evaluated blind (conf/study/)
+  (-v / --verbose: a config or stage error with its full traceback, as HYDRA_FULL_ERROR=1)
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
 fiqa report metrics/eval.json [other/eval.json ...] --out reports/compare   (or --dvc, --wandb)
 fiqa demo-data --out data/raw
@@ -120,7 +121,11 @@ def _report(argv: list[str]) -> int:
     parser.add_argument("--dvc", action="store_true",
                         help="compare the workspace and every DVC experiment of this repository "
                         "(dvc exp show) instead of files")  # fmt: skip
-    parser.add_argument("--out", default="reports/compare", help="output stem (.md and .html)")
+    parser.add_argument(
+        "--out",
+        default="outputs/compare",
+        help="output stem (.md and .html; outside the DVC outputs)",
+    )
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also save a W&B Report there")
     parser.add_argument("--group", help="W&B run group to compare (the experiment name)")
     parser.add_argument(
@@ -229,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in {"-v", "--verbose"} and rest:  # fiqa -v train ... = fiqa train -v ...
+        command, rest = rest[0], [command, *rest[1:]]
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     if command in STAGES:
         from fiqa.cli.hydra_entry import run_hydra_stage

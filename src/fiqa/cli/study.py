@@ -12,13 +12,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, open_dict
 
+from fiqa.cli.errors import reported_errors, verbose_errors
 from fiqa.config import config_dir
 from fiqa.config.study import study_spec
 from fiqa.config.typed import register_templates
 from fiqa.config.validate import validate_config
 from fiqa.stages.runner import stage_lock
 from fiqa.study.run import run_study
-from fiqa.tracking import lightning_logger, stage_run
+from fiqa.tracking import finish_lightning_run, lightning_logger, stage_run
 
 
 def study(cfg: DictConfig) -> dict[str, float]:
@@ -40,14 +41,17 @@ def study(cfg: DictConfig) -> dict[str, float]:
         logger = lightning_logger(method_cfg, "train", name=f"{cfg.experiment_name}-{method}")
         try:
             yield logger
+        except BaseException as err:
+            finish_lightning_run(logger, err)  # the W&B run ends as failed
+            raise
         finally:
-            if logger and cfg.logger.backend == "wandb":
-                import wandb
+            finish_lightning_run(logger)
 
-                wandb.finish()
+    def tracker(job: str) -> contextlib.AbstractContextManager[Any]:
+        return stage_run(cfg, job, name=f"{cfg.experiment_name}-{job}")  # one run for all methods
 
     with stage_lock("study", [spec.directory]):  # one run per study folder at a time
-        matrix = run_study(spec, lambda job: stage_run(cfg, job), train_logger)
+        matrix = run_study(spec, tracker, train_logger)
     return matrix.summary()
 
 
@@ -56,7 +60,8 @@ def run_study_app(argv: list[str]) -> None:
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def _app(cfg: DictConfig) -> None:
-        study(cfg)
+        with reported_errors("fiqa study", "study"):
+            study(cfg)
 
-    sys.argv = ["fiqa study", *argv]
+    sys.argv = ["fiqa study", *verbose_errors(argv)]
     _app()

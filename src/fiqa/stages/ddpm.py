@@ -12,7 +12,7 @@ from fiqa.config.diffusion import ddpm_job, pipeline_ddpm_users
 from fiqa.core.artifacts import DDPM_SAMPLES
 from fiqa.diffusion.fit import TrainingError, fit_ddpm, write_not_needed
 from fiqa.stages import StageError
-from fiqa.tracking import lightning_logger
+from fiqa.tracking import finish_lightning_run, lightning_logger
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             logger.experiment.log({"ddpm/samples": wandb.Image(str(job.out_dir / DDPM_SAMPLES))})
             logger.experiment.summary.update(summary)
         return {"ddpm/trained": 1.0, **summary}
+    except BaseException as err:
+        finish_lightning_run(logger, err)  # the W&B run ends as failed
+        raise
     finally:
-        if isinstance(logger, WandbLogger):
-            import wandb
-
-            wandb.finish()
+        finish_lightning_run(logger)

@@ -1,4 +1,11 @@
-"""One W&B run per stage execution (DESIGN section 7), offline unless told otherwise."""
+"""One W&B run per stage execution (DESIGN section 7), offline unless told otherwise.
+
+A run is named by what it is (``run_name``): ``<experiment>-<stage>[-<label target>]
+[-<benchmarks>][-job<N>]``, e.g. ``faceqnet-evaluate-faceqnet-demo_val`` or
+``demo-train-serfiq-job3``, in the group ``<experiment>``. The Hydra command line's overrides are
+its tags (``label.target=serfiq``) and its config's ``overrides``. A stage that raises ends its
+run as failed (exit code 1, the error in its summary under ``error``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 LOGGER_BACKENDS = ("wandb", "csv", "none")  # logger.backend
+TARGETED_STAGES = ("label", "train", "evaluate")  # stages whose outputs depend on label.target
+MAX_TAG_LENGTH = 64  # W&B's limit
+UNTAGGED_KEYS = ("paths.", "logger.", "hydra.")  # where outputs go and tracking: not what a run is
 
 
 def wandb_mode(cfg: DictConfig) -> str:
@@ -23,42 +33,143 @@ def wandb_mode(cfg: DictConfig) -> str:
     return os.environ.get("WANDB_MODE") or str(cfg.logger.mode)
 
 
+def hydra_job() -> tuple[int | None, list[str]]:
+    """The running Hydra app's multirun job number (None outside a multirun) and command-line
+    overrides (``hydra.overrides.task``); ``(None, [])`` outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, []
+    hydra_cfg = HydraConfig.get()
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return (int(hydra_cfg.job.num) if multirun else None), overrides
+
+
+def benchmark_names(cfg: DictConfig) -> list[str]:
+    """The evaluate stage's benchmarks (``eval.benchmark``, then ``eval.benchmarks``): each
+    one's ``name``, else its loader's default (``<data.name>_<split>`` for a prepared split,
+    the file or folder name otherwise, as ``fiqa.data.verification`` names them)."""
+    specs = [cfg.eval.benchmark, *cfg.eval.benchmarks]
+    return [_benchmark_name(OmegaConf.to_container(s), str(cfg.data.name)) for s in specs]
+
+
+def _benchmark_name(spec: dict[str, Any], data_name: str) -> str:
+    if spec.get("name"):
+        return str(spec["name"])
+    fmt = spec.get("format")
+    if fmt == "prepared":
+        return f"{data_name}_{spec.get('split', 'val')}"
+    if fmt == "bin":
+        return Path(str(spec.get("path"))).stem
+    if fmt == "table":
+        return Path(str(spec.get("table"))).parent.name
+    if fmt == "pairs_txt":
+        return Path(str(spec.get("images_root"))).name
+    return Path(str(spec.get("root"))).name
+
+
+def run_name(cfg: DictConfig, stage: str, name: str | None = None, job: int | None = None) -> str:
+    """``<experiment>-<stage>``, then the label target (label, train, evaluate), the benchmarks
+    (evaluate; ``a+b+c+2more`` beyond three) and ``job<N>`` in a Hydra multirun.
+
+    Args:
+        cfg: The run's config.
+        stage: The stage.
+        name: Replaces everything but the job number (``fiqa study`` names its runs itself).
+        job: The Hydra multirun job number (``hydra_job``).
+    """
+    parts = [name] if name else [str(cfg.experiment_name), stage]
+    if not name and stage in TARGETED_STAGES:
+        parts.append(str(cfg.label.target))
+    if not name and stage == "evaluate":
+        names = benchmark_names(cfg)
+        parts.append("+".join(names[:3]) + (f"+{len(names) - 3}more" if len(names) > 3 else ""))
+    if job is not None:
+        parts.append(f"job{job}")
+    return "-".join(parts)
+
+
+def override_tags(overrides: list[str]) -> list[str]:
+    """W&B tags from command-line overrides: those that say what the run is (not ``paths.*``,
+    ``logger.*``), cut to W&B's 64 characters."""
+    tags = [o for o in overrides if not o.lstrip("+~").startswith(UNTAGGED_KEYS)]
+    cut = [t if len(t) <= MAX_TAG_LENGTH else t[: MAX_TAG_LENGTH - 3] + "..." for t in tags]
+    return list(dict.fromkeys(cut))
+
+
 def wandb_init_kwargs(cfg: DictConfig, stage: str, name: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``wandb.init`` shared by plain stages and Lightning's WandbLogger
-    (``name`` defaults to ``<experiment_name>-<stage>``)."""
-    root = Path(cfg.paths.root).resolve()
+    """Keyword arguments for ``wandb.init`` shared by plain stages and Lightning's WandbLogger:
+    the run's name (``run_name``), group (the experiment), tags and config (with the
+    command-line ``overrides``)."""
+    job, overrides = hydra_job()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["overrides"] = overrides
     return {
         "project": cfg.logger.project,
         "entity": cfg.logger.entity,
         "group": cfg.experiment_name,
         "job_type": stage,
-        "name": name or f"{cfg.experiment_name}-{stage}",
-        "dir": str(root),
+        "name": run_name(cfg, stage, name, job),
+        "tags": override_tags(overrides),
+        "dir": str(Path(cfg.paths.root).resolve()),
         "mode": wandb_mode(cfg),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
     }
 
 
-@contextlib.contextmanager
-def stage_run(cfg: DictConfig, stage: str) -> Iterator[Any | None]:
-    """Open a W&B run for ``stage`` (or yield None when tracking is off); always finish it.
+def finish_failed(run: Any, error: BaseException) -> None:
+    """Finish the W&B ``run`` as failed: exit code 1 (state failed once synced), the error's
+    type and message in its summary under ``error``."""
+    run.summary["error"] = f"{type(error).__name__}: {error}"
+    run.finish(exit_code=1)
 
-    ``wandb.finish()`` runs in ``finally`` so a failed job in a multirun does not leave its run
-    open and swallow the next job's logs.
+
+@contextlib.contextmanager
+def stage_run(cfg: DictConfig, stage: str, name: str | None = None) -> Iterator[Any | None]:
+    """Open a W&B run for ``stage`` (or yield None when tracking is off); always finish it,
+    as failed when the body raises.
+
+    The run is finished on the way out, so a failed job in a multirun does not leave its run
+    open and swallow the next job's logs. ``name``: see ``run_name``.
     """
     if wandb_mode(cfg) == "disabled":
         yield None
         return
     import wandb
 
-    run = wandb.init(**wandb_init_kwargs(cfg, stage), reinit="finish_previous")
+    run = wandb.init(**wandb_init_kwargs(cfg, stage, name), reinit="finish_previous")
     try:
         yield run
+    except BaseException as err:
+        finish_failed(run, err)
+        raise
     finally:
-        wandb.finish()
+        run.finish()  # a no-op after finish_failed
         log.info(
             "W&B %s run of %s written under %s/wandb", run.settings.mode, stage, cfg.paths.root
         )
+
+
+def finish_lightning_run(logger: Any, error: BaseException | None = None) -> None:
+    """Finish the W&B run of a Lightning ``logger`` (``lightning_logger``); as failed with
+    ``error`` (``finish_failed``). A no-op for a CSV or no logger, and once the run is finished.
+
+    A stage calls it with its error in ``except`` and without one in ``finally``.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return
+    import wandb
+
+    if wandb.run is None:  # never started (the logger starts its run lazily) or finished
+        return
+    if error is not None:
+        finish_failed(wandb.run, error)
+    else:
+        wandb.run.finish()
 
 
 def lightning_logger(
@@ -71,7 +182,7 @@ def lightning_logger(
         stage: The stage (W&B job type).
         prefix: Metric prefix (the distillation fit logs ``distill-train/loss`` ...).
         run: An open W&B run to log into (both fits of model=distill share one run).
-        name: The W&B run's name (default ``<experiment_name>-<stage>``).
+        name: The W&B run's name (default ``run_name``'s).
     """
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
@@ -79,7 +190,8 @@ def lightning_logger(
         if run is not None:
             return WandbLogger(experiment=run, prefix=prefix, log_model=False)
         init = wandb_init_kwargs(cfg, stage, name)
-        return WandbLogger(**init, prefix=prefix, log_model=False)
+        save_dir = init.pop("dir")  # WandbLogger's save_dir (default ".") wins over a dir
+        return WandbLogger(**init, save_dir=save_dir, prefix=prefix, log_model=False)
     if cfg.logger.backend == "csv":
         return CSVLogger(save_dir=cfg.paths.models, name=f"logs{'-' + prefix if prefix else ''}")
     return False

@@ -130,6 +130,9 @@ def fit_quality_model(
         fiqa.train.staging.ResumeError: ``train.resume`` on staged work of another run.
     """
     manifest = job.prepared_dir / MANIFEST
+    for path, stage in ((manifest, "prepare"), (job.labels_path, "label")):
+        if not path.is_file():
+            raise TrainingError(f"{path} not found: run `fiqa {stage}` first (or `dvc repro`)")
     check_inputs(job.labels_path.with_name(LABELS_PROVENANCE), {"manifest": manifest},
                  fix="Run `fiqa label` on this prepared set (or `dvc repro`).")  # fmt: skip
     identity = run_identity(job)
