@@ -401,11 +401,13 @@ def test_identity_folder_skips_odd_entries_with_a_warning(
     expected = load_identity_folder(identity_root, impostors=5).paths
     os.symlink("loop.jpg", identity_root / "id_a" / "loop.jpg")  # points at itself
     os.symlink("gone.png", identity_root / "id_b" / "dangling.png")
-    (identity_root / "README.txt").write_text("not an identity")
+    (identity_root / "stray.jpg").write_bytes(b"an image outside any identity folder")
+    (identity_root / "README.txt").write_text("beside the dataset: not listed, not a failure")
     with caplog.at_level(logging.WARNING, logger="fiqa.data.folder"):
         bench = load_identity_folder(identity_root, impostors=5)
     assert bench.paths == expected
     assert "3 entries are not <identity>/<file> images" in caplog.text
+    assert "outside_identity_folder" in caplog.text and "README.txt" not in caplog.text
     assert "symlink_loop" in caplog.text and "dangling_link" in caplog.text
 
 

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 #: Reasons a folder entry is not listed as an image; prepare turns each into a failure row.
 LISTING_FAILURE_REASONS = (
-    "outside_identity_folder",  # a file directly in the root, not in an <identity>/ folder
+    "outside_identity_folder",  # an image directly in the root, not in an <identity>/ folder
     "nested_folder",  # a folder inside an identity folder (not descended into)
     "not_a_file",  # a folder named like an image (x.jpg/), a FIFO, socket or device
     "dangling_link",  # a symbolic link whose target does not exist
@@ -68,9 +68,10 @@ def list_identity_folder(root: str | Path) -> pd.DataFrame:
     """Every regular file under ``root/<identity>/`` as a table (path relative to root, identity).
 
     All files count, whatever their suffix: a non-image file becomes a failure row later instead
-    of silently disappearing. Hidden files and folders (``.name``) are ignored. Other entries
-    (files in the root, sub-folders, dangling links, symbolic-link loops, unreadable folders) are
-    listed in ``table.attrs["damaged"]`` as (path, reason), reasons from
+    of silently disappearing. Hidden files and folders (``.name``) are ignored, and so are
+    non-image files in the root (``metadata.csv``, a README: counted in one log line). Other
+    entries (images in the root, sub-folders, dangling links, symbolic-link loops, unreadable
+    folders) are listed in ``table.attrs["damaged"]`` as (path, reason), reasons from
     :data:`LISTING_FAILURE_REASONS`, with one warning counting them; the listing never aborts
     on them. Listing uses ``os.scandir`` (one system call per folder entry batch, fast on
     millions of files; a stat only for symbolic links).
@@ -82,14 +83,19 @@ def list_identity_folder(root: str | Path) -> pd.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} is not a directory")
-    rows, damaged = [], []
+    rows, damaged, sidecars = [], [], []
     for name, kind in _visible_entries(root):
         if kind == "dir":
             images, odd = _list_identity(root, name)
             rows += [(path, name) for path in images]
             damaged += odd
+        elif kind == "file" and not name.lower().endswith(IMAGE_SUFFIXES):
+            sidecars.append(name)  # metadata.csv, README: beside the dataset, not in it
         else:
             damaged.append((name, "outside_identity_folder" if kind == "file" else kind))
+    if sidecars:
+        log.info("%s: %d files beside the identity folders are not images, not listed: %s",
+                 root, len(sidecars), ", ".join(sidecars[:5]))  # fmt: skip
     if damaged:
         counts = dict(Counter(reason for _, reason in damaged))
         log.warning("%s: %d entries are not <identity>/<file> images: %s (first: %s)",
