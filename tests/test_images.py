@@ -168,7 +168,7 @@ def test_decode_image_from_bytes_names_the_source() -> None:
     assert info.value.reason == "not_an_image"
 
 
-def _black_png(width: int, height: int) -> bytes:
+def black_png(width: int, height: int) -> bytes:
     """A valid 1-bit all-black PNG, compressed row by row (a 20000 x 20000 one is ~50 KB and
     never exists in memory as pixels)."""
 
@@ -186,9 +186,9 @@ def _black_png(width: int, height: int) -> bytes:
 def test_decompression_bomb_png_is_refused_from_its_header(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    np.testing.assert_array_equal(decode_image(_black_png(64, 48)), np.zeros((48, 64, 3)))
+    np.testing.assert_array_equal(decode_image(black_png(64, 48)), np.zeros((48, 64, 3)))
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_black_png(20000, 20000))  # 4e8 px: 1.2 GB as RGB, 2.7 GB RSS in OpenCV
+    bomb.write_bytes(black_png(20000, 20000))  # 4e8 px: 1.2 GB as RGB, 2.7 GB RSS in OpenCV
     with monkeypatch.context() as unlimited:
         unlimited.setattr(Image, "MAX_IMAGE_PIXELS", None)
         assert Image.open(bomb).size == (20000, 20000)  # a valid PNG, not a broken one

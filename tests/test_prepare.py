@@ -113,18 +113,25 @@ def test_workers_give_identical_output(reference, tmp_path):
     assert digest(tmp_path / "data" / "prepared") == expected
 
 
-def test_killed_run_resumes_to_identical_output(reference, tmp_path, monkeypatch):
-    _, expected = reference
-    make_dataset(tmp_path / "raw")
-    real_finish, calls = preparation.write_shard_part, []
+def die_after_two_shards(monkeypatch: pytest.MonkeyPatch):
+    """Make prepare raise KeyboardInterrupt (a kill) once two shards are finished; returns the
+    real shard writer, to put back for the resumed run."""
+    real, calls = preparation.write_shard_part, []
 
-    def finish_then_die(*args, **kwargs):
+    def write_then_die(*args, **kwargs):
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed after two finished shards
         calls.append(args[1])
-        real_finish(*args, **kwargs)
+        real(*args, **kwargs)
 
-    monkeypatch.setattr(preparation, "write_shard_part", finish_then_die)
+    monkeypatch.setattr(preparation, "write_shard_part", write_then_die)
+    return real
+
+
+def test_killed_run_resumes_to_identical_output(reference, tmp_path, monkeypatch):
+    _, expected = reference
+    make_dataset(tmp_path / "raw")
+    real_finish = die_after_two_shards(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_stage("prepare", config(tmp_path))
     assert not (tmp_path / "data" / "prepared").exists()

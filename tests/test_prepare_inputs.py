@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,8 @@ from fiqa.data.ms1m import write_ms1m
 from fiqa.data.prepared import PreparedFaces
 from fiqa.data.sources import FileBytes, RecordBytes, Source, read_source
 from fiqa.stages.runner import run_stage
+from test_images import black_png
+from test_prepare import die_after_two_shards
 
 FACE = skimage.data.astronaut()[:300, 100:400]
 
@@ -35,20 +35,6 @@ def make_faces(root: Path, identities: int = 3, per_identity: int = 2) -> None:
         for i in range(per_identity):
             shifted = np.roll(FACE, 4 * (k * per_identity + i), axis=1)
             Image.fromarray(shifted).save(root / f"id{k}" / f"{i}.jpg", quality=90)
-
-
-def black_png(width: int, height: int) -> bytes:
-    """A valid 1-bit all-black PNG written row by row (never held as pixels)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    row, packer = b"\x00" * (1 + -(-width // 8)), zlib.compressobj(9)
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def config(root: Path, *overrides: str):
@@ -77,15 +63,7 @@ def test_resume_starts_afresh_when_a_finished_shards_input_was_replaced(
     tmp_path, monkeypatch, caplog
 ):
     make_faces(tmp_path / "raw")  # 6 images, 3 shards of 2
-    real_write, calls = preparation.write_shard_part, []
-
-    def write_then_die(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed after two finished shards
-        calls.append(args[1])
-        real_write(*args, **kwargs)
-
-    monkeypatch.setattr(preparation, "write_shard_part", write_then_die)
+    real_write = die_after_two_shards(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_stage("prepare", config(tmp_path))
     assert (tmp_path / "data" / "prepared.partial" / "part-00000.parquet").is_file()

@@ -85,6 +85,12 @@ def killed_train(root: Path, where: str, at: int, *overrides: str) -> None:
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
+def copied_data(source: Path, tmp_path: Path) -> Path:
+    """A new root holding a copy of ``source``'s prepared faces and labels."""
+    shutil.copytree(source / "data", tmp_path / "run" / "data")
+    return tmp_path / "run"
+
+
 def digests(root: Path) -> dict[str, str]:
     """SHA-256 of every file of models/ and of metrics/train.json."""
     files = [*sorted((root / "models").rglob("*")), root / "metrics" / "train.json"]
@@ -115,8 +121,7 @@ def test_killed_train_keeps_the_previous_outputs_and_resumes_to_the_same_weights
     overrides: list[str],
 ) -> None:  # fmt: skip
     ref_root, ref = reference
-    root = tmp_path / "run"
-    shutil.copytree(ref_root / "data", root / "data")
+    root = copied_data(ref_root, tmp_path)
     train(root, "train.seed=0")  # the previous run
     previous = digests(root)
     killed_train(root, where, at, "train.seed=1", *overrides)
@@ -142,9 +147,7 @@ def test_killed_train_keeps_the_previous_outputs_and_resumes_to_the_same_weights
 def test_resume_refuses_staged_work_of_other_labels(
     reference: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
-    ref_root, _ = reference
-    root = tmp_path / "run"
-    shutil.copytree(ref_root / "data", root / "data")
+    root = copied_data(reference[0], tmp_path)
     staged = root / "models.partial"
     (staged / "checkpoints").mkdir(parents=True)
     (staged / "checkpoints" / "last.ckpt").write_bytes(b"a killed run's state")
@@ -162,9 +165,7 @@ def test_resume_refuses_staged_work_of_other_labels(
 def test_train_refuses_labels_made_from_another_prepared_set(
     reference: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
-    ref_root, _ = reference
-    root = tmp_path / "run"
-    shutil.copytree(ref_root / "data", root / "data")
+    root = copied_data(reference[0], tmp_path)
     record = root / "data" / "labels" / "labels.json"
     made = label_record(compose_config([f"paths.root={root}"]))
     write_json_atomic(record, made | {"inputs": {"manifest": "ab" * 32}})

@@ -45,13 +45,16 @@ def recorded_inputs(record: Path) -> dict[str, str] | None:
     return dict(inputs) if isinstance(inputs, Mapping) else None
 
 
-def check_inputs(record: Path, inputs: Mapping[str, Path], fix: str) -> None:
+def check_inputs(
+    record: Path, inputs: Mapping[str, Path], fix: str, hashes: Mapping[str, str] | None = None
+) -> None:
     """Check that the output described by ``record`` was made from the files ``inputs``.
 
     Args:
         record: The output's JSON record (``labels.json``, ``lineage.json``).
         inputs: The files it must have been made from, by the names the record uses.
         fix: What to run when they differ (the message's last sentence).
+        hashes: Hashes of ``inputs`` the caller already has (``input_hashes``), not recomputed.
 
     Raises:
         LineageError: A recorded hash differs from its file's, naming the record, the file and
@@ -67,7 +70,7 @@ def check_inputs(record: Path, inputs: Mapping[str, Path], fix: str) -> None:
     for name, path in inputs.items():
         if name not in recorded:
             continue
-        actual = sha256_now(path)
+        actual = (hashes or {}).get(name) or sha256_now(path)
         if recorded[name] != actual:
             raise LineageError(
                 f"{record} was made from a {path.name} with sha256 {recorded[name][:12]}, but "

@@ -18,7 +18,7 @@ from fiqa.config.evaluation import eval_sets, quality_sources
 from fiqa.config.extraction import extractor, fr_entries
 from fiqa.config.typed import register_templates
 from fiqa.core.artifacts import LABELS, LABELS_PROVENANCE, LINEAGE, MANIFEST
-from fiqa.core.lineage import check_inputs
+from fiqa.core.lineage import check_inputs, input_hashes
 from fiqa.eval.matrix import evaluate_matrix
 from fiqa.eval.outputs import write_matrix
 from fiqa.stages import StageError
@@ -37,12 +37,14 @@ def check_lineage(cfg: DictConfig) -> None:
     prepared, labels = Path(cfg.paths.prepared), Path(cfg.paths.labels)
     if not (prepared / MANIFEST).is_file():
         return  # no prepared set: only external benchmarks are evaluated
-    if (labels / LABELS).is_file():
-        check_inputs(labels / LABELS_PROVENANCE, {"manifest": prepared / MANIFEST},
-                     fix="Run `fiqa label` on this prepared set (or `dvc repro`).")  # fmt: skip
-    if "model" in cfg.eval.methods and (labels / LABELS).is_file():
-        check_inputs(Path(cfg.paths.models) / LINEAGE,
-                     {"manifest": prepared / MANIFEST, "labels": labels / LABELS},
+    if not (labels / LABELS).is_file():
+        return
+    inputs = {"manifest": prepared / MANIFEST, "labels": labels / LABELS}
+    hashes = input_hashes(inputs)  # each file hashed once for both checks
+    check_inputs(labels / LABELS_PROVENANCE, {"manifest": inputs["manifest"]}, hashes=hashes,
+                 fix="Run `fiqa label` on this prepared set (or `dvc repro`).")  # fmt: skip
+    if "model" in cfg.eval.methods:
+        check_inputs(Path(cfg.paths.models) / LINEAGE, inputs, hashes=hashes,
                      fix="Run `fiqa train` on these labels (or `dvc repro`).")  # fmt: skip
 
 

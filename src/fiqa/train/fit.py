@@ -133,9 +133,10 @@ def fit_quality_model(
     for path, stage in ((manifest, "prepare"), (job.labels_path, "label")):
         if not path.is_file():
             raise TrainingError(f"{path} not found: run `fiqa {stage}` first (or `dvc repro`)")
-    check_inputs(job.labels_path.with_name(LABELS_PROVENANCE), {"manifest": manifest},
-                 fix="Run `fiqa label` on this prepared set (or `dvc repro`).")  # fmt: skip
     identity = run_identity(job)
+    check_inputs(job.labels_path.with_name(LABELS_PROVENANCE), {"manifest": manifest},
+                 fix="Run `fiqa label` on this prepared set (or `dvc repro`).",
+                 hashes=identity["inputs"])  # fmt: skip
     final, staged = job, replace(job, models_dir=staging_dir(job.models_dir))
     resume = open_staging(staged.models_dir, identity, job.settings.resume)
     summary = _fit(staged, extractor, logger, distill_logger, resume)

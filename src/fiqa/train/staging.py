@@ -95,8 +95,9 @@ def publish(staging: Path, models_dir: Path, metrics_dir: Path, identity: Mappin
 
 def train_position(checkpoint: Path) -> tuple[int, int]:
     """Epoch and batches of it already trained of a Lightning checkpoint (``(e + 1, 0)`` for
-    one saved at the end of epoch ``e``)."""
-    loops = torch.load(checkpoint, map_location="cpu", weights_only=True)["loops"]["fit_loop"]
+    one saved at the end of epoch ``e``). The file is memory-mapped, not read: Lightning loads it
+    next."""
+    loops = torch.load(checkpoint, "cpu", weights_only=True, mmap=True)["loops"]["fit_loop"]
     epoch = int(loops["epoch_progress"]["current"]["processed"])
     batches = loops["epoch_loop.batch_progress"]
     done = 0 if batches["is_last_batch"] else int(batches["current"]["ready"])
