@@ -261,3 +261,28 @@ def test_comparison_labels_and_errors(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(ValueError, match=r"bad\.json is not valid JSON"):
         write_comparison([bad], tmp_path / "x3")
+
+
+def test_edc_figures_keep_each_methods_colour_and_name_the_pauc_limit():
+    import numpy as np
+
+    from fiqa.core.edc import EDCCurve
+    from fiqa.eval.figures import edc_figure, method_colour
+
+    def curve(level: float) -> EDCCurve:
+        return EDCCurve(np.array([0.0, 0.5, 1.0]), np.array([level, level / 2, 0.0]), 0.3,
+                        1e-3, 10, 40)  # fmt: skip
+
+    def lines(names: list[str]) -> dict[str, tuple]:
+        fig = edc_figure({n: curve(0.2) for n in names}, dict.fromkeys(names, 0.25), 0.3, "t")
+        ax = fig.axes[0]
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend[0] == f"{names[0]} (pAUC@0.3 0.250)"
+        return {n: line.get_color() for n, line in zip(names, ax.get_lines(), strict=True)}
+
+    first = lines(["model", "serfiq", "random", "oracle"])
+    second = lines(["oracle", "crfiqa", "my_quality_model", "model"])  # other methods and order
+    assert first["model"] == second["model"] == method_colour("model")
+    assert first["oracle"] == second["oracle"]
+    assert len(set(first.values())) == len(first)
+    assert method_colour("my_quality_model") == method_colour("my_quality_model")

@@ -16,7 +16,7 @@ from fiqa.label.faceqnet import (
     references_from_list,
     select_reference_images,
 )
-from fiqa.label.report import check_labels, label_report
+from fiqa.label.report import check_labels, identity_spread, label_report, write_label_figures
 from fiqa.label.serfiq import calibrate, serfiq_from_embeddings
 
 
@@ -131,3 +131,35 @@ def test_label_report_and_checks():
     table.loc[0, "m1"] = np.nan
     with pytest.raises(ValueError, match="not finite in"):
         check_labels(table, unit, {"a", "b"})
+
+
+def test_identity_spread_is_scale_free_and_hand_computable():
+    # identity a: m1 = 0.2, 0.4 (std 0.1414); all faces: 0.2, 0.4, 0.6, 0.8 (std 0.2582).
+    table = pd.DataFrame({"identity": ["a", "a", "b", "b"], "m1": [0.2, 0.4, 0.6, 0.8]})
+    table["m100"] = table["m1"] * 100  # the same ranking on a 0-100 scale
+    spread = identity_spread(table, ["m1", "m100"])
+    assert spread.loc["a", "m1"] == pytest.approx(math.sqrt(0.02) / math.sqrt(0.2 / 3))
+    assert spread["m100"].to_numpy() == pytest.approx(spread["m1"].to_numpy())
+
+
+def test_label_figures_hide_the_empty_cells_of_the_method_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    methods = [f"m{i}" for i in range(5)]  # a 2 x 4 grid: three empty cells
+    table = pd.DataFrame(rng.random((20, 5)), columns=methods)
+    table["identity"] = np.repeat(["a", "b", "c", "d"], 5)
+    table["severity"] = np.tile(np.arange(5), 4)
+    written = write_label_figures(table, methods, tmp_path)
+    assert [p.name for p in written] == [
+        "distributions.png",
+        "correlations.png",
+        "identity_spread.png",
+        "severity.png",
+    ]
+    from matplotlib.figure import Figure
+
+    from fiqa.label.report import _method_axes
+
+    fig = Figure()
+    axes = _method_axes(fig, 2, 4, 5)
+    assert len(axes) == 5
+    assert [ax.get_visible() for ax in fig.axes] == [True] * 5 + [False] * 3

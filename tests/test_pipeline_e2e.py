@@ -238,3 +238,17 @@ def test_exp_run_with_other_label_method_reruns_from_label(pipeline_repo):
     text = (repo / "outputs" / "experiments.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| model (")]
     assert len(rows) >= 2, text[:2000]  # one model row per experiment with eval metrics
+    # the EDC plots against the committed baseline: one figure per benchmark x FR model file,
+    # drawn by the repository's template, every method of both revisions in it
+    diff = subprocess.run(["dvc", "plots", "diff", "--json"], cwd=repo, env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    plots = json.loads(diff.stdout)
+    assert not plots.get("errors"), plots["errors"]
+    [(name, [figure])] = plots["data"].items()
+    assert name == "plots/edc/demo_all__sface.json"
+    assert figure["content"]["encoding"]["color"]["field"] == "method"
+    values = figure["content"]["data"]["values"]
+    assert {v["rev"] for v in values} == {"HEAD", "workspace"}
+    assert {v["method"] for v in values} == set(
+        json.loads((repo / "metrics/eval.json").read_text())["demo_all"]["sface"]
+    )

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from fiqa.config.compose import compose_config
+from fiqa.core.artifacts import EDC_PLOTS
 from fiqa.core.atomic import write_text_atomic
 from fiqa.stages import STAGES, Stage
 
@@ -29,6 +30,15 @@ HEADER = """\
 # conf/paths/. Each stage runs `fiqa <stage>` on the committed params.yaml (composed from conf/
 # by `make params`; `dvc exp run -S group=option` recomposes it).
 """
+# How `dvc plots show / diff` draws each plots directory: the EDC files hold one record per
+# method and discard fraction (fiqa.eval.figures.sampled_curves), drawn by the repository's
+# template .dvc/plots/edc.json, one figure per benchmark x FR model file, a colour per method
+# and a dash per revision.
+PLOT_PROPERTIES = {
+    EDC_PLOTS: ("template: edc", "x: discard", "y: fnmr",
+                "x_label: fraction of genuine comparisons discarded",
+                "y_label: FNMR at the fixed FMR threshold"),
+}  # fmt: skip
 
 
 def module_file(src: Path, name: str) -> Path | None:
@@ -89,18 +99,7 @@ def render(repo: Path) -> str:
     lines = [HEADER + "stages:"]
     for stage in STAGES.values():
         lines += _stage_lines(stage, repo, src, paths)
-    plots = {key: f"{paths[key]}/{name}" for key, name in _all_plots()}
-    y = ", ".join([*map(str, cfg.eval.methods), "random", "oracle"])
-    lines += ["", "plots:"]
-    for path in plots.values():
-        lines += [f"  - {path}:", "      x: discard", f"      y: [{y}]",
-                  "      x_label: fraction of genuine comparisons discarded",
-                  "      y_label: FNMR at the fixed FMR threshold"]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def _all_plots() -> list[tuple[str, str]]:
-    return [plot for stage in STAGES.values() for plot in stage.plots]
 
 
 def _stage_lines(stage: Stage, repo: Path, src: Path, paths: dict[str, str]) -> list[str]:
@@ -115,6 +114,8 @@ def _stage_lines(stage: Stage, repo: Path, src: Path, paths: dict[str, str]) -> 
             lines.append(f"    {section}:")
             for key, name in entries:
                 lines += [f"      - {paths[key]}/{name}:", "          cache: false"]
+                if section == "plots":
+                    lines += [f"          {prop}" for prop in PLOT_PROPERTIES[name]]
     return lines
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from fiqa.core.artifacts import EDC_PLOTS, EVAL_REPORT
 from fiqa.core.atomic import write_json_atomic
+from fiqa.core.edc import curve_values
 from fiqa.eval.figures import PLOT_GRID, plot_edc, sampled_curves
 from fiqa.eval.matrix import Cell, Matrix
 from fiqa.eval.report import write_eval_report
@@ -41,17 +42,18 @@ def _write_cell(cell: Cell, matrix: Matrix, plots: Path, reports: Path, run: Any
     stem = f"{cell.benchmark}__{cell.fr_model}"
     primary = {method: per_fmr[matrix.fmrs[0]] for method, per_fmr in cell.curves.items()}
     write_json_atomic(plots / EDC_PLOTS / f"{stem}.json", sampled_curves(primary))
-    paucs = {name: m[f"pauc@{matrix.limits[-1]:g}"] for name, m in cell.metrics.items()}
+    limit = matrix.limits[-1]
+    paucs = {name: m[f"pauc@{limit:g}"] for name, m in cell.metrics.items()}
     title = f"EDC {cell.benchmark}, {cell.fr_model}, FMR={matrix.fmrs[0]:g}"
     for fmt in FIGURE_FORMATS:
-        plot_edc(primary, paucs, title, reports / f"edc_{stem}.{fmt}")
+        plot_edc(primary, paucs, limit, title, reports / f"edc_{stem}.{fmt}")
     if run is not None:
         import wandb
 
-        records = sampled_curves(primary)
         run.log({
             f"eval/edc/{stem}": wandb.plot.line_series(
-                xs=PLOT_GRID.tolist(), ys=[[r[name] for r in records] for name in primary],
+                xs=PLOT_GRID.tolist(),
+                ys=[curve_values(curve, PLOT_GRID).tolist() for curve in primary.values()],
                 keys=list(primary), title=f"EDC {stem}", xname="discard fraction"),
             f"eval/pauc/{stem}": wandb.Table(
                 dataframe=pd.DataFrame(cell.metrics).T.reset_index(names="method")),

@@ -91,9 +91,11 @@ def write_label_figures(table: pd.DataFrame, methods: list[str], directory: Path
         paths.append(directory / name)
 
     fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=110)
-    for ax, m in zip(np.ravel(fig.subplots(rows, cols, squeeze=False)), methods, strict=False):
+    for ax, m in zip(_method_axes(fig, rows, cols, len(methods)), methods, strict=True):
         ax.hist(table[m].to_numpy(dtype=np.float64), bins=30, color="tab:blue")
         ax.set_title(m)
+        ax.set_xlabel("label value")
+        ax.set_ylabel("faces")
     save(fig, "distributions.png")
 
     corr = table[methods].corr(method="spearman").to_numpy()
@@ -107,21 +109,36 @@ def write_label_figures(table: pd.DataFrame, methods: list[str], directory: Path
     fig.colorbar(image, ax=ax, label="Spearman")
     save(fig, "correlations.png")
 
-    spread = table.groupby("identity")[methods].std()
+    spread = identity_spread(table, methods)
     fig = Figure(figsize=(1.0 + 0.9 * len(methods), 3.2), dpi=110)
     ax = fig.subplots()
     ax.boxplot([spread[m].dropna().to_numpy() for m in methods])
     ax.set_xticks(range(1, len(methods) + 1), methods, rotation=45, ha="right")
-    ax.set_ylabel("std within identity")
+    ax.set_ylabel("within-identity std / overall std")
     save(fig, "identity_spread.png")
 
     if "severity" in table.columns and table["severity"].notna().any():
         known = table[table["severity"].notna()]
         fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=110)
-        axes = np.ravel(fig.subplots(rows, cols, squeeze=False))
-        for ax, m in zip(axes, methods, strict=False):
+        for ax, m in zip(_method_axes(fig, rows, cols, len(methods)), methods, strict=True):
             ax.scatter(known["severity"], known[m], s=6, alpha=0.5)
             ax.set_title(f"{m} (rho {spearmanr(known[m], known['severity']).statistic:.2f})")
             ax.set_xlabel("degradation severity")
+            ax.set_ylabel("label value")
         save(fig, "severity.png")
     return paths
+
+
+def identity_spread(table: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """Per identity (rows) and method (columns): the std of its labels within the identity over
+    the method's std across all faces. Scale-free, so methods on 0-1 and 0-100 scales share one
+    axis; below 1, the method's quality varies more between identities than within them."""
+    return table.groupby("identity")[methods].std() / table[methods].std()
+
+
+def _method_axes(fig, rows: int, cols: int, count: int) -> list:
+    """The first ``count`` axes of a ``rows`` x ``cols`` grid; the empty cells are hidden."""
+    axes = list(np.ravel(fig.subplots(rows, cols, squeeze=False)))
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return axes[:count]
