@@ -27,7 +27,7 @@ demo: setup  ## build the demo raw data and run the whole DVC pipeline on it
 	@echo "  labels         data/labels/labels.parquet (report: data/labels/report.json)"
 	@echo "  quality model  models/quality.ckpt, models/quality.onnx"
 	@echo "  evaluation     metrics/eval.json, reports/eval.md, reports/edc_*.png"
-	@echo "  EDC plots      dvc plots show   (writes dvc_plots/index.html)"
+	@echo "  EDC plots      dvc plots diff   (against the committed baseline; offline: reports/eval.html)"
 	@echo "  W&B runs       wandb/ (offline; 'wandb sync wandb/offline-run-*' to upload)"
 
 check: setup  ## the fast tier of the tests (no slow or GPU tests): the inner loop, < 5 min

@@ -168,3 +168,24 @@ def test_identity_table_with_min_images_exclusions_and_a_missing_file(tmp_path):
     with pytest.raises(StageError, match=r"has no column \['name', 'identity'\]"):
         run_stage("prepare", config(tmp_path, "table", f"data.table={table}",
                                     "data.path_column=name"))  # fmt: skip
+
+
+def test_max_identities_keeps_identities_spread_over_the_sorted_list():
+    from fiqa.data.sources import spread_identities
+
+    table = pd.DataFrame({"identity": list("abcdefghij") * 2, "path": range(20)})
+    # 10 identities, 4 kept: positions round(linspace(0, 9, 4)) = 0, 3, 6, 9
+    kept = spread_identities(table, 4)
+    assert sorted(kept["identity"].unique()) == ["a", "d", "g", "j"]
+    assert len(kept) == 8 and kept.index.tolist() == list(range(8))
+    assert spread_identities(table, 10) is table
+
+
+def test_debug_small_limits_every_stage_to_few_identities(tmp_path):
+    cfg = compose_config(["debug=small", f"paths.root={tmp_path}"])
+    assert cfg.data.max_identities == 12
+    from fiqa.config.ranges import check_ranges
+    from fiqa.config.typed import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.max_identities=0: must be >= 1"):
+        check_ranges(compose_config(["data.max_identities=0", f"paths.root={tmp_path}"]))

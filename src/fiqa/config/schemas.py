@@ -54,6 +54,7 @@ class DataConfig:
     identity_column: str | None = None  # table
     min_images: int | None = None  # table: identities with at least this many images
     exclude: Any = None  # table: identities left out (a list, or a CSV with an identity column)
+    max_identities: int | None = None  # any format: only this many identities (debug=small)
 
 
 # label.methods: one field per registered method, typed by its settings dataclass.

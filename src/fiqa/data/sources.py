@@ -118,9 +118,25 @@ def read_source(data: DictConfig) -> Source:
         source = Source(table, FileBytes(root), damaged=table.attrs.pop("damaged", []))
     if data.get("metadata"):
         source.table = _join_metadata(source.table, root / data.metadata)
+    if data.get("max_identities"):
+        source.table = spread_identities(source.table, int(data.max_identities))
     if source.table.empty:
         raise ValueError(f"data.root {root} ({data.format}) holds no images")
     return source
+
+
+def spread_identities(table: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The rows of ``count`` identities spread evenly over the sorted identities of ``table``
+    (all of them when it has no more): ``data.max_identities``, a small set for trying things
+    (``debug=small``) that still spans the dataset, the same on every run."""
+    identities = np.sort(table["identity"].astype(str).unique())
+    if len(identities) <= count:
+        return table
+    keep = identities[np.linspace(0, len(identities) - 1, count).round().astype(int)]
+    kept = table[table["identity"].astype(str).isin(keep)]
+    log.info("data.max_identities=%d: %d of %d images kept (%d of %d identities)", count,
+             len(kept), len(table), count, len(identities))  # fmt: skip
+    return kept.reset_index(drop=True)
 
 
 def read_identity_table(data: DictConfig) -> pd.DataFrame:
