@@ -129,11 +129,12 @@ def spread_identities(table: pd.DataFrame, count: int) -> pd.DataFrame:
     """The rows of ``count`` identities spread evenly over the sorted identities of ``table``
     (all of them when it has no more): ``data.max_identities``, a small set for trying things
     (``debug=small``) that still spans the dataset, the same on every run."""
-    identities = np.sort(table["identity"].astype(str).unique())
+    names = table["identity"].astype(str)
+    identities = np.sort(names.unique())
     if len(identities) <= count:
         return table
     keep = identities[np.linspace(0, len(identities) - 1, count).round().astype(int)]
-    kept = table[table["identity"].astype(str).isin(keep)]
+    kept = table[names.isin(keep)]
     log.info("data.max_identities=%d: %d of %d images kept (%d of %d identities)", count,
              len(kept), len(table), count, len(identities))  # fmt: skip
     return kept.reset_index(drop=True)

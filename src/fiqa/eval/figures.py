@@ -11,14 +11,16 @@ from matplotlib.figure import Figure
 
 from fiqa.core.atomic import atomic_path
 from fiqa.core.edc import EDCCurve, curve_values
+from fiqa.eval.baselines import SIMPLE_BASELINES
+from fiqa.label import METHODS
 
 # Discard fractions at which the exact step curves are sampled for DVC plots and W&B.
 PLOT_GRID = np.round(np.linspace(0.0, 1.0, 201), 4)
 BASELINE_STYLE = {"random": ":", "oracle": "--"}
-# A method keeps its colour in every figure: known names get a fixed tab20 slot, others a slot
-# from a hash of the name; the two baselines are grey and black.
-_KNOWN = ("model", "serfiq", "crfiqa", "sddfiqa", "faceqnet", "magface", "faceqan", "diffiqa",
-          "huo", "fused", "detector", "sharpness")  # fmt: skip
+# A method keeps its colour in every figure: the trained model, the registered label methods and
+# the simple baselines get a fixed tab20 slot, others a slot from a hash of the name; the two
+# references are grey and black.
+_KNOWN = ("model", *METHODS, *SIMPLE_BASELINES)
 _FIXED = {"random": "0.55", "oracle": "0.0"}
 
 

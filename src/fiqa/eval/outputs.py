@@ -9,7 +9,6 @@ import pandas as pd
 
 from fiqa.core.artifacts import EDC_PLOTS, EVAL_REPORT
 from fiqa.core.atomic import write_json_atomic
-from fiqa.core.edc import curve_values
 from fiqa.eval.figures import PLOT_GRID, plot_edc, sampled_curves
 from fiqa.eval.matrix import Cell, Matrix
 from fiqa.eval.report import write_eval_report
@@ -41,7 +40,8 @@ def _write_cell(cell: Cell, matrix: Matrix, plots: Path, reports: Path, run: Any
     relative to the reports directory."""
     stem = f"{cell.benchmark}__{cell.fr_model}"
     primary = {method: per_fmr[matrix.fmrs[0]] for method, per_fmr in cell.curves.items()}
-    write_json_atomic(plots / EDC_PLOTS / f"{stem}.json", sampled_curves(primary))
+    records = sampled_curves(primary)
+    write_json_atomic(plots / EDC_PLOTS / f"{stem}.json", records)
     limit = matrix.limits[-1]
     paucs = {name: m[f"pauc@{limit:g}"] for name, m in cell.metrics.items()}
     title = f"EDC {cell.benchmark}, {cell.fr_model}, FMR={matrix.fmrs[0]:g}"
@@ -53,7 +53,7 @@ def _write_cell(cell: Cell, matrix: Matrix, plots: Path, reports: Path, run: Any
         run.log({
             f"eval/edc/{stem}": wandb.plot.line_series(
                 xs=PLOT_GRID.tolist(),
-                ys=[curve_values(curve, PLOT_GRID).tolist() for curve in primary.values()],
+                ys=[[r["fnmr"] for r in records if r["method"] == name] for name in primary],
                 keys=list(primary), title=f"EDC {stem}", xname="discard fraction"),
             f"eval/pauc/{stem}": wandb.Table(
                 dataframe=pd.DataFrame(cell.metrics).T.reset_index(names="method")),
