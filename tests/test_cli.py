@@ -58,6 +58,22 @@ def test_report_compares_runs_and_marks_the_best(tmp_path):
         write_comparison([tmp_path / "missing.json"], tmp_path / "x")
 
 
+def test_a_tool_reports_a_missing_file_in_one_line_and_v_shows_the_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    missing = tmp_path / "run" / "metrics" / "eval.json"
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # off; -v below turns it on, undone after
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(missing), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        f"fiqa report: {missing} not found (give metrics/eval.json files)\n"
+    )
+    with pytest.raises(FileNotFoundError, match="not found"):
+        main(["report", str(missing), "-v"])
+    assert not (tmp_path / "out").exists()
+
+
 def _command(tmp_path: Path, command: list[str], **env: str) -> subprocess.CompletedProcess:
     """``command`` run in ``tmp_path`` (Hydra's outputs/ go there), tracking off."""
     environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | env

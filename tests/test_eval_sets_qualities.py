@@ -71,7 +71,13 @@ def test_method_qualities_sources_and_same_model_records(tmp_path: Path, caplog)
     out = method_qualities(data, sources)
     assert out["crfiqa"].fr_models == {"sface", "dlib_resnet"}  # the mean of both models
     assert out["crfiqa@dlib"].fr_models == {"dlib"}
-    assert "sddfiqa" not in out and "needs identities or labels" in caplog.text
+    assert "sddfiqa" not in out
+    assert (
+        "'sddfiqa' skipped on tiny: not a column of the labels table (add 'sddfiqa'" in caplog.text
+    )
+    caplog.clear()  # an external benchmark: no labels table at all
+    assert "crfiqa" not in method_qualities(tiny_set(), sources)
+    assert "identity-based methods are read from the prepared set's labels" in caplog.text
     with pytest.raises(ValueError, match=r"unknown method 'magic'; use one of \['model'"):
         method_qualities(data, replace(sources, methods=["magic"]))
     with pytest.raises(ValueError, match=r"quality model .* not found"):

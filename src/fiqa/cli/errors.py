@@ -1,9 +1,9 @@
-"""How the Hydra apps report errors: a user's mistake in one line, a bug with its traceback.
+"""How fiqa's commands report errors: a user's mistake in one line, a bug with its traceback.
 
 A known user error (``USER_ERRORS``: a config key missing or out of range, a stage that cannot
 produce its outputs, a missing input file, a held output lock, inputs of different runs) ends
-``fiqa <stage>``, ``fiqa study`` and ``python train.py`` with one line ``<prog>: <message>`` on
-stderr and exit code 2 (a config error) or 1. ``-v``/``--verbose`` or ``HYDRA_FULL_ERROR=1``
+``fiqa <stage>``, ``fiqa study``, ``python train.py`` and the tools (``fiqa score``, ``fiqa
+report``, ...) with one line ``<prog>: <message>`` on stderr and exit code 2 (a config error) or 1. ``-v``/``--verbose`` or ``HYDRA_FULL_ERROR=1``
 show its full traceback instead. Any other exception is a bug and keeps Hydra's report (its
 traceback). In a Hydra multirun the job fails as before and Hydra reports it when the sweep's
 batch is done: ``Error executing job with overrides: [...]``, then the same one line.
@@ -50,7 +50,7 @@ def full_errors() -> bool:
 
 @contextlib.contextmanager
 def reported_errors(prog: str, stage: str) -> Iterator[None]:
-    """Inside a Hydra task function: a user error of the body ends the command with one line.
+    """Around a Hydra task function's body or a tool: a user error ends the command in one line.
 
     Args:
         prog: The command, first on the line (``fiqa train``, ``train.py``).

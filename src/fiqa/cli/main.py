@@ -4,7 +4,7 @@ fiqa prepare|ddpm|label|train|evaluate [hydra overrides...]   e.g. fiqa label la
 fiqa study [hydra overrides...]     every label method's regressor, evaluated blind (conf/study/)
   (-v / --verbose: a config or stage error with its full traceback, as HYDRA_FULL_ERROR=1)
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
-fiqa report metrics/eval.json [other/eval.json ...] --out reports/compare   (or --dvc, --wandb)
+fiqa report metrics/eval.json [other/eval.json ...] --out outputs/compare   (or --dvc, --wandb)
 fiqa demo-data --out data/raw
 fiqa dvc-yaml [--check]                                  write dvc.yaml from the stages' code
 """
@@ -248,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         run_study_app(rest)
         return 0
     if command in TOOLS:
+        from fiqa.cli.errors import reported_errors, verbose_errors
+
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-        return TOOLS[command](rest)
+        rest = verbose_errors(rest)
+        with reported_errors(f"fiqa {command}", command):
+            return TOOLS[command](rest)
     sys.stderr.write(f"fiqa: unknown command {command!r}\n\n{USAGE}")
     return 2
 

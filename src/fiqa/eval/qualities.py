@@ -113,8 +113,10 @@ def method_qualities(data: EvalSet, sources: QualitySources) -> dict[str, Method
         elif method in computed:
             out[method] = computed[method]
         elif base in METHODS:
-            log.warning("eval.methods: %r needs identities or labels; skipped on %s",
-                        method, data.name)  # fmt: skip
+            why = (f"not a column of the labels table (add {base!r} to label.methods)"
+                   if data.label_qualities else "identity-based methods are read from the "
+                   "prepared set's labels table, not computed on an external benchmark")  # fmt: skip
+            log.warning("eval.methods: %r skipped on %s: %s", method, data.name, why)
         else:
             names = ["model", *sources.quality_models, *SIMPLE_BASELINES, *METHODS]
             raise ValueError(f"eval.methods: unknown method {method!r}; use one of {names}")
