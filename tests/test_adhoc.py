@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fiqa.cli.adhoc import computing_overrides, place_adhoc_run, run_name
+import pytest
+
+from fiqa.cli.adhoc import changed_stages, computing_overrides, place_adhoc_run, run_name
 from fiqa.config import compose_config
+from fiqa.stages import StageError
 
 
 def paths_of(root: Path, overrides: list[str]) -> dict[str, str]:
@@ -49,6 +52,30 @@ def test_runs_without_computing_overrides_or_with_a_root_write_the_configured_pa
 
 def test_run_names_are_the_overrides_or_their_digest() -> None:
     assert computing_overrides(["logger=none", "+debug=fdr", "model.lr=1e-3"]) == ["model.lr=1e-3"]
+    # a preset that computes something else (fewer faces, epochs) is its own run
+    assert computing_overrides(["label=faceqan", "debug=small"]) == ["debug=small", "label=faceqan"]
+    assert computing_overrides(["debug=limit"]) == ["debug=limit"]
     assert run_name(["label=serfiq"]) == "label=serfiq"
     long = run_name([f"eval.benchmark.root=/very/long/path/{'x' * 80}"])
     assert len(long) == 49 and long != run_name([f"eval.benchmark.root=/other/{'x' * 80}"])
+
+
+def test_an_input_the_overrides_change_must_come_from_the_run_not_the_pipeline(tmp_path):
+    """``debug=small`` changes what prepare computes: the pipeline's prepared set is another
+    run's, so ``fiqa label debug=small`` before ``fiqa prepare debug=small`` stops, naming it."""
+    (tmp_path / "data" / "prepared").mkdir(parents=True)  # the pipeline's
+    small = ["debug=small", "label=faceqan"]
+    assert changed_stages(compose_config([f"paths.root={tmp_path}", *small])) == {
+        "prepare", "ddpm", "label", "train", "evaluate"}  # fmt: skip
+    assert changed_stages(compose_config([f"paths.root={tmp_path}", "model.lr=3e-4"])) == {
+        "train", "evaluate"}  # fmt: skip
+    cfg = compose_config([f"paths.root={tmp_path}", *small])
+    with pytest.raises(
+        StageError,
+        match=r"label: its input .*runs/debug=small,label=faceqan/"
+        r"data/prepared is not there: .*`fiqa prepare debug=small label=faceqan`",
+    ):
+        place_adhoc_run("label", cfg, small)
+    train = compose_config([f"paths.root={tmp_path}", "label=serfiq"])  # no labels of its own
+    with pytest.raises(StageError, match=r"Run `fiqa label label=serfiq` first"):
+        place_adhoc_run("train", train, ["label=serfiq"])

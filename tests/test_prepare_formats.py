@@ -181,11 +181,27 @@ def test_max_identities_keeps_identities_spread_over_the_sorted_list():
     assert spread_identities(table, 10) is table
 
 
+def test_max_images_per_identity_keeps_images_spread_over_each_identitys_paths():
+    from fiqa.data.sources import spread_images
+
+    # "a": 5 images (paths listed out of order), "b": 2, "c": 1
+    paths = ["a/4", "b/0", "a/0", "a/2", "c/0", "a/1", "b/1", "a/3"]
+    table = pd.DataFrame({"identity": [p[0] for p in paths], "path": paths})
+    # a: sorted a/0..a/4, 3 kept at round(linspace(0, 4, 3)) = 0, 2, 4; b and c: all
+    kept = spread_images(table, 3)
+    assert kept["path"].tolist() == ["a/4", "b/0", "a/0", "a/2", "c/0", "b/1"]
+    assert kept.index.tolist() == list(range(6))
+    assert spread_images(table, 5) is table
+    assert spread_images(table, 1)["path"].tolist() == ["b/0", "a/0", "c/0"]
+
+
 def test_debug_small_limits_every_stage_to_few_identities(tmp_path):
     cfg = compose_config(["debug=small", f"paths.root={tmp_path}"])
-    assert cfg.data.max_identities == 12
+    assert cfg.data.max_identities == 12 and cfg.data.max_images_per_identity == 6
     from fiqa.config.ranges import check_ranges
     from fiqa.config.typed import ConfigError
 
     with pytest.raises(ConfigError, match=r"data\.max_identities=0: must be >= 1"):
         check_ranges(compose_config(["data.max_identities=0", f"paths.root={tmp_path}"]))
+    with pytest.raises(ConfigError, match=r"data\.max_images_per_identity=0: must be >= 1"):
+        check_ranges(compose_config(["data.max_images_per_identity=0", f"paths.root={tmp_path}"]))

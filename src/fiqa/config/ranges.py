@@ -75,6 +75,7 @@ RANGES: dict[str, Range] = {
     "prepare.max_failure_rate": UNIT,
     "data.min_images": AT_LEAST_1,
     "data.max_identities": AT_LEAST_1,
+    "data.max_images_per_identity": AT_LEAST_1,
     "extract.num_nodes": AT_LEAST_1,
     "extract.num_workers": AT_LEAST_0,
     "extract.part_rows": AT_LEAST_1,

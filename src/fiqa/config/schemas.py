@@ -55,6 +55,7 @@ class DataConfig:
     min_images: int | None = None  # table: identities with at least this many images
     exclude: Any = None  # table: identities left out (a list, or a CSV with an identity column)
     max_identities: int | None = None  # any format: only this many identities (debug=small)
+    max_images_per_identity: int | None = None  # any format: at most this many images each
 
 
 # label.methods: one field per registered method, typed by its settings dataclass.

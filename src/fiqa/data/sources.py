@@ -120,6 +120,8 @@ def read_source(data: DictConfig) -> Source:
         source.table = _join_metadata(source.table, root / data.metadata)
     if data.get("max_identities"):
         source.table = spread_identities(source.table, int(data.max_identities))
+    if data.get("max_images_per_identity"):
+        source.table = spread_images(source.table, int(data.max_images_per_identity))
     if source.table.empty:
         raise ValueError(f"data.root {root} ({data.format}) holds no images")
     return source
@@ -138,6 +140,24 @@ def spread_identities(table: pd.DataFrame, count: int) -> pd.DataFrame:
     log.info("data.max_identities=%d: %d of %d images kept (%d of %d identities)", count,
              len(kept), len(table), count, len(identities))  # fmt: skip
     return kept.reset_index(drop=True)
+
+
+def spread_images(table: pd.DataFrame, count: int) -> pd.DataFrame:
+    """At most ``count`` rows of each identity, spread evenly over its rows sorted by path
+    (``data.max_images_per_identity``; with ``max_identities``, the few faces of
+    ``debug=small``, spanning the demo's degradations), in the table's order."""
+    paths = table["path"].astype(str).to_numpy()
+    keep: list[np.ndarray] = []
+    for rows in table.groupby(table["identity"].astype(str)).indices.values():
+        rows = rows[np.argsort(paths[rows], kind="stable")]
+        if len(rows) > count:
+            rows = rows[np.linspace(0, len(rows) - 1, count).round().astype(int)]
+        keep.append(rows)
+    kept = np.sort(np.concatenate(keep)) if keep else np.arange(0)
+    if len(kept) == len(table):
+        return table
+    log.info("data.max_images_per_identity=%d: %d of %d images kept", count, len(kept), len(table))
+    return table.iloc[kept].reset_index(drop=True)
 
 
 def read_identity_table(data: DictConfig) -> pd.DataFrame:
