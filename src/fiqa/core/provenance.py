@@ -10,25 +10,30 @@ from pathlib import Path
 
 import fiqa
 
+PACKAGE = Path(__file__).resolve().parent.parent
 
-@functools.lru_cache(maxsize=1)
-def git_revision() -> str:
-    """Commit of the working tree (``+dirty`` when it has changes), or "unknown" outside git."""
-    cwd = Path(__file__).resolve().parent
+
+@functools.lru_cache(maxsize=4)
+def source_revision(package: Path = PACKAGE) -> str:
+    """The git tree of fiqa's own source (``+dirty`` when its files have uncommitted changes), or
+    "unknown" outside git.
+
+    The package's tree, not the commit: a commit that leaves the code alone (a README edit, the
+    demo's committed ``dvc.lock``) gives the same value, so re-running the pipeline on it writes
+    byte-identical outputs. ``git rev-parse <commit>:src/fiqa`` is a commit's tree.
+    """
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True,
+                              check=True)  # fmt: skip
+        return done.stdout.strip()
+
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        tree = git("rev-parse", "HEAD:./")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return rev + ("+dirty" if dirty else "")
+    return tree + ("+dirty" if dirty else "")
 
 
 @functools.lru_cache(maxsize=32)
@@ -47,8 +52,8 @@ def sha256_now(path: str) -> str:
 
 
 def code_version() -> dict[str, str]:
-    """The fiqa version and git revision, for provenance records."""
-    return {"fiqa": fiqa.__version__, "git_revision": git_revision()}
+    """The fiqa version and its source tree (``source_revision``), for provenance records."""
+    return {"fiqa": fiqa.__version__, "source_tree": source_revision()}
 
 
 def digest(obj: object, length: int = 16) -> str:
