@@ -286,3 +286,19 @@ def test_edc_figures_keep_each_methods_colour_and_name_the_pauc_limit():
     assert first["oracle"] == second["oracle"]
     assert len(set(first.values())) == len(first)
     assert method_colour("my_quality_model") == method_colour("my_quality_model")
+
+
+def test_an_edc_figure_file_is_the_same_bytes_every_time(tmp_path: Path):
+    """A DVC output: no date in the SVG, no random element ids (a rerun would change its hash)."""
+    import numpy as np
+
+    from fiqa.core.edc import EDCCurve
+    from fiqa.eval.figures import plot_edc
+
+    curve = EDCCurve(np.array([0.0, 0.5, 1.0]), np.array([0.2, 0.1, 0.0]), 0.3, 1e-3, 10, 40)
+    for suffix in ("svg", "png"):
+        a, b = tmp_path / f"a.{suffix}", tmp_path / f"b.{suffix}"
+        for path in (a, b):
+            plot_edc({"model": curve}, {"model": 0.25}, 0.3, "demo_val x sface", path)
+        assert a.read_bytes() == b.read_bytes(), suffix
+    assert b"<dc:date>" not in a.with_suffix(".svg").read_bytes()

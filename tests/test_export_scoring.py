@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import fiqa
 from fiqa.config.training import regressor_arguments
 from fiqa.quality import export as export_mod
 from fiqa.quality.export import ExportMismatchError, export_onnx
@@ -106,6 +107,9 @@ def test_dynamo_export_is_single_file_with_dynamic_batch(
     model.eval()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamo.onnx"]
     check_onnx_file(model, tmp_path / "dynamo.onnx")
+    # no per-node stack traces: the file names no path of this checkout (same bytes anywhere)
+    data = (tmp_path / "dynamo.onnx").read_bytes()
+    assert b"stack_trace" not in data and str(Path(fiqa.__file__).parent).encode() not in data
 
 
 def test_export_mismatch_leaves_no_file(

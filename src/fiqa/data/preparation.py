@@ -154,16 +154,15 @@ def prepare_faces(
             pending = []
     seconds = time.perf_counter() - start
     manifest, failures = assemble(work, n_shards, source.damaged)
-    summary = _check(manifest, failures, len(table) + len(source.damaged or []), settings, work)
-    summary |= {
+    counts = _check(manifest, failures, len(table) + len(source.damaged or []), settings, work)
+    manifest["split"] = assign_splits(manifest["identity"], settings.val_fraction, settings.seed)
+    finish(work, n_shards, manifest, failures, counts)  # no timings: the same bytes every run
+    replace_dir(work, out_dir)
+    return counts | {
         "prepare/seconds": seconds,
         "prepare/images_per_s": len(todo) / seconds if seconds > 0 else float("nan"),
         "prepare/resumed_shards": float(len(done)),
     }
-    manifest["split"] = assign_splits(manifest["identity"], settings.val_fraction, settings.seed)
-    finish(work, n_shards, manifest, failures, summary)
-    replace_dir(work, out_dir)
-    return summary
 
 
 def _open_work(work: Path, stamp_text: str) -> None:

@@ -6,7 +6,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 
 from fiqa.core.atomic import atomic_path
@@ -46,10 +46,12 @@ def sampled_curves(curves: dict[str, EDCCurve], grid: np.ndarray = PLOT_GRID) ->
 def plot_edc(
     curves: dict[str, EDCCurve], paucs: dict[str, float], limit: float, title: str, path: Path
 ) -> None:
-    """Write :func:`edc_figure` to ``path`` (PNG or SVG, by its suffix), atomically."""
+    """Write :func:`edc_figure` to ``path`` (PNG or SVG, by its suffix), atomically; the same
+    figure is the same bytes (an SVG without its date, with element ids from a fixed salt)."""
     fig = edc_figure(curves, paucs, limit, title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip("."))
+    fmt = path.suffix.lstrip(".")
+    with atomic_path(path) as tmp, rc_context({"svg.hashsalt": "fiqa"}):
+        fig.savefig(tmp, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
 
 
 def edc_figure(

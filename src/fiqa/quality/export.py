@@ -68,11 +68,21 @@ def _write_graph(
         )
 
 
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # per-node source lines, with this checkout's paths
+
+
 def _add_metadata(tmp: Path, model: QualityRegressor) -> None:
-    """Record the input format and the model's hyperparameters in the ONNX metadata."""
+    """Record the input format and the model's hyperparameters in the ONNX metadata; drop the
+    exporter's per-node stack traces, whose absolute paths would make the same model's file
+    differ between two clones."""
     import onnx
 
     proto = onnx.load(str(tmp))
+    for nodes in (proto.graph.node, *(f.node for f in proto.functions)):
+        for node in nodes:
+            kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
     for key, value in (
         ("fiqa.input", INPUT_FORMAT),
         ("fiqa.template", model.template),
