@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from fiqa.label.faceqan import PIXEL_RANGE, FaceQanParams, attack_similarities, faceqan_quality
+from fiqa.label import faceqan
+from fiqa.label.faceqan import (
+    PIXEL_RANGE,
+    FaceQanParams,
+    attack_similarities,
+    faceqan_batch,
+    faceqan_quality,
+)
 
 
 def test_quality_formula_by_hand() -> None:
@@ -65,3 +72,17 @@ def test_attack_moves_embeddings_away_within_the_budget() -> None:
     assert not torch.equal(s, other)
     # no weight gradients are left behind
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_a_long_batch_logs_its_progress_between_attack_passes(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(faceqan, "PROGRESS_EVERY_S", 0.0)  # every pass is "long"
+    x = torch.rand(5, 3, 2, 2, generator=torch.Generator().manual_seed(0)) * 200 + 20
+    params = FaceQanParams(**(PAPER | {"iterations": 1, "copies": 2, "batch_size": 2}))
+    with caplog.at_level("INFO", logger="fiqa.label.faceqan"):
+        scores = faceqan_batch(_Linear(), x, params, torch.Generator().manual_seed(1))
+    assert scores.shape == (5,)
+    # passes of 2, 2 and 1 faces: a line after the first two, none once the batch is done
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "faceqan: 2/5 faces of this batch attacked",
+        "faceqan: 4/5 faces of this batch attacked",
+    ]

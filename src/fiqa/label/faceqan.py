@@ -19,6 +19,8 @@ range [0, 255] (the public code clips to [-1, 1] in [0, 1] units, i.e. effective
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fiqa.extract.products import Batch, BatchProduct
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 30.0  # a line while one extraction batch is attacked (minutes on a CPU)
 
 PIXEL_RANGE = 255.0  # eps is given in [0, 1] image units; the networks take 0..255
 
@@ -128,9 +134,11 @@ def faceqan_batch(
     net: nn.Module, x: torch.Tensor, params: FaceQanParams, generator: torch.Generator | None
 ) -> torch.Tensor:
     """FaceQAN scores ``(n,)`` float64 of ``x`` (float 0..255 faces), ``params.batch_size`` faces
-    per attack pass so memory stays bounded whatever the size of ``x``."""
+    per attack pass so memory stays bounded whatever the size of ``x``; a progress line every
+    ``PROGRESS_EVERY_S`` seconds, since one extraction batch takes minutes on a CPU."""
     scores = []
     trainable = [p for p in net.parameters() if p.requires_grad]
+    started = last = time.monotonic()
     try:
         for p in trainable:  # only input gradients are needed: skip the weight gradients
             p.requires_grad_(False)
@@ -140,6 +148,11 @@ def faceqan_batch(
                 chunk = x[start : start + params.batch_size].clone()
                 s, s_f = attack_similarities(net, chunk, params, generator)
                 scores.append(faceqan_quality(s.cpu().numpy(), s_f.cpu().numpy(), params.power))
+                done, now = start + len(chunk), time.monotonic()
+                if now - last >= PROGRESS_EVERY_S and done < len(x):
+                    log.info("faceqan: %d/%d faces of this batch attacked, %.2f faces/s", done,
+                             len(x), done / (now - started))  # fmt: skip
+                    last = now
     finally:
         for p in trainable:
             p.requires_grad_(True)
