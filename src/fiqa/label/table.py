@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from fiqa.core.artifacts import LABEL_FIGURES, LABEL_REPORT, LABELS, LABELS_PROVENANCE, MANIFEST
 from fiqa.core.atomic import atomic_dir, write_json_atomic
 from fiqa.core.lineage import input_hashes
-from fiqa.core.provenance import code_version
+from fiqa.core.provenance import code_version, portable_path
 from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry
 from fiqa.label.compute import MethodOutputs, method_columns, method_outputs
@@ -138,7 +138,7 @@ def build_labels(
         "methods": {name: asdict(job.params[name]) for name in job.methods},
         "fr_models": {
             name: {
-                "weights": info.weights_path,
+                "weights": portable_path(info.weights_path),
                 "sha256": info.weights_sha256,
                 "template": info.template,
             }

@@ -167,7 +167,8 @@ def run_identity(job: TrainJob) -> dict[str, Any]:
 
 def labels_used(record: Path) -> dict[str, Any]:
     """Target and correction of the labels trained on (from their ``labels.json``; empty for
-    hand-made labels): recorded in ``models/lineage.json`` and the W&B run's config."""
+    hand-made labels): recorded in ``models/lineage.json``, ``metrics/train.json`` and the W&B
+    run's config."""
     if not record.is_file():
         return {}
     made = json.loads(record.read_text(encoding="utf-8"))

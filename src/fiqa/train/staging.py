@@ -90,7 +90,10 @@ def publish(staging: Path, models_dir: Path, metrics_dir: Path, identity: Mappin
     (staging / RUN_RECORD).unlink(missing_ok=True)
     write_json_atomic(staging / LINEAGE, {**identity, **code_version()})
     replace_dir(staging, models_dir)
-    write_json_atomic(metrics_dir / TRAIN_METRICS, dict(summary))
+    # the labels trained on beside the metrics: a `labels.target` column in `dvc exp show`
+    write_json_atomic(
+        metrics_dir / TRAIN_METRICS, {**summary, "labels": identity.get("labels", {})}
+    )
 
 
 def train_position(checkpoint: Path) -> tuple[int, int]:
