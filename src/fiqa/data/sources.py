@@ -127,6 +127,12 @@ def read_source(data: DictConfig) -> Source:
     return source
 
 
+def evenly_spaced(n: int, count: int) -> np.ndarray:
+    """``count`` positions of ``n`` (``count < n``) spread evenly from the first to the last:
+    ``round(linspace(0, n - 1, count))``."""
+    return np.linspace(0, n - 1, count).round().astype(int)
+
+
 def spread_identities(table: pd.DataFrame, count: int) -> pd.DataFrame:
     """The rows of ``count`` identities spread evenly over the sorted identities of ``table``
     (all of them when it has no more): ``data.max_identities``, a small set for trying things
@@ -135,7 +141,7 @@ def spread_identities(table: pd.DataFrame, count: int) -> pd.DataFrame:
     identities = np.sort(names.unique())
     if len(identities) <= count:
         return table
-    keep = identities[np.linspace(0, len(identities) - 1, count).round().astype(int)]
+    keep = identities[evenly_spaced(len(identities), count)]
     kept = table[names.isin(keep)]
     log.info("data.max_identities=%d: %d of %d images kept (%d of %d identities)", count,
              len(kept), len(table), count, len(identities))  # fmt: skip
@@ -151,7 +157,7 @@ def spread_images(table: pd.DataFrame, count: int) -> pd.DataFrame:
     for rows in table.groupby(table["identity"].astype(str)).indices.values():
         rows = rows[np.argsort(paths[rows], kind="stable")]
         if len(rows) > count:
-            rows = rows[np.linspace(0, len(rows) - 1, count).round().astype(int)]
+            rows = rows[evenly_spaced(len(rows), count)]
         keep.append(rows)
     kept = np.sort(np.concatenate(keep)) if keep else np.arange(0)
     if len(kept) == len(table):
