@@ -45,6 +45,7 @@ bench: setup  ## print the benchmark figures
 	$(RUN) python benchmarks/embedding_pipeline.py
 	$(RUN) python benchmarks/label_scale.py
 	$(RUN) python benchmarks/eval_matrix.py
+	$(RUN) python benchmarks/shared_trunk.py
 	$(RUN) python benchmarks/train_throughput.py
 	$(RUN) python benchmarks/cached_training.py
 	$(RUN) python benchmarks/diffiqa_cost.py

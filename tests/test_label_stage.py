@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -104,10 +105,15 @@ def test_same_seed_same_table_and_ediffiqa_correction(real_faces):
     first = pd.read_parquet(path)
     run_stage("label", config(root, "label=sddfiqa"))
     pd.testing.assert_frame_equal(first, pd.read_parquet(path))
-    run_stage("label", config(root, "label=crfiqa", "label.correction=ediffiqa"))
+    run_stage("label", config(root, "label.target=crfiqa+ediffiqa"))
     corrected = pd.read_parquet(path)
+    assert corrected["quality"].equals(corrected["crfiqa+ediffiqa"])
     assert corrected["quality"].between(0, 1).all()
     assert not corrected["quality"].equals(corrected["crfiqa"])
+    record = json.loads((path.parent / "labels.json").read_text())
+    assert record["corrected"]["crfiqa+ediffiqa"]["base"] == "crfiqa"
+    report = json.loads((path.parent / "report.json").read_text())
+    assert report["methods"]["crfiqa+ediffiqa"]["max"] <= 1.0
     # The correction only lowers labels (q' = clip(q - eps (1 - cos), 0, 1) on min-max labels).
     base = corrected["crfiqa"]
     normalised = (base - base.min()) / (base.max() - base.min())
@@ -120,17 +126,17 @@ def test_the_target_is_computed_and_compute_names_registered_methods(tmp_path):
     from fiqa.config.validate import validate_config
 
     cfg = config(tmp_path, "label=crfiqa", "label.compute=[fused,serfiq]")
-    assert label_job(cfg).methods == ["serfiq", "crfiqa", "fused"]  # registry order
+    assert label_job(cfg).methods == ["faceqnet", "serfiq", "crfiqa", "fused"]  # registry order
     with pytest.raises(ConfigError, match=r"label\.compute: unknown \['magic'\]"):
         validate_config(config(tmp_path, "label.compute=[serfiq,magic]"))
 
 
-def test_fused_weights_must_name_computed_methods(real_faces):
+def test_fused_weights_must_name_label_methods(real_faces):
     from fiqa.stages import StageError
 
     root, _ = real_faces
-    with pytest.raises(StageError, match=r"label\.methods\.fused: .*magface"):
-        run_stage("label", config(root, "label=fused", "+label.methods.fused.weights.magface=1.0"))
+    with pytest.raises(StageError, match=r"label\.methods\.fused reads 'magic'"):
+        run_stage("label", config(root, "label=fused", "+label.methods.fused.weights.magic=1.0"))
 
 
 def test_several_fr_models_give_per_model_columns_and_their_mean(real_faces, shared_data):

@@ -16,7 +16,7 @@ from fiqa.label.faceqnet import (
     references_from_list,
     select_reference_images,
 )
-from fiqa.label.report import check_labels, identity_spread, label_report, write_label_figures
+from fiqa.label.report import check_label_values, identity_spread, label_report, write_label_figures
 from fiqa.label.serfiq import calibrate, serfiq_from_embeddings
 
 
@@ -123,14 +123,14 @@ def test_label_report_and_checks():
     assert report["spearman_between_methods"]["m1"]["m2"] == pytest.approx(-1.0)
     assert report["spearman_vs_severity"] == {"m1": pytest.approx(-1.0), "m2": pytest.approx(1.0)}
     unit = {"m1": (0.0, 1.0), "m2": (0.0, 1.0)}
-    check_labels(table, unit, {"a", "b"})
+    check_label_values(table, unit, {"a", "b"})
     with pytest.raises(ValueError, match="lost 1 identities"):
-        check_labels(table, unit, {"a", "b", "c"})
+        check_label_values(table, unit, {"a", "b", "c"})
     with pytest.raises(ValueError, match=r"'m1': 2 values not finite in \[0.0, 0.5\]"):
-        check_labels(table, {"m1": (0.0, 0.5)}, {"a", "b"})
+        check_label_values(table, {"m1": (0.0, 0.5)}, {"a", "b"})
     table.loc[0, "m1"] = np.nan
     with pytest.raises(ValueError, match="not finite in"):
-        check_labels(table, unit, {"a", "b"})
+        check_label_values(table, unit, {"a", "b"})
 
 
 def test_identity_spread_is_scale_free_and_hand_computable():

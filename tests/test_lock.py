@@ -127,3 +127,26 @@ def test_a_stage_run_inside_a_held_lock_of_its_own_process_does_not_block(tmp_pa
     with stage_lock("prepare", output_dirs("prepare", cfg)), pytest.raises(StageError) as err:
         run_stage("prepare", cfg)  # fails for the missing data, not on its own process's lock
     assert "another fiqa" not in str(err.value) and "absent" in str(err.value)
+
+
+def test_a_waiting_acquirer_gets_the_lock_when_its_holder_is_done(tmp_path: Path):
+    """Work one process does for all (a shared cache entry): the second waits instead of
+    failing, and takes the lock as soon as the first releases it."""
+    entry = tmp_path / "cache" / "sface-0123"
+    holder = start_holder(entry)
+    released: list[float] = []
+    try:
+        import threading
+
+        def release_soon() -> None:
+            time.sleep(1.0)
+            released.append(time.monotonic())
+            stop(holder)
+
+        threading.Thread(target=release_soon).start()
+        with output_lock(entry, wait=True):
+            acquired = time.monotonic()
+        assert released and acquired >= released[0]
+    finally:
+        if holder.poll() is None:
+            stop(holder)

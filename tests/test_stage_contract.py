@@ -13,8 +13,9 @@ import yaml
 from omegaconf import DictConfig
 
 from conftest import demo_config
-from fiqa.cli.dvc_yaml import import_closure, render
+from fiqa.cli.dvc_yaml import project_dvc_yaml
 from fiqa.config.validate import validate_config
+from fiqa.pipeline.dvc_yaml import import_closure
 from fiqa.stages import RUNTIME_KEYS, STAGES
 from fiqa.stages.runner import execute_stage
 
@@ -66,7 +67,7 @@ def undeclared(reads: set[str], declared: list[str]) -> list[str]:
 
 
 def test_dvc_yaml_is_what_fiqa_dvc_yaml_writes() -> None:
-    assert (REPO_ROOT / "dvc.yaml").read_text() == render(REPO_ROOT), "run `make dvc-yaml`"
+    assert (REPO_ROOT / "dvc.yaml").read_text() == project_dvc_yaml(REPO_ROOT), "make dvc-yaml"
 
 
 def test_code_deps_are_the_import_closure_and_stay_each_stages_own() -> None:

@@ -1,139 +1,186 @@
-"""fiqa study: a small study end to end on the demo, its resumption after a kill, and the state
-file that decides what a rerun skips."""
+"""fiqa study: a study is a DVC pipeline of the pipeline's own stages. DVC decides what runs (a
+killed study continues, an added method trains alone, a changed label setting retrains only its
+methods, nothing changed runs nothing) and Hydra's launcher fans the trainings out."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
+import yaml
 
-import fiqa.study.run as study_run
 from conftest import demo_config
-from fiqa.cli.study import study
+from fiqa.cli.study import JOB_RECORD, run_study_app
 from fiqa.config.typed import ConfigError
-from fiqa.core.artifacts import QUALITY_CHECKPOINT, QUALITY_ONNX
+from fiqa.pipeline.study import study_pipeline
+from fiqa.stages import StageError
 
 METHODS = ["faceqnet", "serfiq+ediffiqa"]
 BLIND = ["serfiq", "detector", "sharpness"]
-TINY_DDPM = ["ddpm.unet.sample_size=16", "ddpm.unet.channel_mults=[1,2]", "ddpm.max_steps=2",
-             "label.methods.diffiqa.repeats=1"]  # fmt: skip
+BIN = Path(sys.executable).parent
 
 
-def _config(root: Path, small_demo: Path, *overrides: str, methods: list[str] = METHODS,
-            blind: list[str] = BLIND):  # fmt: skip
-    return demo_config(root, small_demo, "debug=smoke", "trainer.max_epochs=1", "study.name=small",
-                       f"study.methods=[{','.join(methods)}]", f"study.blind=[{','.join(blind)}]",
-                       "study.benchmarks=[{format: prepared, split: all}]",  # val has no errors
-                       *overrides)  # fmt: skip
+def study_args(small_demo: Path, *overrides: str, methods: list[str] = METHODS) -> list[str]:
+    """A small study of the small demo: the smoke preset, one epoch, all pairs (the validation
+    identities of so few make no recognition errors)."""
+    return [f"paths.root={Path.cwd()}", f"data.root={small_demo / 'raw'}", "logger=none",
+            "debug=smoke", "trainer.max_epochs=1", "study.name=small",
+            f"study.methods=[{','.join(methods)}]", f"study.blind=[{','.join(BLIND)}]",
+            "study.benchmarks=[{format: prepared, split: all}]",
+            f"hydra.run.dir={Path.cwd() / 'outputs'}", *overrides]  # fmt: skip
 
 
-def test_small_study_resumes_after_a_kill_without_retraining(
-    tmp_path: Path, small_demo: Path, monkeypatch: pytest.MonkeyPatch
-):
-    cfg = _config(tmp_path, small_demo)
-    fit = study_run.fit_quality_model
-    trained: list[str] = []
-
-    def killed_at_second_method(job, *args):
-        trained.append(job.label_column)
-        if len(trained) == 2:
-            raise KeyboardInterrupt("killed")  # as a SLURM preemption would
-        return fit(job, *args)
-
-    monkeypatch.setattr(study_run, "fit_quality_model", killed_at_second_method)
-    with pytest.raises(KeyboardInterrupt):
-        study(cfg.copy())
-    directory = tmp_path / "studies" / "small"
-    first = directory / "models" / METHODS[0] / QUALITY_ONNX
-    first_written = first.stat().st_mtime_ns
-    assert not (directory / "models" / METHODS[1] / QUALITY_ONNX).exists()
-
-    def recorded(job, *args):
-        trained.append(job.label_column)
-        return fit(job, *args)
-
-    def no_prepare(*args):
-        raise AssertionError("the rerun prepared the faces again")
-
-    monkeypatch.setattr(study_run, "fit_quality_model", recorded)
-    monkeypatch.setattr(study_run, "prepare_faces", no_prepare)
-    summary = study(cfg.copy())
-
-    assert trained == [METHODS[0], METHODS[1], METHODS[1]]  # the finished one is not retrained
-    assert first.stat().st_mtime_ns == first_written
-    state = json.loads((directory / "state.json").read_text())
-    assert set(state["steps"]) == {"prepare", "label", *(f"train/{m}" for m in METHODS)}
-    assert set(state["seconds"]) == {"evaluate", *state["steps"]}  # each from its last run
-
-    # Every model is kept where the README says, usable by fiqa score --checkpoint.
-    from fiqa.quality.scoring import QualityScorer
-
-    for method in METHODS:
-        for name in (QUALITY_CHECKPOINT, QUALITY_ONNX):
-            scorer = QualityScorer.from_path(directory / "models" / method / name)
-            scores = scorer.score_prepared(directory / "prepared", batch_size=16)
-            assert np.isfinite(scores["quality"]).all() and scores["quality"].std() > 0
-
-    # The blind table: the trained models as <method>(R), the per-image methods and baselines.
-    results = json.loads((directory / "metrics" / "study.json").read_text())
-    (bench,) = results
-    rows = results[bench]["sface"]
-    expected = [f"{m}(R)" for m in METHODS] + BLIND
-    assert [m for m in rows if rows[m].get("kind") in {"blind"}] == expected
-    assert not [m for m in rows if rows[m].get("kind") == "label"]
-    assert rows["faceqnet(R)"]["same_model"] is True  # trained on SFace labels, scored by SFace
-    report = (directory / "reports" / "study.md").read_text()
-    assert "| faceqnet(R) |" in report and "Best blind method (mean)" in report
-    assert (directory / "reports" / "study.html").is_file()
-    assert list((directory / "reports").glob("edc_*.png"))
-    assert all(np.isfinite(v) for v in summary.values())
-
-    labels = pd.read_parquet(directory / "labels" / "labels.parquet")
-    corrected, base = labels["serfiq+ediffiqa"], labels["serfiq"]
-    assert corrected.between(0, 1).all() and not np.allclose(corrected, base)
-
-    # A method added to the study relabels (one more column) and trains only itself.
-    trained.clear()
-    study(_config(tmp_path, small_demo, methods=[*METHODS, "crfiqa"]))
-    assert trained == ["crfiqa"] and first.stat().st_mtime_ns == first_written
+@pytest.fixture
+def dvc_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty DVC repository (no git) as the working directory."""
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path,
+                   check=True)  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two trainings side by side on 2 cores
+    return tmp_path
 
 
-def test_state_skips_a_step_only_with_its_inputs_and_output(tmp_path: Path):
-    state = study_run._State(tmp_path / "state.json")
-    state.finish("prepare", "k", {"prepare": 1.25})
-    reread = study_run._State(tmp_path / "state.json")
-    assert reread.data == {"steps": {"prepare": "k"}, "seconds": {"prepare": 1.2}}
-    output = tmp_path / "out"
-    assert not reread.done("prepare", "k", output)  # its output is gone
-    output.touch()
-    assert reread.done("prepare", "k", output)
-    assert not reread.done("prepare", "other inputs", output)
+def ran(output: str) -> list[str]:
+    """The study stages DVC ran, in order, from its output."""
+    return re.findall(r"Running stage 'studies/small/dvc\.yaml:([^']+)'", output)
 
 
-def test_unknown_study_method_is_named(tmp_path: Path, small_demo: Path):
-    cfg = _config(tmp_path, small_demo, methods=["faceqnet", "crfiqa+typo"])
-    with pytest.raises(ConfigError, match=r"study.methods.*crfiqa\+typo"):
-        study(cfg)
+def locked_outs(study: Path) -> dict[str, str]:
+    """``{stage: md5 of its first output}`` as ``dvc.lock`` records them."""
+    lock = yaml.safe_load((study / "dvc.lock").read_text())["stages"]
+    return {name: stage["outs"][0]["md5"] for name, stage in lock.items() if stage.get("outs")}
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process under it (DVC and the stage it runs), as a scheduler
+    preempting a job would."""
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                              text=True, check=False).stdout.split()  # fmt: skip
+    os.kill(pid, signal.SIGKILL)
+    for child in children:
+        kill_tree(int(child))
 
 
 @pytest.mark.slow
-def test_a_diffiqa_study_trains_its_own_ddpm_once(tmp_path: Path, small_demo: Path):
-    """DifFIQA in a study: the study's DDPM on its training set (``ddpm/``), DifFIQA labels
-    from it for DifFIQA(R), DifFIQA on the benchmark faces; a rerun skips the DDPM."""
-    cfg = _config(tmp_path, small_demo, *TINY_DDPM, methods=["diffiqa"], blind=["diffiqa"])
-    study(cfg.copy())
-    directory = tmp_path / "studies" / "small"
-    record = json.loads((directory / "ddpm" / "ddpm.json").read_text())
-    assert record["trained"] and record["prepared"] == str(directory / "prepared")
-    state = json.loads((directory / "state.json").read_text())
-    assert set(state["steps"]) == {"prepare", "ddpm", "label", "train/diffiqa"}
-    labels = pd.read_parquet(directory / "labels" / "labels.parquet")
-    assert labels["diffiqa"].notna().all() and labels["diffiqa"].std() > 0
-    (bench,) = json.loads((directory / "metrics" / "study.json").read_text()).values()
-    assert {"diffiqa(R)", "diffiqa"} <= set(bench["sface"])
-    written = (directory / "ddpm" / "ddpm.json").stat().st_mtime_ns
-    study(cfg.copy())
-    assert (directory / "ddpm" / "ddpm.json").stat().st_mtime_ns == written
+def test_a_study_continues_after_a_kill_adds_methods_alone_and_reruns_only_changes(
+    dvc_repo: Path, small_demo: Path, capfd: pytest.CaptureFixture[str]
+):
+    study = dvc_repo / "studies" / "small"
+    # Killed once its first training is recorded (the second may have started).
+    proc = subprocess.Popen([str(BIN / "fiqa"), "study", *study_args(small_demo)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while "train-faceqnet" not in locked_outs_or_empty(study):
+        assert proc.poll() is None and time.monotonic() < deadline, "the study stopped early"
+        time.sleep(0.5)
+    kill_tree(proc.pid)
+    proc.wait(timeout=60)
+    first = locked_outs(study)
+    assert "evaluate" not in first
+
+    run_study_app(study_args(small_demo))  # continues: the recorded stages are not run again
+    assert not {"prepare", "label-faceqnet", "train-faceqnet"} & set(ran(capfd.readouterr().out))
+    lock = locked_outs(study)
+    assert all(lock[name] == md5 for name, md5 in first.items())
+    results = json.loads((study / "metrics" / "eval.json").read_text())
+    rows = results["demo_all"]["sface"]
+    assert [m for m in rows if rows[m]["kind"] == "blind"] == [
+        "faceqnet(R)",
+        "serfiq+ediffiqa(R)",
+        *BLIND,
+    ]
+    assert rows["faceqnet(R)"]["same_model"] is True  # trained on SFace labels, scored by SFace
+    assert "| faceqnet(R) |" in (study / "reports" / "eval.md").read_text()
+    train = json.loads((study / "metrics" / "serfiq+ediffiqa" / "train.json").read_text())
+    assert train["labels"] == {"target": "serfiq+ediffiqa"}  # the corrected labels, recorded
+    labels = json.loads((study / "data/labels/serfiq+ediffiqa/report.json").read_text())
+    assert set(labels["methods"]) == {"serfiq", "serfiq+ediffiqa"}  # reported by the stage
+
+    run_study_app(study_args(small_demo, methods=[*METHODS, "crfiqa"]))  # an added method
+    assert ran(capfd.readouterr().out) == ["label-crfiqa", "train-crfiqa", "evaluate"]
+    run_study_app(study_args(small_demo, "label.ediffiqa.eps=0.3"))  # only its method's labels
+    assert ran(capfd.readouterr().out) == ["label-serfiq+ediffiqa", "train-serfiq+ediffiqa",
+                                           "evaluate"]  # fmt: skip
+    run_study_app(study_args(small_demo, "label.ediffiqa.eps=0.3"))  # nothing changed
+    assert ran(capfd.readouterr().out) == []
+
+    # The trainings side by side through a multi-process launcher, then again one after the
+    # other by DVC: the same models, byte for byte, so the same table.
+    sweep = dvc_repo / "sweep"
+    run_study_app(study_args(small_demo, "label.ediffiqa.eps=0.3", "train.seed=1",
+                             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                             f"hydra.sweep.dir={sweep}"))  # fmt: skip
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob(f"*/{JOB_RECORD}"))]
+    assert sorted(j["stage"] for j in jobs) == ["train-faceqnet", "train-serfiq+ediffiqa"]
+    assert jobs[0]["pid"] != jobs[1]["pid"] != os.getpid()
+    assert max(j["start"] for j in jobs) < min(j["end"] for j in jobs)  # they overlapped
+    parallel, table = locked_outs(study), (study / "metrics" / "eval.json").read_bytes()
+    for method in METHODS:
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item",
+                        f"studies/small/dvc.yaml:train-{method}"], check=True)  # fmt: skip
+    assert locked_outs(study) == parallel
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "studies/small/dvc.yaml"], check=True)
+    assert (study / "metrics" / "eval.json").read_bytes() == table
+
+
+def locked_outs_or_empty(study: Path) -> dict[str, str]:
+    """``locked_outs`` while DVC may be writing the file: empty when absent or half written."""
+    try:
+        return locked_outs(study)
+    except (FileNotFoundError, yaml.YAMLError, TypeError, KeyError):
+        return {}
+
+
+def test_each_study_stage_depends_on_the_settings_its_method_reads(tmp_path: Path,
+                                                                    small_demo: Path):  # fmt: skip
+    (tmp_path / ".dvc").mkdir()
+    cfg = demo_config(tmp_path, small_demo,
+                      "study.methods=[huo,fused,crfiqa+ediffiqa,diffiqa]", "study.blind=[serfiq]")  # fmt: skip
+    study = study_pipeline(cfg, tmp_path)
+    stages = {s.name: s for s in study.stages}
+    assert list(stages) == ["prepare", "ddpm", "label-huo", "train-huo", "label-fused",
+                            "train-fused", "label-crfiqa+ediffiqa", "train-crfiqa+ediffiqa",
+                            "label-diffiqa", "train-diffiqa", "evaluate"]  # fmt: skip
+
+    def methods(stage: str) -> list[str]:
+        return [p.removeprefix("label.methods.") for p in stages[stage].params
+                if p.startswith("label.methods.")]  # fmt: skip
+
+    assert methods("label-huo") == methods("train-huo") == ["serfiq", "huo"]
+    assert methods("label-fused") == ["faceqnet", "serfiq", "fused"]  # its weighted columns
+    assert methods("label-crfiqa+ediffiqa") == ["crfiqa"]
+    assert "label.ediffiqa" in stages["label-crfiqa+ediffiqa"].params
+    assert "label.ediffiqa" not in stages["train-huo"].params
+    assert methods("evaluate") == ["serfiq"]  # the blind method it computes
+    ddpm = study.directory.as_posix() + "/ddpm"
+    assert ddpm in stages["label-diffiqa"].deps and ddpm not in stages["label-huo"].deps
+    assert "ddpm.unet" in stages["label-diffiqa"].params
+    assert "ddpm.unet" not in stages["label-fused"].params
+    assert "label.target=crfiqa+ediffiqa" in stages["train-crfiqa+ediffiqa"].cmd
+    raw = (small_demo / "raw").resolve()  # the training set is a dep of prepare
+    assert any((tmp_path / d).resolve() == raw for d in stages["prepare"].deps)
+    # The study's config: its paths, its W&B group, its regressors beside the blind methods.
+    config = study.config
+    assert config["paths"]["models"] == str(tmp_path / "studies" / "demo" / "models")
+    assert config["paths"]["cache"] == str(tmp_path / "cache")  # shared with every run
+    assert config["experiment_name"] == "study-demo"
+    assert config["eval"]["methods"] == ["huo(R)", "fused(R)", "crfiqa+ediffiqa(R)",
+                                         "diffiqa(R)", "serfiq"]  # fmt: skip
+    assert config["label"]["methods"]["diffiqa"]["ddpm"] == str(tmp_path / "studies/demo/ddpm")
+
+
+def test_study_errors_name_the_method_and_the_missing_repository(tmp_path: Path,
+                                                                 small_demo: Path):  # fmt: skip
+    cfg = demo_config(tmp_path, small_demo, "study.methods=[faceqnet,crfiqa+typo]")
+    with pytest.raises(ConfigError, match=r"study.methods: unknown \['crfiqa\+typo'\]"):
+        study_pipeline(cfg, tmp_path)
+    with pytest.raises(StageError, match="not inside a DVC repository"):
+        study_pipeline(demo_config(tmp_path, small_demo), tmp_path)

@@ -181,11 +181,13 @@ def test_training_on_cached_trunk_features_equals_training_on_images(labelled, t
     from fiqa.config.extraction import extractor
     from fiqa.data.prepared import PreparedFaces
     from fiqa.extract import FaceSource
-    from fiqa.train.frozen import can_cache, frozen_features
+    from fiqa.quality.trunk import shares_frozen_part
+    from fiqa.train.frozen import frozen_features
 
     arguments = regressor_arguments(head="linear", freeze="trunk", scheduler="none", lr=1e-2,
                                     backbone_lr=1e-3)  # fmt: skip
-    assert can_cache(arguments) and not can_cache({**arguments, "unfreeze_at_epoch": 1})
+    assert shares_frozen_part(arguments)
+    assert not shares_frozen_part({**arguments, "unfreeze_at_epoch": 1})
     runner = extractor(compose_config([f"paths.root={tmp_path}"]))
     features = frozen_features(arguments, FaceSource.from_prepared(PreparedFaces(labelled[0])),
                                runner, batch_size=8)  # fmt: skip

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,9 @@ from fiqa.config import compose_config
 from fiqa.config.labels import label_job
 from fiqa.core.atomic import write_json_atomic
 from fiqa.core.containers import differences
-from fiqa.core.lineage import LineageError, check_inputs, input_hashes
+from fiqa.core.lineage import LineageError, check_inputs, check_lineage, input_hashes
+from fiqa.label.table import target_settings
 from fiqa.stages import StageError
-from fiqa.stages.evaluate import check_lineage
 from fiqa.stages.runner import run_stage
 from fiqa.train.datamodule import SeededShuffleSampler
 
@@ -70,9 +69,8 @@ def labelled_root(root: Path) -> Path:
 def label_record(cfg: DictConfig) -> dict:
     """The part of ``labels.json`` the label stage writes for ``cfg`` that train checks."""
     job = label_job(cfg)
-    return {"target": job.target, "correction": job.correction,
-            "fr_models": {name: {} for name in job.fr_models},
-            "methods": {job.target: asdict(job.params[job.target])}}  # fmt: skip
+    return {"target": job.target, "target_settings": target_settings(job),
+            "fr_models": {name: {} for name in job.fr_models}}  # fmt: skip
 
 
 def train(root: Path, *overrides: str) -> dict[str, float]:
@@ -156,9 +154,10 @@ def test_resume_refuses_staged_work_of_other_labels(
     (staged / "checkpoints" / "last.ckpt").write_bytes(b"a killed run's state")
     cfg = compose_config([f"paths.root={root}", *TINY, "train.resume=true"])
     from fiqa.config.training import train_job
-    from fiqa.train.fit import run_identity
+    from fiqa.train.fit import check_training_inputs, run_identity
 
-    identity = run_identity(train_job(cfg))
+    job = train_job(cfg)
+    identity = run_identity(job, check_training_inputs(job))
     identity["inputs"]["labels"] = "0" * 64
     write_json_atomic(staged / "run.json", identity)
     with pytest.raises(StageError, match=r"another run.*inputs\.labels \('0000"):
@@ -195,7 +194,6 @@ def test_check_inputs_compares_recorded_hashes(tmp_path: Path) -> None:
 
 
 def test_evaluate_refuses_a_model_trained_on_other_labels(tmp_path: Path) -> None:
-    cfg = compose_config([f"paths.root={tmp_path}"])
     manifest, labels = tmp_path / "data/prepared/manifest.parquet", tmp_path / "data/labels"
     manifest.parent.mkdir(parents=True)
     labels.mkdir(parents=True)
@@ -204,10 +202,10 @@ def test_evaluate_refuses_a_model_trained_on_other_labels(tmp_path: Path) -> Non
     write_json_atomic(labels / "labels.json", {"inputs": input_hashes({"manifest": manifest})})
     inputs = input_hashes({"manifest": manifest, "labels": labels / "labels.parquet"})
     write_json_atomic(tmp_path / "models/lineage.json", {"inputs": inputs})
-    check_lineage(cfg)
+    check_lineage(manifest.parent, labels, [tmp_path / "models"])
     (labels / "labels.parquet").write_bytes(b"other labels")
     with pytest.raises(LineageError, match=r"models/lineage\.json was made from a labels\.parquet"):
-        check_lineage(cfg)
+        check_lineage(manifest.parent, labels, [tmp_path / "models"])
 
 
 def test_sampler_epochs_do_not_depend_on_the_history() -> None:
@@ -243,23 +241,49 @@ def test_checkpoint_files_are_written_atomically(tmp_path: Path) -> None:
 def test_train_refuses_labels_made_for_another_label_config(tmp_path: Path) -> None:
     """`fiqa train` with the default label=faceqnet next to SER-FIQ labels (left by `dvc exp run
     -S label=serfiq`) stops, saying how to fix it; matching labels pass."""
-    from fiqa.stages.train import check_labels
+    from fiqa.config.training import labels_asked
+    from fiqa.train.fit import labels_mismatch, labels_used  # labels_used: lineage.json's record
+
+    def check(*overrides: str) -> None:
+        asked = labels_asked(compose_config([f"paths.root={tmp_path}", *overrides]))
+        differ = labels_mismatch(json.loads(record.read_text()), asked)
+        if differ:
+            raise ValueError("; ".join(differ))
 
     cfg = compose_config([f"paths.root={tmp_path}"])
     made = label_record(cfg)
     record = tmp_path / "data" / "labels" / "labels.json"
     write_json_atomic(record, made)
-    check_labels(cfg)
-    from fiqa.train.fit import labels_used  # what lineage.json and metrics/train.json record
-
-    assert labels_used(record) == {"target": "faceqnet", "correction": made.get("correction")}
-    write_json_atomic(record, made | {"target": "serfiq", "methods": {"serfiq": {"passes": 8}}})
-    with pytest.raises(StageError, match=r"target \('serfiq' -> 'faceqnet'\).*label=faceqnet"):
-        check_labels(cfg)
+    check()
+    assert labels_used(record) == {"target": "faceqnet"}
+    write_json_atomic(record, made | {"target": "serfiq", "target_settings": {"serfiq": {}}})
+    with pytest.raises(ValueError, match=r"^target \('serfiq' -> 'faceqnet'\)$"):
+        check()
     write_json_atomic(record, made | {"fr_models": {"dlib": {}}})
-    with pytest.raises(StageError, match=r"fr_models \(\['dlib'\] -> \['sface'\]\)"):
-        check_labels(cfg)
-    other = compose_config([f"paths.root={tmp_path}", "label.methods.faceqnet.reference=manifest"])
+    with pytest.raises(ValueError, match=r"fr_models \(\['dlib'\] -> \['sface'\]\)"):
+        check()
     write_json_atomic(record, made)
-    with pytest.raises(StageError, match=r"methods\.faceqnet\.reference \('proxy' -> 'manifest'\)"):
-        check_labels(other)
+    with pytest.raises(ValueError, match=r"settings\.faceqnet\.reference \('proxy' -> 'manifest'\)"):
+        check("label.methods.faceqnet.reference=manifest")
+    # Corrected labels are other labels than their base method's, and their settings count.
+    with pytest.raises(ValueError, match=r"target \('faceqnet' -> 'faceqnet\+ediffiqa'\)"):
+        check("label.target=faceqnet+ediffiqa")
+    corrected = label_record(compose_config([f"paths.root={tmp_path}",
+                                             "label.target=faceqnet+ediffiqa"]))  # fmt: skip
+    write_json_atomic(record, corrected)
+    check("label.target=faceqnet+ediffiqa")
+    with pytest.raises(ValueError, match=r"settings\.ediffiqa\.eps \(0\.5 -> 0\.3\)"):
+        check("label.target=faceqnet+ediffiqa", "label.ediffiqa.eps=0.3")
+
+
+def test_train_stops_on_labels_of_another_label_config(
+    reference: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    root = copied_data(reference[0], tmp_path)
+    record = root / "data" / "labels" / "labels.json"
+    made = label_record(compose_config([f"paths.root={root}"]))
+    write_json_atomic(record, made | {"target": "serfiq", "methods": {"serfiq": {"passes": 8}}})
+    with pytest.raises(
+        StageError, match=r"target \('serfiq' -> 'faceqnet'\).*label\.target=faceqnet"
+    ):
+        train(root)

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from fiqa.config.extraction import fr_defaults, fr_entries
 from fiqa.config.labels import label_params
-from fiqa.core.artifacts import QUALITY_ONNX, QUALITY_SCORES
+from fiqa.core.artifacts import QUALITY_CHECKPOINT, QUALITY_ONNX, QUALITY_SCORES
 from fiqa.core.containers import plain_container
 from fiqa.data.face_pipeline import FaceAligner
 from fiqa.eval.qualities import QualitySources
@@ -35,10 +35,12 @@ def eval_sets(cfg: DictConfig) -> list[EvalSet]:
 
 def quality_sources(cfg: DictConfig, runner: Extractor) -> QualitySources:
     """Where ``eval.methods`` get their scores (the trained model, other quality models, the
-    labels table, blind label methods)."""
+    labels table, blind label methods). The trained model is its ONNX file, or its checkpoint
+    beside it when that shares its frozen trunk with its FR network (``fiqa.quality.trunk``)."""
+    models = Path(cfg.paths.models)
     return QualitySources(
         methods=[str(m) for m in cfg.eval.methods],
-        model_path=Path(cfg.paths.models) / QUALITY_ONNX,
+        model_path=models / QUALITY_ONNX,
         quality_models=plain_container(cfg.eval.quality_models or {}),
         label_frs=fr_entries(cfg, "label.fr_models"),
         label_params=label_params(cfg),
@@ -46,4 +48,5 @@ def quality_sources(cfg: DictConfig, runner: Extractor) -> QualitySources:
         fr_defaults=fr_defaults(cfg),
         extractor=runner,
         cache_dir=Path(cfg.paths.cache) / QUALITY_SCORES,
+        model_checkpoint=models / QUALITY_CHECKPOINT,
     )

@@ -28,6 +28,5 @@ def label_job(cfg: DictConfig) -> LabelJob:
         fr_models=fr_entries(cfg, "label.fr_models"),
         fr_defaults=fr_defaults(cfg),
         seed=int(lab.seed),
-        correction=str(lab.correction),
         ediffiqa=typed(lab.ediffiqa, EdiffiqaParams),
     )

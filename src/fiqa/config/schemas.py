@@ -68,7 +68,6 @@ class LabelConfig:
     compute: list[str]
     fr_models: list[Any]  # registry names or {name, weights, options} mappings
     seed: int
-    correction: str
     ediffiqa: EdiffiqaParams
     methods: LabelMethods  # type: ignore[valid-type]
 

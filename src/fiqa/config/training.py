@@ -12,9 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from fiqa.config.compose import compose_config
 from fiqa.config.extraction import fr_entries
 from fiqa.config.typed import typed
-from fiqa.core.artifacts import LABELS
 from fiqa.core.containers import plain_container
-from fiqa.train.fit import DISTILL_ONLY, TrainJob
+from fiqa.train.fit import DISTILL_ONLY, LabelsAsked, TrainJob
 from fiqa.train.settings import TrainSettings
 
 
@@ -26,14 +25,23 @@ def train_job(cfg: DictConfig) -> TrainJob:
         trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
         settings=typed(cfg.train, TrainSettings),
         prepared_dir=Path(cfg.paths.prepared),
-        labels_path=Path(cfg.paths.labels) / LABELS,
-        label_column="quality",
+        labels_dir=Path(cfg.paths.labels),
+        labels=labels_asked(cfg),
         models_dir=Path(cfg.paths.models),
         metrics_dir=Path(cfg.paths.metrics),
         validation_fr=next(iter(fr_entries(cfg, "label.fr_models").values())),
         fmr=float(cfg.eval.fmr),
         val_limit=float(cfg.eval.discard_limits[0]),
     )
+
+
+def labels_asked(cfg: DictConfig) -> LabelsAsked:
+    """The ``label`` group's target, settings and FR models, as the labels must have them."""
+    settings = {
+        **plain_container(cfg.label.methods),
+        "ediffiqa": plain_container(cfg.label.ediffiqa),
+    }
+    return LabelsAsked(str(cfg.label.target), settings, tuple(fr_entries(cfg, "label.fr_models")))
 
 
 @cache

@@ -18,17 +18,17 @@ from fiqa.config.schemas import SCHEMAS
 from fiqa.config.typed import ConfigError
 from fiqa.data.verification import BENCHMARK_FORMATS
 from fiqa.label import METHODS
-from fiqa.label.correction import CORRECTIONS
+from fiqa.label.correction import corrected_column
 from fiqa.tracking import LOGGER_BACKENDS
 
 # Closed choices, derived from the registries they name.
+LABEL_COLUMNS = (*METHODS, *map(corrected_column, METHODS))  # a method or its corrected labels
 CHOICES: dict[str, tuple[Any, ...]] = {
     "logger.backend": LOGGER_BACKENDS,
     "eval.benchmark.format": ("prepared", *BENCHMARK_FORMATS),
-    "label.target": tuple(METHODS),
-    "label.correction": CORRECTIONS,
+    "label.target": LABEL_COLUMNS,
 }
-LIST_CHOICES: dict[str, tuple[Any, ...]] = {"label.compute": tuple(METHODS)}
+LIST_CHOICES: dict[str, tuple[Any, ...]] = {"label.compute": LABEL_COLUMNS}
 # Folders an empty value would silently turn into another one: `data.root=` into the current
 # directory (the repository, scanned as a dataset), `paths.root=` into `/` (outputs at /models).
 NON_EMPTY: dict[str, str] = {

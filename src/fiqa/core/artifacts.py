@@ -11,9 +11,10 @@ inside them are fixed here, so a stage and the stages that read its output canno
     paths.plots/     EDC_PLOTS/<benchmark>__<fr model>.json
     paths.reports/   EVAL_REPORT.md / .html, edc_<benchmark>__<fr model>.png / .svg
     paths.cache/     QUALITY_SCORES/ (quality-model scores), <fr model>-<key>/ (extraction)
-    paths.studies/<name>/  a study (``fiqa.study``): STUDY_STATE, prepared/, labels/,
-                     models/<method>/, metrics/STUDY_REPORT.json, reports/STUDY_REPORT.md /
-                     .html and edc_*.png, plots/EDC_PLOTS/
+
+A study (``fiqa.pipeline.study``) is the same layout under ``paths.studies/<name>/``, with one
+labels folder per method (``data/labels/<method>/``), one model folder (``models/<method>/``)
+and one ``metrics/<method>/TRAIN_METRICS``.
 """
 
 MANIFEST = "manifest.parquet"
@@ -41,6 +42,3 @@ QUALITY_SCORES = "quality"
 
 DDPM_RECORD = "ddpm.json"  # the DDPM stage output: how it was trained, or why none was needed
 DDPM_SAMPLES = "samples.png"  # input, x_t and reconstruction rows
-
-STUDY_STATE = "state.json"
-STUDY_REPORT = "study"

@@ -7,8 +7,8 @@ Every output that is made from another stage's output records the SHA-256 of tho
     paths.models/lineage.json  "inputs": {"manifest": ..., "labels": <sha256 of labels.parquet>}
 
 A stage that reads several outputs checks, before any work, that the recorded hashes are those
-of the files it was given (``check_inputs``); a mismatch stops it with an error naming both
-files. The manifest and the labels table are written once per run and read whole by their
+of the files it was given (``check_lineage``: train on its manifest and labels, evaluate on its
+manifest, labels and quality models); a mismatch stops it with an error naming both files. The manifest and the labels table are written once per run and read whole by their
 users, so hashing them costs about what reading them does.
 """
 
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from fiqa.core.artifacts import LABELS, LABELS_PROVENANCE, LINEAGE, MANIFEST
 from fiqa.core.provenance import sha256_now
 
 log = logging.getLogger(__name__)
@@ -76,3 +77,31 @@ def check_inputs(
                 f"{record} was made from a {path.name} with sha256 {recorded[name][:12]}, but "
                 f"{path} has sha256 {actual[:12]}: the two belong to different runs. {fix}"
             )
+
+
+def check_lineage(
+    prepared: Path, labels: Path | None = None, models: Iterable[Path] = ()
+) -> dict[str, str]:
+    """Check that the labels directory ``labels`` was made from the prepared directory
+    ``prepared``, and each model directory of ``models`` from both (from the prepared set
+    alone when ``labels`` is None: a model evaluated on its own training set's faces). Each
+    input file is hashed once.
+
+    Returns:
+        The hashes of the manifest (and of the labels table), by name.
+
+    Raises:
+        LineageError: Naming the record, the file that does not belong to it and what to run.
+    """
+    inputs = {"manifest": Path(prepared) / MANIFEST}
+    if labels is not None:
+        inputs["labels"] = Path(labels) / LABELS
+    hashes = input_hashes(inputs)
+    if labels is not None:
+        check_inputs(Path(labels) / LABELS_PROVENANCE, {"manifest": inputs["manifest"]},
+                     fix="Run `fiqa label` on this prepared set (or `dvc repro`).",
+                     hashes=hashes)  # fmt: skip
+    for model in models:
+        check_inputs(Path(model) / LINEAGE, inputs, hashes=hashes,
+                     fix="Run `fiqa train` on these inputs (or `dvc repro`).")  # fmt: skip
+    return hashes

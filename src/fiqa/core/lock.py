@@ -3,7 +3,8 @@
 ``output_lock(directory)`` holds ``<parent>/.<name>.fiqa-lock`` (beside the directory, never
 inside it: the directory is a DVC output, replaced whole) while a run writes ``directory``; a
 second process asking for it fails at once with :class:`LockHeldError`, which names the pid the
-holder wrote into the file. The lock is the kernel's ``flock``, which dies with its process: a
+holder wrote into the file, or, for work one process does for all (``wait=True``: an entry of
+the shared extraction cache), waits until the holder is done. The lock is the kernel's ``flock``, which dies with its process: a
 lock file left by a killed run (``kill -9``, OOM, power loss) locks nothing and is simply taken
 over. The holder removes the file when it is done; an acquirer checks that the file it locked is
 still the one at the path, so removal cannot let two processes in.
@@ -70,32 +71,37 @@ def lock_path(directory: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(directory: str | os.PathLike[str]) -> Iterator[Path]:
+def output_lock(directory: str | os.PathLike[str], wait: bool = False) -> Iterator[Path]:
     """Hold the lock of ``directory`` for the block; yields the lock file.
 
+    Args:
+        directory: The directory written under the lock.
+        wait: Wait for another process's lock to be released (work that one process does for
+            all, e.g. a shared cache entry) instead of failing at once.
+
     Raises:
-        LockHeldError: At once, when another process holds it.
+        LockHeldError: At once, when another process holds it (and not ``wait``).
     """
     path = lock_path(directory)
     if fcntl is None:
         _warn_unlocked()
         yield path
         return
-    _enter(path)
+    _enter(path, wait)
     try:
         yield path
     finally:
         _exit(path)
 
 
-def _enter(path: Path) -> None:
+def _enter(path: Path, wait: bool) -> None:
     """Take the lock of ``path`` or count one more use of it by this process."""
     with _HELD_GUARD:
         held = _HELD.get(path)
         if held is not None and held.pid == os.getpid():
             held.depth += 1
             return
-        _HELD[path] = _Held(_acquire(path), os.getpid(), 1)
+        _HELD[path] = _Held(_acquire(path, wait), os.getpid(), 1)
 
 
 def _exit(path: Path) -> None:
@@ -111,17 +117,20 @@ def _exit(path: Path) -> None:
         os.close(held.fd)  # releases the flock
 
 
-def _acquire(path: Path) -> int:
+def _acquire(path: Path, wait: bool) -> int:
     """A descriptor of ``path`` holding its exclusive flock, with this pid written in it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _holder_pid(fd)
-            os.close(fd)
-            raise LockHeldError(path, pid) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _holder_pid(fd)
+                if not wait:
+                    raise LockHeldError(path, pid) from None
+                log.info("%s is held by pid %s: waiting for it", path, pid)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)
             raise

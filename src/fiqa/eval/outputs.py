@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from fiqa.core.artifacts import EDC_PLOTS, EVAL_REPORT
+from fiqa.core.artifacts import EDC_PLOTS, EVAL_METRICS, EVAL_REPORT
 from fiqa.core.atomic import write_json_atomic
 from fiqa.eval.figures import PLOT_GRID, plot_edc, sampled_curves
 from fiqa.eval.matrix import Cell, Matrix
@@ -18,16 +18,15 @@ FIGURE_FORMATS = ("png", "svg")
 
 def write_matrix(
     matrix: Matrix, metrics_dir: str | Path, plots_dir: str | Path, reports_dir: str | Path,
-    run: Any = None, name: str = EVAL_REPORT,
+    run: Any = None,
 ) -> None:  # fmt: skip
     """metrics/eval.json, plots/edc/<bench>__<fr>.json, reports/edc_*.png/.svg and
-    reports/eval.md/.html (``name`` replaces ``eval`` in the file names, e.g. ``study``); the
-    same figures and tables to the W&B ``run`` when given."""
+    reports/eval.md/.html; the same figures and tables to the W&B ``run`` when given."""
     figures = [
         _write_cell(cell, matrix, Path(plots_dir), Path(reports_dir), run) for cell in matrix.cells
     ]
-    write_json_atomic(Path(metrics_dir) / f"{name}.json", matrix.results)
-    write_eval_report(matrix.results, Path(reports_dir) / name, matrix.limits, figures)
+    write_json_atomic(Path(metrics_dir) / EVAL_METRICS, matrix.results)
+    write_eval_report(matrix.results, Path(reports_dir) / EVAL_REPORT, matrix.limits, figures)
     if run is not None:
         import wandb
 

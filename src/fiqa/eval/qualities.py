@@ -18,27 +18,36 @@ identities themselves, which sees the answer; reports show label rows apart and 
 Each method records the FR models its scores came from (``fr_models``): an EDC cell is
 "same-model" when it is evaluated with one of them. Quality-model scores are cached per (model
 file, faces) under ``paths.cache/quality``, so adding a method re-computes only that method.
+
+Quality checkpoints whose frozen part is a pretrained FR network (``fiqa.quality.trunk``: the
+trained model's ``quality.ckpt`` beside its ONNX file, ``eval.quality_models`` entries given as
+``.ckpt``) are scored from one pass of that network per face, all of them together, as
+extraction products cached in the FR model's cache entry; a checkpoint whose frozen tensors
+differ from the network's is scored from its own file, as every other model is.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.nn import Module
 
 from fiqa.core.atomic import atomic_path
 from fiqa.core.provenance import digest, file_sha256
 from fiqa.eval.baselines import SIMPLE_BASELINES, baseline_quality
 from fiqa.eval.report import BLIND, LABEL
 from fiqa.eval.sets import EvalSet
-from fiqa.extract import Extractor, FREntry
+from fiqa.extract import Extractor, FaceSource, FREntry, Request
 from fiqa.label import METHODS, LabelContext, blind_methods
 from fiqa.label.compute import method_columns, method_outputs
+from fiqa.label.correction import split_column
 from fiqa.quality.scoring import QualityScorer
+from fiqa.quality.trunk import QualityScore, TrunkSpec, quality_score, shared_trunk
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +69,8 @@ class QualitySources:
 
     Attributes:
         methods: ``eval.methods``.
-        model_path: The trained quality model (``paths.models/quality.onnx``), or None.
+        model_path: The trained quality model's file (``paths.models/quality.onnx``), or None
+            (no ``model`` method).
         quality_models: ``eval.quality_models``: name -> {path, fr_models?, template?, colour?,
             mean?, std?}.
         label_frs: ``label.fr_models`` (blind methods are computed with their PyTorch models).
@@ -69,6 +79,9 @@ class QualitySources:
         fr_defaults: Batch size and flip of FR entries that leave them out (``fr``).
         extractor: The run's extraction settings and loaded FR models.
         cache_dir: Cache of quality-model scores (``paths.cache/quality``).
+        model_checkpoint: The trained model's checkpoint (``paths.models/quality.ckpt``): when
+            it exists and shares its frozen trunk with its FR network, ``model`` is scored
+            from the shared pass instead of ``model_path``; None = always ``model_path``.
     """
 
     methods: list[str]
@@ -80,6 +93,18 @@ class QualitySources:
     fr_defaults: FREntry
     extractor: Extractor
     cache_dir: Path
+    model_checkpoint: Path | None = None
+    # Checkpoints loaded and checked once per evaluation (method_qualities runs once per set):
+    # path -> its shared-pass product, or None when it is scored from its file.
+    _products: dict[Path, QualityScore | None] = field(default_factory=dict, init=False,
+                                                       repr=False, compare=False)  # fmt: skip
+
+    def checked_product(self, path: Path, spec: TrunkSpec, net: Module) -> QualityScore | None:
+        """``fiqa.quality.trunk.quality_score`` of a checkpoint, loaded and checked against the
+        FR network ``net`` once per evaluation."""
+        if path not in self._products:
+            self._products[path] = quality_score(path, spec, net)
+        return self._products[path]
 
 
 def method_qualities(data: EvalSet, sources: QualitySources) -> dict[str, MethodQuality]:
@@ -93,15 +118,20 @@ def method_qualities(data: EvalSet, sources: QualitySources) -> dict[str, Method
     blind = blind_methods()
     direct = [m for m in sources.methods if m in blind and m not in data.label_qualities]
     computed = _blind_qualities(data, direct, sources) if direct else {}
+    shared = shared_trunk_scores(data, sources)
     for method in sources.methods:
         base, _, model = str(method).partition("@")
         if method == "model" and sources.model_path is not None:
-            out[method] = MethodQuality(cached_scores(data, sources.model_path, {},
-                                                      sources.cache_dir), label_frs)  # fmt: skip
+            scores = shared.get(method)
+            if scores is None:
+                scores = cached_scores(data, sources.model_path, {}, sources.cache_dir)
+            out[method] = MethodQuality(scores, label_frs)
         elif method in sources.quality_models:
             spec = dict(sources.quality_models[method])
             frs = frozenset(spec.pop("fr_models", []) or [])
-            scores = cached_scores(data, Path(spec.pop("path")), spec, sources.cache_dir)
+            scores = shared.get(method)
+            if scores is None:
+                scores = cached_scores(data, Path(spec.pop("path")), spec, sources.cache_dir)
             out[method] = MethodQuality(scores, frs)
         elif method in SIMPLE_BASELINES:
             values = baseline_quality(method, data.faces, data.n, data.det_scores)
@@ -112,8 +142,8 @@ def method_qualities(data: EvalSet, sources: QualitySources) -> dict[str, Method
             out[method] = MethodQuality(data.label_qualities[method], frs, kind)
         elif method in computed:
             out[method] = computed[method]
-        elif base in METHODS:
-            why = (f"not a column of the labels table (add {base!r} to label.methods)"
+        elif split_column(base)[0] in METHODS:  # a label column, corrected ones included
+            why = (f"not a column of the labels table (add {base!r} to label.compute)"
                    if data.label_qualities else "identity-based methods are read from the "
                    "prepared set's labels table, not computed on an external benchmark")  # fmt: skip
             log.warning("eval.methods: %r skipped on %s: %s", method, data.name, why)
@@ -121,6 +151,98 @@ def method_qualities(data: EvalSet, sources: QualitySources) -> dict[str, Method
             names = ["model", *sources.quality_models, *SIMPLE_BASELINES, *METHODS]
             raise ValueError(f"eval.methods: unknown method {method!r}; use one of {names}")
     return out
+
+
+def shared_trunk_scores(data: EvalSet, sources: QualitySources) -> dict[str, np.ndarray]:
+    """Scores of the methods whose quality checkpoint shares its frozen part with its FR
+    network (``fiqa.quality.trunk``): per FR network one extraction pass for all of them.
+
+    Returns:
+        ``{method: (data.n,) float64 scores}``; the methods left out (no checkpoint, another
+        frozen part, tensors that differ) are scored from their files by ``cached_scores``.
+    """
+    groups: dict[str, list[tuple[str, Path, TrunkSpec]]] = {}
+    for method, path in _checkpoints(sources).items():
+        spec = shared_trunk(path)
+        if spec is not None:
+            groups.setdefault(spec.network, []).append((method, path, spec))
+    out: dict[str, np.ndarray] = {}
+    for members in groups.values():
+        out |= _network_scores(data, members, sources)
+    return out
+
+
+def _checkpoints(sources: QualitySources) -> dict[str, Path]:
+    """``{method: quality checkpoint}`` of the methods that may share a frozen trunk: ``model``
+    with its checkpoint, and the ``eval.quality_models`` given as a ``.ckpt``."""
+    out: dict[str, Path] = {}
+    for method in sources.methods:
+        if method == "model" and sources.model_path is not None:
+            path = sources.model_checkpoint
+        elif method in sources.quality_models:
+            path = Path(sources.quality_models[method]["path"])
+        else:
+            continue
+        if path is not None and path.suffix == ".ckpt" and path.is_file():
+            out[method] = path
+    return out
+
+
+def _network_scores(
+    data: EvalSet, members: list[tuple[str, Path, TrunkSpec]], sources: QualitySources
+) -> dict[str, np.ndarray]:
+    """Scores of the checkpoints ``members`` (method, path, spec) that share one FR network,
+    from one extraction pass over the set's faces; a checkpoint that fails the check of its
+    frozen tensors, or a network that cannot be loaded here, is left out (logged)."""
+    spec = members[0][2]
+    entry = spec.fr_entry(sources.fr_defaults.batch_size)
+    try:
+        net = sources.extractor.model(entry).net
+    except (OSError, ValueError, RuntimeError) as err:  # e.g. a weights path of another machine
+        log.warning("eval: the FR network %s (weights %s) of %s cannot be loaded (%s); they are "
+                    "scored from their files", spec.backbone, spec.weights,
+                    [m for m, _, _ in members], err)  # fmt: skip
+        return {}
+    products: dict[str, QualityScore] = {}
+    names: dict[str, str] = {}  # method -> product name (two methods may name one file)
+    for method, path, member in members:
+        product = sources.checked_product(path, member, net)
+        if product is not None:
+            products.setdefault(product.name, product)
+            names[method] = product.name
+    if not products:
+        return {}
+    log.info("eval on %s: %s scored from one %s pass (frozen %s)", data.name, sorted(names),
+             spec.backbone, sorted({p.part for p in products.values()}))  # fmt: skip
+    request = Request(tuple(products.values()))
+    outputs = sources.extractor.outputs(entry, set_faces(data), request)
+    return {m: np.asarray(outputs[name], np.float64) for m, name in names.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class _RowFaces:
+    """``rows -> faces`` of the rows ``rows`` of another source (picklable when it is)."""
+
+    faces: Any
+    rows: np.ndarray
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.faces(self.rows[rows])
+
+
+def set_faces(data: EvalSet) -> FaceSource:
+    """The set's own faces as an extraction source, in ``data.rows`` order.
+
+    A prepared split is a subset of the prepared set (the val split a quarter of it): a quality
+    model's scores are needed on the split only, so only its faces run through the FR network
+    (cached as its own entry); a set that is its whole source (a benchmark) is that source.
+    """
+    source, rows = data.source, np.asarray(data.rows)
+    if np.array_equal(rows, np.arange(source.n)):
+        return source
+    return replace(source, name=f"{source.name} ({data.name})", n=len(rows),
+                   fingerprint=digest([source.fingerprint, rows.tolist()]),
+                   faces=_RowFaces(source.faces, rows))  # fmt: skip
 
 
 def _blind_qualities(

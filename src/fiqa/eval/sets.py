@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from fiqa.core.artifacts import LABELS
 from fiqa.core.images import ImageReadError
 from fiqa.core.pairs import Pairs, all_pairs
 from fiqa.data.detect import YuNetDetector
@@ -70,15 +71,21 @@ def load_eval_sets(
     Args:
         specs: Benchmark configs: ``format`` plus its keys (``conf/eval/benchmark/``).
         prepared_dir: The prepared set (``format: prepared``).
-        labels_dir: Its labels (the label-method columns of ``format: prepared``).
+        labels_dir: Its labels (the label-method columns of ``format: prepared``); without a
+            labels table there, blind methods are computed from the faces and identity-based
+            ones are skipped (a study: one labels folder per method, no table of all).
         data_name: Dataset name: the default name ``<data_name>_<split>`` of a prepared split.
         aligner: Builds the face aligner of raw benchmark photos (``prepare``'s settings).
 
     Raises:
         ValueError: When two benchmarks get the same name (set ``name`` on one of them).
     """
+    labels = read_labels(labels_dir) if (Path(labels_dir) / LABELS).is_file() else None
+    if labels is None and any(spec["format"] == "prepared" for spec in specs):
+        log.info("evaluate: no labels table in %s: no label columns on the prepared set",
+                 labels_dir)  # fmt: skip
     sets = [
-        prepared_split(spec, PreparedFaces(prepared_dir), read_labels(labels_dir), data_name)
+        prepared_split(spec, PreparedFaces(prepared_dir), labels, data_name)
         if spec["format"] == "prepared"
         else external_set(spec, aligner)
         for spec in specs
@@ -91,9 +98,10 @@ def load_eval_sets(
 
 
 def prepared_split(
-    spec: Mapping[str, Any], prepared: PreparedFaces, labels: pd.DataFrame, data_name: str
+    spec: Mapping[str, Any], prepared: PreparedFaces, labels: pd.DataFrame | None, data_name: str
 ) -> EvalSet:
-    """One split of the prepared set: all its pairs, and the float columns of its labels."""
+    """One split of the prepared set: all its pairs, and the float columns of its labels (none
+    without ``labels``)."""
     split = spec.get("split")
     if split not in SPLITS:
         raise ValueError(f"eval.benchmark.split={split!r}; choose one of {', '.join(SPLITS)}")
@@ -101,14 +109,16 @@ def prepared_split(
     rows = (
         np.arange(len(manifest)) if split == "all" else np.flatnonzero(manifest["split"] == split)
     )
-    labels = labels.set_index("sample_id")
-    sample_ids = manifest["sample_id"].to_numpy()[rows]
-    methods = [c for c in labels.columns if c not in ("path", "identity", "split", "quality")]
-    qualities = {
-        m: labels.loc[sample_ids, m].to_numpy(dtype=np.float64)
-        for m in methods
-        if pd.api.types.is_float_dtype(labels[m])
-    }
+    qualities = {}
+    if labels is not None:
+        labels = labels.set_index("sample_id")
+        sample_ids = manifest["sample_id"].to_numpy()[rows]
+        methods = [c for c in labels.columns if c not in ("path", "identity", "split", "quality")]
+        qualities = {
+            m: labels.loc[sample_ids, m].to_numpy(dtype=np.float64)
+            for m in methods
+            if pd.api.types.is_float_dtype(labels[m])
+        }
     detected = (manifest["detector"] == YuNetDetector.name).to_numpy()[rows]
     return EvalSet(
         name=spec.get("name") or f"{data_name}_{split}",

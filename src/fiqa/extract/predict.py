@@ -27,6 +27,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from fiqa.core.align import retarget_faces
+from fiqa.core.lock import output_lock
 from fiqa.extract.cache import CacheEntry, entry_key, write_part
 from fiqa.extract.faces import FaceSource
 from fiqa.extract.products import Batch, Request
@@ -179,6 +180,49 @@ def _trainer(
     )
 
 
+def _one_process(options: Mapping[str, Any]) -> bool:
+    """Whether the extraction runs in this process alone (no DDP ranks to wait for)."""
+    devices = options.get("devices", 1)
+    single = (len(devices) == 1) if isinstance(devices, list | tuple) else str(devices) == "1"
+    return single and int(options.get("num_nodes", 1)) == 1
+
+
+def _fill(entry: CacheEntry, model: FRModel, source: FaceSource, request: Request,
+          stems: Mapping[str, str], layouts: Mapping[str, tuple[Any, int]], batch_size: int,
+          flip: bool, num_workers: int, part_rows: int,
+          options: Mapping[str, Any]) -> None:  # fmt: skip
+    """Compute the products ``entry`` lacks for the batches not yet in its part files, then
+    merge them (rank 0)."""
+    todo = entry.missing(list(stems.values()))
+    entry.open()
+    done = entry.done_batches(todo, batch_size)
+    batches = [b for b in range(math.ceil(source.n / batch_size)) if b not in done]
+    log.info(
+        "extract %s on %s: %s for %d of %d batches (cache %s)",
+        model.info.name, source.name, todo, len(batches),
+        math.ceil(source.n / batch_size), entry.directory,
+    )  # fmt: skip
+    rank = 0
+    if batches:
+        writer = _PartWriter(entry.parts_dir(todo), part_rows)
+        missing = Request(tuple(p for p in request.products if stems[p.name] in todo))
+        module = ExtractionModule(model, missing, flip, batch_size)
+        data = _Data(source, batches, batch_size, model.info.template, num_workers)
+        runner = _trainer(options, writer, missing.gradients, model.info.name)
+        try:
+            runner.predict(module, datamodule=data, return_predictions=False)
+        finally:
+            model.net.to(model.device).eval()  # Lightning may have moved it
+        rank = runner.global_rank
+        if rank == 0:
+            entry.merge({stem: layouts[stem] for stem in todo})
+        runner.strategy.barrier()
+    else:
+        entry.merge({stem: layouts[stem] for stem in todo})
+    if rank != 0:
+        log.debug("rank %d: extraction done", rank)
+
+
 def extract(
     model: FRModel,
     source: FaceSource,
@@ -224,35 +268,14 @@ def extract(
     entry = CacheEntry(cache_root, key)
     stems = request.stems(batch_size)
     layouts = request.layouts(batch_size)
-    todo = entry.missing(list(stems.values()))
-    if todo:
-        entry.open()
-        done = entry.done_batches(todo, batch_size)
-        batches = [b for b in range(math.ceil(source.n / batch_size)) if b not in done]
-        log.info(
-            "extract %s on %s: %s for %d of %d batches (cache %s)",
-            model.info.name, source.name, todo, len(batches),
-            math.ceil(source.n / batch_size), entry.directory,
-        )  # fmt: skip
-        rank = 0
-        if batches:
-            writer = _PartWriter(entry.parts_dir(todo), part_rows)
-            missing = Request(tuple(p for p in request.products if stems[p.name] in todo))
-            module = ExtractionModule(model, missing, flip, batch_size)
-            data = _Data(source, batches, batch_size, model.info.template, num_workers)
-            runner = _trainer(options, writer, missing.gradients, model.info.name)
-            try:
-                runner.predict(module, datamodule=data, return_predictions=False)
-            finally:
-                model.net.to(model.device).eval()  # Lightning may have moved it
-            rank = runner.global_rank
-            if rank == 0:
-                entry.merge({stem: layouts[stem] for stem in todo})
-            runner.strategy.barrier()
-        else:
-            entry.merge({stem: layouts[stem] for stem in todo})
-        if rank != 0:
-            log.debug("rank %d: extraction done", rank)
-    else:
+    if not entry.missing(list(stems.values())):
         log.info("extract %s on %s: cache hit %s", model.info.name, source.name, entry.directory)
+    elif not _one_process(options):  # every rank takes part; rank 0 merges
+        _fill(entry, model, source, request, stems, layouts, batch_size, flip, num_workers,
+              part_rows, options)  # fmt: skip
+    else:  # concurrent runs (a study's parallel trainings) wait for one to fill the entry
+        with output_lock(entry.directory, wait=True):
+            if entry.missing(list(stems.values())):
+                _fill(entry, model, source, request, stems, layouts, batch_size, flip,
+                      num_workers, part_rows, options)  # fmt: skip
     return {name: entry.load(stem) for name, stem in stems.items()}

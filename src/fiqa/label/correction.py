@@ -29,6 +29,9 @@ Rules where seed and code are silent or where this module differs from the publi
 
 Embeddings are read in row chunks (float16 memmaps are fine): memory is O(chunk * d + K * d) for
 K identities; no N x N or N x K matrix is formed.
+
+In a labels table the corrected labels of a method are the column ``<method>+ediffiqa``
+(``label.target`` or ``label.compute`` name it), made, checked and reported by the label stage.
 """
 
 from __future__ import annotations
@@ -51,7 +54,18 @@ from fiqa.label.grouping import (
 
 log = logging.getLogger(__name__)
 
-CORRECTIONS = ("none", "ediffiqa")
+SUFFIX = "+ediffiqa"  # a corrected label column is named <base method>+ediffiqa
+
+
+def corrected_column(base: str) -> str:
+    """The name of ``base``'s eDifFIQA-corrected label column (``serfiq+ediffiqa``)."""
+    return f"{base}{SUFFIX}"
+
+
+def split_column(column: str) -> tuple[str, bool]:
+    """``(base method, corrected?)`` of a label column name."""
+    base = column.removesuffix(SUFFIX)
+    return base, base != column
 
 
 @dataclass
@@ -112,8 +126,9 @@ def ediffiqa_correct(
     quality: np.ndarray,
     embeddings: np.ndarray,
     identities: Sequence | np.ndarray | pd.Series,
-    eps: float = 0.5,
-    top: float = 0.2,
+    *,
+    eps: float,
+    top: float,
     normalise: bool = True,
     chunk: int = DEFAULT_CHUNK,
 ) -> np.ndarray:

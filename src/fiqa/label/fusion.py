@@ -123,6 +123,11 @@ def fused_label(
     return fuse(ctx.columns, dict(params.weights), how=params.how)
 
 
+def fused_inputs(params: FusedParams) -> list[str]:
+    """The methods whose columns the weights name (``crfiqa@sface`` is a ``crfiqa`` column)."""
+    return list(dict.fromkeys(column.partition("@")[0] for column in params.weights))
+
+
 def fused_range(params: FusedParams) -> tuple[float, float]:
     """[0, 1] after a normalisation; unbounded for ``how=none`` (a weighted mean of raw columns)."""
     return (-np.inf, np.inf) if params.how == "none" else (0.0, 1.0)

@@ -14,7 +14,7 @@ from fiqa.label.diffiqa import METHOD as DIFFIQA
 from fiqa.label.diffiqa import DiffiqaParams, DiffiqaProduct
 from fiqa.label.faceqan import FaceQanParams, FaceQanProduct
 from fiqa.label.faceqnet import FaceQnetParams, faceqnet_label
-from fiqa.label.fusion import FusedParams, fused_label, fused_range
+from fiqa.label.fusion import FusedParams, fused_inputs, fused_label, fused_range
 from fiqa.label.huo import HuoParams, LowLevelFeatures, huo_label
 from fiqa.label.magface import EmbeddingNorm, MagFaceParams
 from fiqa.label.registry import (
@@ -45,6 +45,6 @@ for _method in (
     LabelMethod("huo", HuoParams, (-np.inf, 1.0), blind=False, score=huo_label,
                 products=(SerFiqProduct, LowLevelFeatures)),
     LabelMethod("fused", FusedParams, fused_range, blind=False, score=fused_label,
-                source=COLUMNS),
+                source=COLUMNS, reads=fused_inputs),
 ):  # fmt: skip
     register_label_method(_method)

@@ -10,7 +10,8 @@ its inputs come from:
 - ``PER_FR_MODEL``: each model of ``label.fr_models`` that can make its products; the label is the
   mean over those models and, with several models, each model's column ``<name>@<model>``;
 - ``OWN_MODEL``: its own FR model, ``params.model`` (MagFace);
-- ``COLUMNS``: the columns computed before it (``fused``).
+- ``COLUMNS``: the columns computed before it (``fused``; ``reads`` names the methods whose
+  columns those are, so that computing it computes them).
 
 The config choices (``label.target``, ``label=<name>``, the ``label.methods`` schema) and the
 methods ``evaluate`` computes directly on benchmark faces are derived from ``METHODS``.
@@ -32,7 +33,7 @@ SOURCES = (PER_FR_MODEL, OWN_MODEL, COLUMNS)
 
 Outputs = Mapping[str, np.ndarray]  # one FR model's extraction products
 Score = Callable[[LabelContext, Any, Outputs | None], np.ndarray]
-Range = tuple[float, float]
+ValueRange = tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -50,19 +51,23 @@ class LabelMethod:
             classes; one with settings takes the settings of the method of the same name and
             ``label.seed``).
         source: ``PER_FR_MODEL``, ``OWN_MODEL`` or ``COLUMNS`` (see the module docstring).
+        reads: For a ``COLUMNS`` method: its settings -> the methods whose columns it combines.
     """
 
     name: str
     params: type
-    value_range: Range | Callable[[Any], Range]
+    value_range: ValueRange | Callable[[Any], ValueRange]
     blind: bool
     score: Score
     products: tuple[type[BatchProduct], ...] = ()
     source: str = PER_FR_MODEL
+    reads: Callable[[Any], list[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"label method {self.name}: source must be one of {SOURCES}")
+        if (self.reads is None) != (self.source != COLUMNS):
+            raise ValueError(f"label method {self.name}: `reads` is for COLUMNS methods only")
 
     @property
     def white_box(self) -> str | None:
@@ -74,7 +79,7 @@ class LabelMethod:
         """It back-propagates through the FR model."""
         return gradient_need(self.products)
 
-    def range_for(self, params: Any) -> Range:
+    def range_for(self, params: Any) -> ValueRange:
         """Expected value range with these settings."""
         return self.value_range(params) if callable(self.value_range) else self.value_range
 
@@ -84,9 +89,14 @@ class LabelMethod:
 
 
 def _product(cls: type[BatchProduct], params: Mapping[str, Any], seed: int) -> BatchProduct:
-    if is_dataclass(cls) and fields(cls):  # settings of the method of the same name
+    if _configured(cls):  # settings of the method of the same name
         return cls(params[cls.name], seed)
     return cls()
+
+
+def _configured(cls: type[BatchProduct]) -> bool:
+    """A product with settings: those of the method of its name (``label.methods.<name>``)."""
+    return is_dataclass(cls) and bool(fields(cls))
 
 
 METHODS: dict[str, LabelMethod] = {}
@@ -106,6 +116,31 @@ def get_method(name: str) -> LabelMethod:
     if name not in METHODS:
         raise ValueError(f"unknown label method {name!r}; known: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def dependencies(name: str, params: Mapping[str, Any]) -> list[str]:
+    """``name`` and every method whose settings or column its labels depend on (the settings of
+    its configured products, the columns a ``COLUMNS`` method reads, recursively), in registry
+    order: what must be computed with it, and the settings its labels change with.
+
+    Raises:
+        ValueError: For an unknown method, naming the settings that read it.
+    """
+    found: set[str] = set()
+    todo = [(name, "")]
+    while todo:
+        current, reader = todo.pop()
+        if current not in METHODS and reader:
+            raise ValueError(f"label.methods.{reader} reads {current!r}, which is no label "
+                             f"method; known: {', '.join(METHODS)}")  # fmt: skip
+        method = get_method(current)
+        if method.name in found:
+            continue
+        found.add(method.name)
+        todo += [(cls.name, method.name) for cls in method.products if _configured(cls)]
+        reads = method.reads(params[method.name]) if method.reads else []
+        todo += [(column, method.name) for column in reads]
+    return [m for m in METHODS if m in found]
 
 
 def blind_methods() -> list[str]:

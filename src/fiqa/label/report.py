@@ -50,7 +50,7 @@ def _spearman(a: pd.Series, b: pd.Series) -> float:
     return float(spearmanr(a, b, nan_policy="omit").statistic)
 
 
-def check_labels(
+def check_label_values(
     table: pd.DataFrame,
     ranges: dict[str, tuple[float, float]],
     identities: set[str],

@@ -1,12 +1,14 @@
 """The labels table of a prepared set: every requested method, the target, provenance.
 
 ``extract_for_labels`` runs the FR models (every rank of a DDP run takes part);
-``build_labels`` computes the method columns, the ``quality`` target (optionally corrected the
-eDifFIQA way) and checks them; ``write_labels`` writes the labels directory atomically:
+``build_labels`` computes the method columns, the eDifFIQA-corrected columns asked for
+(``<method>+ediffiqa``), the ``quality`` target, and checks them; ``write_labels`` writes the labels directory atomically:
 
     labels.parquet   sample_id, path, identity, split, [degradation, severity], one column per
-                     method (and per method@model), quality; provenance in the schema metadata
-    labels.json      provenance: target, correction, settings, FR models (weights sha256), seed,
+                     method (and per method@model) and corrected column, quality; provenance in
+                     the schema metadata
+    labels.json      provenance: target and the settings it depends on, every method's settings,
+                     corrected columns, FR models (weights sha256), seed,
                      code version, and the sha256 of the manifest it was made from (``inputs``)
     report.json      distributions, agreement between methods (and with the demo's severity)
     report/*.png     the same as figures
@@ -33,9 +35,14 @@ from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry
 from fiqa.label.compute import MethodOutputs, method_columns, method_outputs
 from fiqa.label.context import LabelContext
-from fiqa.label.correction import CORRECTIONS, EdiffiqaParams, ediffiqa_correct_labelled
-from fiqa.label.registry import METHODS, get_method
-from fiqa.label.report import check_labels, label_report, write_label_figures
+from fiqa.label.correction import (
+    EdiffiqaParams,
+    corrected_column,
+    ediffiqa_correct_labelled,
+    split_column,
+)
+from fiqa.label.registry import METHODS, dependencies, get_method
+from fiqa.label.report import check_label_values, label_report, write_label_figures
 
 MANIFEST_COLUMNS = ("sample_id", "path", "identity", "split")
 DEMO_COLUMNS = ("degradation", "severity")  # kept when the dataset records them
@@ -46,14 +53,14 @@ class LabelJob:
     """What to label with (the ``label`` config group, typed).
 
     Attributes:
-        target: The method whose column becomes ``quality``.
-        compute: Methods computed besides the target.
+        target: The column that becomes ``quality``: a method, or a method's eDifFIQA-corrected
+            column ``<method>+ediffiqa`` (``fiqa.label.correction``).
+        compute: Columns computed besides the target (methods or corrected columns).
         params: Settings of every method, by name.
         fr_models: ``label.fr_models``: name -> entry.
         fr_defaults: Batch size and flip of entries that leave them out (the ``fr`` group).
         seed: Seed of every random draw (SER-FIQ masks, SDD-FIQA samples, FaceQAN noise).
-        correction: ``none`` or ``ediffiqa`` (applied to the target).
-        ediffiqa: The correction's settings.
+        ediffiqa: Settings of the corrected columns.
     """
 
     target: str
@@ -62,22 +69,48 @@ class LabelJob:
     fr_models: Mapping[str, FREntry]
     fr_defaults: FREntry
     seed: int
-    correction: str
     ediffiqa: EdiffiqaParams
 
     def __post_init__(self) -> None:
-        for name in (self.target, *self.compute):
-            get_method(name)
-        if self.correction not in CORRECTIONS:
-            raise ValueError(f"label.correction={self.correction!r}; choose one of {CORRECTIONS}")
+        for column in (self.target, *self.compute):
+            get_method(split_column(column)[0])
         if not self.fr_models:
             raise ValueError("label.fr_models is empty: give at least one FR model")
+        _ = self.methods  # every column another method reads is a method
 
     @property
     def methods(self) -> list[str]:
-        """The methods to compute, target included, in registry order."""
-        wanted = {self.target, *self.compute}
+        """The methods to compute, in registry order: those of the target and of ``compute``
+        and the methods their columns read (``fused``'s weighted columns)."""
+        wanted: set[str] = set()
+        for column in (self.target, *self.compute):
+            wanted.update(dependencies(split_column(column)[0], self.params))
         return [name for name in METHODS if name in wanted]
+
+    @property
+    def corrected(self) -> list[str]:
+        """The eDifFIQA-corrected columns to add, in their base methods' order."""
+        names = {c for c in (self.target, *self.compute) if split_column(c)[1]}
+        return [corrected_column(m) for m in self.methods if corrected_column(m) in names]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every label column the table gets (before ``quality``), reported and checked."""
+        return [*self.methods, *self.corrected]
+
+
+def target_settings(job: LabelJob) -> dict[str, Any]:
+    """The settings the target's labels depend on: those of every method it reads, by name, and
+    ``ediffiqa`` for a corrected target. ``labels.json`` records them (``target_settings``), so
+    that ``train`` can check that labels are what its config asks for without the methods'
+    code."""
+    base, is_corrected = split_column(job.target)
+    settings = {m: asdict(job.params[m]) for m in dependencies(base, job.params)}
+    return settings | ({"ediffiqa": asdict(job.ediffiqa)} if is_corrected else {})
+
+
+def _correction_record(base: str, job: LabelJob) -> dict[str, Any]:
+    return {"base": base, **asdict(job.ediffiqa)}
 
 
 @dataclass
@@ -125,17 +158,20 @@ def build_labels(
             table[column], ranges[column] = values, method.range_for(job.params[name])
             if not method.blind:
                 unlabelled[column] = ctx.singletons
+    for column in job.corrected:
+        base = split_column(column)[0]
+        table[column], ranges[column] = corrected_values(table[base], job, ctx, outputs), (0.0, 1.0)
+        if base in unlabelled:  # a sample without a base label has no corrected one
+            unlabelled[column] = unlabelled[base]
     table["quality"], ranges["quality"] = table[job.target], ranges[job.target]
     if job.target in unlabelled:
         unlabelled["quality"] = unlabelled[job.target]
-    if job.correction == "ediffiqa":
-        table["quality"] = corrected(table[job.target], job, ctx, outputs)
-        ranges["quality"] = (0.0, 1.0)
-    check_labels(table, ranges, set(manifest["identity"]), unlabelled)
+    check_label_values(table, ranges, set(manifest["identity"]), unlabelled)
     provenance = {
         "target": job.target,
-        "correction": job.correction,
+        "target_settings": target_settings(job),
         "methods": {name: asdict(job.params[name]) for name in job.methods},
+        "corrected": {c: _correction_record(split_column(c)[0], job) for c in job.corrected},
         "fr_models": {
             name: {
                 "weights": portable_path(info.weights_path),
@@ -149,10 +185,10 @@ def build_labels(
         "inputs": input_hashes({"manifest": prepared.directory / MANIFEST}),  # fiqa.core.lineage
         **code_version(),
     }
-    return Labels(table, job.methods, provenance)
+    return Labels(table, job.columns, provenance)
 
 
-def corrected(
+def corrected_values(
     values: pd.Series, job: LabelJob, ctx: LabelContext, outputs: MethodOutputs
 ) -> np.ndarray:
     """The eDifFIQA correction of a label column, centres from the first label FR model's

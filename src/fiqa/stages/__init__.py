@@ -51,7 +51,7 @@ class Stage:
 
 
 _EXTRACTION = ("fr", "extract.precision")  # embeddings: the models and their precision
-_DDPM = ("ddpm.unet", "ddpm.schedule")  # DifFIQA's DDPM architecture (label.methods.diffiqa)
+DDPM_KEYS = ("ddpm.unet", "ddpm.schedule")  # DifFIQA's DDPM architecture (label.methods.diffiqa)
 _ALIGNMENT = ("prepare.template", "prepare.face_selection", "prepare.score_threshold",
               "prepare.pad_ratio")  # fmt: skip
 STAGES: dict[str, Stage] = {
@@ -60,15 +60,15 @@ STAGES: dict[str, Stage] = {
         Stage("prepare", ("data", "prepare"), deps=("raw",), outs=("prepared",)),
         Stage("ddpm", ("ddpm", "label.target", "label.compute", "label.methods.diffiqa.ddpm",
                        "eval.methods"), deps=("prepared",), outs=("ddpm",)),
-        Stage("label", ("label", "prepare.templates", *_DDPM, *_EXTRACTION),
+        Stage("label", ("label", "prepare.templates", *DDPM_KEYS, *_EXTRACTION),
               deps=("prepared", "ddpm"), outs=("labels",)),
         Stage("train", ("model", "trainer", "train", "label.fr_models", "label.target",
-                        "label.correction", "label.methods", "eval.fmr",
+                        "label.methods", "label.ediffiqa", "eval.fmr",
                         "eval.discard_limits", "prepare.templates", *_EXTRACTION),
               deps=("prepared", "labels"), outs=("models",),
               metrics=(("metrics", TRAIN_METRICS),)),
         Stage("evaluate", ("data.name", "eval", "label.fr_models", "label.methods", "label.seed",
-                           "prepare.templates", *_DDPM, *_ALIGNMENT, *_EXTRACTION),
+                           "prepare.templates", *DDPM_KEYS, *_ALIGNMENT, *_EXTRACTION),
               deps=("prepared", "ddpm", "labels", "models"), outs=("reports",),
               metrics=(("metrics", EVAL_METRICS),), plots=(("plots", EDC_PLOTS),)),
     )

@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from fiqa.config.evaluation import eval_sets, quality_sources
 from fiqa.config.extraction import extractor, fr_entries
 from fiqa.config.typed import register_templates
-from fiqa.core.artifacts import LABELS, LABELS_PROVENANCE, LINEAGE, MANIFEST
-from fiqa.core.lineage import check_inputs, input_hashes
+from fiqa.core.artifacts import LABELS, MANIFEST
+from fiqa.core.lineage import check_lineage
 from fiqa.eval.matrix import evaluate_matrix
 from fiqa.eval.outputs import write_matrix
 from fiqa.stages import StageError
@@ -27,25 +27,18 @@ from fiqa.tracking import stage_run
 log = logging.getLogger(__name__)
 
 
-def check_lineage(cfg: DictConfig) -> None:
+def check_inputs(cfg: DictConfig) -> None:
     """The labels were made from the prepared set, and the model (``model`` in
-    ``eval.methods``) from both (``fiqa.core.lineage``).
+    ``eval.methods``) from both (``fiqa.core.lineage``); nothing to check without a prepared set
+    (external benchmarks only) or labels.
 
     Raises:
         LineageError: Naming the record and the file that do not belong to it.
     """
     prepared, labels = Path(cfg.paths.prepared), Path(cfg.paths.labels)
-    if not (prepared / MANIFEST).is_file():
-        return  # no prepared set: only external benchmarks are evaluated
-    if not (labels / LABELS).is_file():
-        return
-    inputs = {"manifest": prepared / MANIFEST, "labels": labels / LABELS}
-    hashes = input_hashes(inputs)  # each file hashed once for both checks
-    check_inputs(labels / LABELS_PROVENANCE, {"manifest": inputs["manifest"]}, hashes=hashes,
-                 fix="Run `fiqa label` on this prepared set (or `dvc repro`).")  # fmt: skip
-    if "model" in cfg.eval.methods:
-        check_inputs(Path(cfg.paths.models) / LINEAGE, inputs, hashes=hashes,
-                     fix="Run `fiqa train` on these labels (or `dvc repro`).")  # fmt: skip
+    if (prepared / MANIFEST).is_file() and (labels / LABELS).is_file():
+        models = [Path(cfg.paths.models)] if "model" in cfg.eval.methods else []
+        check_lineage(prepared, labels, models)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -55,7 +48,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     fmrs = list(dict.fromkeys([float(e.fmr), *map(float, e.extra_fmrs)]))
     limits = [float(x) for x in e.discard_limits]
     try:
-        check_lineage(cfg)
+        check_inputs(cfg)
         sets = eval_sets(cfg)
     except (FileNotFoundError, ValueError) as err:
         raise StageError(f"evaluate: {err}") from err

@@ -57,6 +57,18 @@ def stage_lock(name: str, directories: Iterable[str | os.PathLike[str]]) -> Iter
         yield
 
 
+def start_up(cfg: DictConfig) -> None:
+    """What every entry point does first with its composed config: the environment's defaults
+    (no update checks, quiet OpenCV) and ``validate_config``, before any model or image loads.
+
+    Raises:
+        ConfigError: A key of ``cfg`` is missing, mistyped or out of range.
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    validate_config(cfg)  # reads every key: done before the stage's own reads
+
+
 def run_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
     """Validate a composed config, then run ``stage`` on it holding its outputs' locks.
 
@@ -64,9 +76,7 @@ def run_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
         ConfigError: A key of ``cfg`` is missing, mistyped or out of range.
         StageError: Another process runs the stage on the same outputs (or the stage fails).
     """
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    validate_config(cfg)  # reads every key: done before the stage's own reads
+    start_up(cfg)
     with stage_lock(stage, output_dirs(stage, cfg)):
         return execute_stage(stage, cfg)
 

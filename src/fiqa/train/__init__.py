@@ -1,0 +1,1 @@
+"""Training: data modules, distillation, callbacks, model cost, the distill-then-regress chain."""

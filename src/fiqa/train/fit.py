@@ -12,7 +12,7 @@ ONNX export, model-cost table and metrics.
 
 made in ``models.partial/`` with a resumable training state and published in one rename
 (``fiqa.train.staging``). The labels must have been made from the prepared set given
-(``fiqa.core.lineage``).
+(``fiqa.core.lineage``) and for the label settings the job names.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torch import nn
 
 from fiqa.core.artifacts import (
     COST_TABLE,
+    LABELS,
     LABELS_PROVENANCE,
     LAST_CHECKPOINT,
     MANIFEST,
@@ -42,17 +43,19 @@ from fiqa.core.artifacts import (
     STUDENT,
 )
 from fiqa.core.atomic import write_text_atomic
-from fiqa.core.lineage import check_inputs, input_hashes
+from fiqa.core.containers import differences
+from fiqa.core.lineage import check_lineage
 from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry, Request, unit_rows
 from fiqa.quality.export import export_onnx
 from fiqa.quality.model import QualityRegressor
+from fiqa.quality.trunk import shares_frozen_part
 from fiqa.train.callbacks import UnfreezeBackbone, ValidationEDC
 from fiqa.train.cost import cost_markdown, cost_table
 from fiqa.train.datamodule import QualityDataModule
 from fiqa.train.distill import DistillationModule
 from fiqa.train.distill_data import IdentityFacesDataModule
-from fiqa.train.frozen import can_cache, frozen_features
+from fiqa.train.frozen import frozen_features
 from fiqa.train.settings import TrainSettings
 from fiqa.train.staging import (
     AtomicCheckpointIO,
@@ -73,6 +76,36 @@ class TrainingError(RuntimeError):
     """Training produced no usable model."""
 
 
+@dataclass(frozen=True)
+class LabelsAsked:
+    """The label config labels must have been made with to be trained on (the ``label``
+    group): a labels table made for another target or with other settings would train, and
+    log, another run than the config says.
+
+    Attributes:
+        target: ``label.target``.
+        settings: Every label method's settings by name, and ``ediffiqa`` (plain values).
+        fr_models: The names of ``label.fr_models``.
+    """
+
+    target: str
+    settings: Mapping[str, Any]
+    fr_models: tuple[str, ...]
+
+
+def labels_mismatch(record: Mapping[str, Any], asked: LabelsAsked) -> list[str]:
+    """How the labels a ``labels.json`` ``record`` describes differ from ``asked``, as ``key
+    (made -> asked)`` entries (empty: they match): the target, the FR models and, for the same
+    target, each setting the record says the target depends on (``target_settings``)."""
+    made = {"target": record.get("target"), "fr_models": sorted(record.get("fr_models") or {})}
+    want: dict[str, Any] = {"target": asked.target, "fr_models": sorted(asked.fr_models)}
+    if made["target"] == asked.target:
+        made["settings"] = dict(record.get("target_settings") or {})
+        want["settings"] = {key: asked.settings.get(key) for key in made["settings"]}
+    plain = json.loads(json.dumps(made, default=str)), json.loads(json.dumps(want, default=str))
+    return differences(*plain)
+
+
 @dataclass
 class TrainJob:
     """What to train, on what, and where the outputs go.
@@ -84,8 +117,8 @@ class TrainJob:
         trainer: ``pytorch_lightning.Trainer`` options (the ``trainer`` group).
         settings: The ``train`` group.
         prepared_dir: The prepared faces.
-        labels_path: The labels table.
-        label_column: Its column to regress (``quality``: the label stage's target).
+        labels_dir: The labels (their ``quality`` column is regressed).
+        labels: The label config the labels must have been made with.
         models_dir: Where checkpoints and exports go.
         metrics_dir: Where ``train.json`` goes.
         validation_fr: The FR model of the validation pAUC and the cost table (the first of
@@ -98,8 +131,8 @@ class TrainJob:
     trainer: Mapping[str, Any]
     settings: TrainSettings
     prepared_dir: Path
-    labels_path: Path
-    label_column: str
+    labels_dir: Path
+    labels: LabelsAsked
     models_dir: Path
     metrics_dir: Path
     validation_fr: FREntry
@@ -126,17 +159,11 @@ def fit_quality_model(
         ``fast_dev_run`` (nothing is written then).
 
     Raises:
+        TrainingError: An input is missing, or the labels were made for other label settings.
         fiqa.core.lineage.LineageError: The labels were made from another prepared set.
         fiqa.train.staging.ResumeError: ``train.resume`` on staged work of another run.
     """
-    manifest = job.prepared_dir / MANIFEST
-    for path, stage in ((manifest, "prepare"), (job.labels_path, "label")):
-        if not path.is_file():
-            raise TrainingError(f"{path} not found: run `fiqa {stage}` first (or `dvc repro`)")
-    identity = run_identity(job)
-    check_inputs(job.labels_path.with_name(LABELS_PROVENANCE), {"manifest": manifest},
-                 fix="Run `fiqa label` on this prepared set (or `dvc repro`).",
-                 hashes=identity["inputs"])  # fmt: skip
+    identity = run_identity(job, check_training_inputs(job))
     final, staged = job, replace(job, models_dir=staging_dir(job.models_dir))
     resume = open_staging(staged.models_dir, identity, job.settings.resume)
     summary = _fit(staged, extractor, logger, distill_logger, resume)
@@ -147,32 +174,60 @@ def fit_quality_model(
     return summary
 
 
-def run_identity(job: TrainJob) -> dict[str, Any]:
+def check_training_inputs(job: TrainJob) -> dict[str, str]:
+    """The prepared set and the labels are there, the labels were made from this prepared set
+    (``fiqa.core.lineage``) and with the label settings of ``job.labels`` (hand-made labels,
+    without ``labels.json``, are not checked): training on others would train, and log, another
+    run than the config says. Returns the inputs' hashes.
+
+    Raises:
+        TrainingError: A missing input, or labels made with other settings (naming how).
+        fiqa.core.lineage.LineageError: Labels made from another prepared set.
+    """
+    for path, stage in (
+        (job.prepared_dir / MANIFEST, "prepare"),
+        (job.labels_dir / LABELS, "label"),
+    ):
+        if not path.is_file():
+            raise TrainingError(f"{path} not found: run `fiqa {stage}` first (or `dvc repro`)")
+    hashes = check_lineage(job.prepared_dir, job.labels_dir)
+    record = job.labels_dir / LABELS_PROVENANCE
+    if record.is_file():
+        made = json.loads(record.read_text(encoding="utf-8"))
+        differ = labels_mismatch(made, job.labels)
+        if differ:
+            asked, there = job.labels.target, made.get("target")
+            raise TrainingError(
+                f"{record} holds other labels than this config asks for: {'; '.join(differ)}. "
+                f"Make them with `fiqa label` and the same label overrides (e.g. `fiqa label "
+                f"label.target={asked}`), or train on the labels there with their overrides "
+                f"(e.g. `label.target={there}`)"
+            )
+    return hashes
+
+
+def run_identity(job: TrainJob, hashes: dict[str, str]) -> dict[str, Any]:
     """What a run is: the config its weights depend on and the hashes of its inputs (the
     resume check and ``models/lineage.json``)."""
     return {
         "model": dict(job.model),
         "trainer": dict(job.trainer),
         "train": asdict(job.settings),
-        "label_column": job.label_column,
         "validation_fr": asdict(job.validation_fr),
         "fmr": job.fmr,
         "val_limit": job.val_limit,
-        "inputs": input_hashes(
-            {"manifest": job.prepared_dir / MANIFEST, "labels": job.labels_path}
-        ),
-        "labels": labels_used(job.labels_path.with_name(LABELS_PROVENANCE)),
+        "inputs": hashes,
+        "labels": labels_used(job.labels_dir / LABELS_PROVENANCE),
     }
 
 
 def labels_used(record: Path) -> dict[str, Any]:
-    """Target and correction of the labels trained on (from their ``labels.json``; empty for
-    hand-made labels): recorded in ``models/lineage.json``, ``metrics/train.json`` and the W&B
-    run's config."""
+    """The target of the labels trained on (from their ``labels.json``; empty for hand-made
+    labels), ``<method>+ediffiqa`` for corrected labels: recorded in ``models/lineage.json``,
+    ``metrics/train.json`` and the W&B run's config."""
     if not record.is_file():
         return {}
-    made = json.loads(record.read_text(encoding="utf-8"))
-    return {key: made.get(key) for key in ("target", "correction")}
+    return {"target": json.loads(record.read_text(encoding="utf-8")).get("target")}
 
 
 def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
@@ -188,14 +243,14 @@ def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
         hparams = {k: v for k, v in job.model.items() if k != "name"}
     model = QualityRegressor(**hparams)
     s = job.settings
-    datamodule = QualityDataModule(job.prepared_dir, job.labels_path, s.batch_size, s.num_workers,
-                                   s.seed, s.augment, s.target_scaling, job.label_column,
+    datamodule = QualityDataModule(job.prepared_dir, job.labels_dir / LABELS, s.batch_size,
+                                   s.num_workers, s.seed, s.augment, s.target_scaling,
                                    template=model.template)  # fmt: skip
     datamodule.setup()
     model.target_scaling = datamodule.scaling.as_dict()
     if resume is not None:
         datamodule.start_at(*train_position(resume))
-    if s.cache_frozen and can_cache(hparams):
+    if s.cache_frozen and shares_frozen_part(hparams):
         source = FaceSource.from_prepared(PreparedFaces(job.prepared_dir))
         datamodule.use_features(frozen_features(hparams, source, extractor, s.batch_size))
         log.info("training on cached %s outputs (the frozen part runs once per face)",
@@ -230,7 +285,7 @@ def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
     }
     if isinstance(logger, WandbLogger):
         logger.experiment.config.update(
-            {"labels_used": labels_used(job.labels_path.with_name(LABELS_PROVENANCE))},
+            {"labels_used": labels_used(job.labels_dir / LABELS_PROVENANCE)},
             allow_val_change=True,
         )
         log_to_wandb(logger, summary, costs, best_model, datamodule)

@@ -11,7 +11,8 @@ Shift and scale augmentation need the images, so a cached run augments by flippi
 
 Used when ``train.cache_frozen`` and the frozen part is exactly the pretrained FR model's: a
 pretrained backbone, ``freeze`` trunk or backbone, no ``unfreeze_at_epoch`` and no consistency
-term (``can_cache``).
+term (``fiqa.quality.trunk.shares_frozen_part``, the condition under which evaluation scores the
+trained model from the FR network's pass too).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import numpy as np
 import torch
 
 from fiqa.extract import Batch, BatchProduct, Extractor, FaceSource, FREntry, Request
-
-PARTS = ("trunk", "backbone")
 
 
 @dataclass(frozen=True)
@@ -51,16 +50,6 @@ class FrozenOutput(BatchProduct):
             net = batch.net
             out = net.forward_features(mirrored) if self.part == "trunk" else net(mirrored)
         return out.half()
-
-
-def can_cache(model: Mapping[str, Any]) -> bool:
-    """Whether a regressor's frozen part is exactly its pretrained FR model's (module docstring)."""
-    return (
-        model.get("freeze") in PARTS
-        and bool(model.get("pretrained"))
-        and model.get("unfreeze_at_epoch") is None
-        and not model.get("consistency_weight")
-    )
 
 
 def frozen_features(

@@ -1,0 +1,293 @@
+"""A reproduction study as a DVC pipeline: one training set, one regressor per label method,
+their blind evaluation beside per-image methods and baselines.
+
+``fiqa study`` writes the study's pipeline into ``paths.studies/<study.name>/`` and DVC runs it:
+what is up to date, what a killed run left to do and what a changed setting invalidates are
+decided by ``dvc.lock``, as for the project's own pipeline. Every step is a pipeline stage run
+by its own command on the study's config (``params.yaml``, the composed config with the study's
+paths and evaluation)::
+
+    prepare              the training set                      data/prepared/
+    ddpm                 DifFIQA's face DDPM (when read)        ddpm/
+    label-<m>            the labels of study method m           data/labels/<m>/
+    train-<m>            the regressor on them                  models/<m>/, metrics/<m>/train.json
+    evaluate             the blind matrix of every <m>(R)       metrics/eval.json, plots/, reports/
+
+A study method is a label column: a label method or its eDifFIQA-corrected labels
+(``<method>+ediffiqa``). Each stage's params are only the settings its outputs depend on (a
+method's own and those it reads), so a changed label setting relabels and retrains only the
+methods it changes, and an added method adds only its own two stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import fiqa
+from fiqa.config.extraction import fr_entries
+from fiqa.config.labels import label_params
+from fiqa.config.typed import ConfigError
+from fiqa.core.artifacts import EDC_PLOTS, EVAL_METRICS, QUALITY_CHECKPOINT, TRAIN_METRICS
+from fiqa.core.atomic import write_text_atomic
+from fiqa.label import METHODS
+from fiqa.label.correction import split_column
+from fiqa.label.diffiqa import METHOD as DDPM_METHOD
+from fiqa.label.registry import dependencies
+from fiqa.pipeline.dvc_yaml import DvcStage, code_deps, relative, render
+from fiqa.stages import DDPM_KEYS, STAGES, StageError
+
+log = logging.getLogger(__name__)
+
+PARAMS_FILE = "params.yaml"
+DVC_FILE = "dvc.yaml"
+HEADER = """\
+# Written by `fiqa study` from the study's config (params.yaml beside it): do not edit by hand.
+# Run it again with `fiqa study <the same overrides>`, or with `dvc repro {dvc_yaml}` from {workdir}.
+"""
+DATA_INPUTS = ("root", "table", "exclude", "metadata", "references")  # data keys naming inputs
+BENCHMARK_INPUTS = ("root", "table", "path", "images_root")  # benchmark keys naming inputs
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's DVC pipeline.
+
+    Attributes:
+        directory: Its folder (``dvc.yaml``, ``params.yaml`` and every output), relative to
+            ``workdir``.
+        workdir: Where every stage command runs (relative paths in the config mean the same
+            there as for ``fiqa study``); inside the DVC repository of ``directory``.
+        methods: The study methods (label columns), one regressor each.
+        config: The study's config (``params.yaml``).
+        stages: Its stages in pipeline order.
+    """
+
+    directory: Path
+    workdir: Path
+    methods: list[str]
+    config: dict[str, Any]
+    stages: list[DvcStage]
+
+    @property
+    def dvc_yaml(self) -> Path:
+        return self.directory / DVC_FILE
+
+    def target(self, stage: str) -> str:
+        """The ``dvc repro`` target of one of its stages."""
+        return f"{self.dvc_yaml.as_posix()}:{stage}"
+
+    def stage_names(self, kind: str) -> list[str]:
+        """Its ``label-*`` or ``train-*`` stages, in method order."""
+        return [f"{kind}-{m}" for m in self.methods]
+
+
+def study_config(cfg: DictConfig) -> tuple[Path, DictConfig]:
+    """The study folder and the config its stages run with: ``cfg`` with the paths of the study
+    (outputs under ``paths.studies/<study.name>``; the raw data, the cache and the studies
+    folder as they are), ``experiment_name: study-<name>`` (the W&B group of its runs), no
+    label columns besides each stage's target, and the evaluation of the study: its benchmarks
+    and FR models, every study method's regressor as ``<m>(R)`` beside ``study.blind``."""
+    methods = study_methods(cfg)
+    cfg = cfg.copy()
+    name = str(cfg.study.name)
+    directory = Path(str(cfg.paths.studies)) / name
+    label_frs = list(fr_entries(cfg, "label.fr_models"))
+    benchmarks = list(cfg.study.benchmarks)
+    if not benchmarks:
+        raise ConfigError("study.benchmarks is empty: give at least one benchmark")
+    with open_dict(cfg):
+        for key in ("raw", "cache", "studies"):  # inputs and shared folders stay where they are
+            cfg.paths[key] = str(cfg.paths[key])
+        cfg.paths.root = str(directory)
+        cfg.study.name = name
+        cfg.experiment_name = f"study-{name}"
+        cfg.label.compute = []
+        cfg.eval.benchmark, cfg.eval.benchmarks = benchmarks[0], benchmarks[1:]
+        cfg.eval.fr_models = cfg.study.fr_models
+        cfg.eval.methods = [*(regressor_name(m) for m in methods), *cfg.study.blind]
+        cfg.eval.quality_models = {
+            regressor_name(m): {"path": str(directory / "models" / m / QUALITY_CHECKPOINT),
+                                "fr_models": label_frs}
+            for m in methods
+        }  # fmt: skip
+    return directory, cfg
+
+
+def regressor_name(method: str) -> str:
+    """The evaluation name of the regressor trained on ``method``'s labels (as DifFIQA(R))."""
+    return f"{method}(R)"
+
+
+def study_methods(cfg: DictConfig) -> list[str]:
+    """``study.methods``, checked: label methods or ``<method>+ediffiqa``, each once.
+
+    Raises:
+        ConfigError: Naming an unknown or repeated method.
+    """
+    methods = [str(m) for m in cfg.study.methods]
+    unknown = [m for m in methods if split_column(m)[0] not in METHODS]
+    if unknown:
+        raise ConfigError(f"study.methods: unknown {unknown}; use label methods "
+                          f"({', '.join(METHODS)}) or <method>+ediffiqa")  # fmt: skip
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"study.methods names a method twice: {methods}")
+    if not methods:
+        raise ConfigError("study.methods is empty: give the label methods to train on")
+    return methods
+
+
+def study_pipeline(cfg: DictConfig, workdir: Path) -> Study:
+    """The study of ``cfg`` (``study_config``) with commands run from ``workdir``.
+
+    Raises:
+        ConfigError: For an unknown study method or an empty benchmark list.
+        StageError: When the study folder is not inside a DVC repository holding ``workdir``.
+    """
+    directory, study_cfg = study_config(cfg)
+    workdir = workdir.absolute()
+    root = dvc_root(workdir)
+    if not directory.absolute().is_relative_to(root):
+        raise StageError(f"the study folder {directory.absolute()} is outside the DVC "
+                         f"repository {root}: set paths.studies inside it")  # fmt: skip
+    config = OmegaConf.to_container(study_cfg, resolve=True)
+    assert isinstance(config, dict)
+    methods = study_methods(cfg)
+    directory = Path(relative(directory, workdir))
+    stages = _stages(directory, workdir, methods, config, label_params(study_cfg))
+    return Study(directory, workdir, methods, config, stages)
+
+
+def dvc_root(start: Path) -> Path:
+    """The DVC repository holding ``start`` (its nearest folder with ``.dvc/``).
+
+    Raises:
+        StageError: Outside any DVC repository.
+    """
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    raise StageError(f"{start} is not inside a DVC repository: a study is a DVC pipeline; run "
+                     "fiqa study from the fiqa repository (or `dvc init` a project folder)")  # fmt: skip
+
+
+def _stages(directory: Path, workdir: Path, methods: list[str], config: Mapping[str, Any],
+            params: Mapping[str, Any]) -> list[DvcStage]:  # fmt: skip
+    """The study's stages (module docstring), paths relative to ``workdir``."""
+    src = Path(fiqa.__file__).resolve().parent.parent
+    d = directory.as_posix()
+    wdir = relative(workdir, workdir / directory)  # the stages run where fiqa study was run
+    paths = {k: relative(v, workdir) for k, v in config["paths"].items()}
+    blind = [str(m) for m in config["study"]["blind"]]
+    ddpm_read = any(DDPM_METHOD in _settings(c, params) for c in [*methods, *blind])
+    ddpm_deps = [paths["ddpm"]] if ddpm_read else []
+
+    def stage(kind: str, columns: Sequence[str], name: str = "", overrides: str = "",
+              **entry: Any) -> DvcStage:  # fmt: skip
+        cmd = f"fiqa {kind} --config-dir {shlex.quote(d)} --config-name params {overrides}"
+        return DvcStage(name=name or kind, cmd=cmd.strip(),
+                        deps=[*code_deps(kind, src, workdir), *entry.pop("deps")],
+                        params=study_params(kind, columns, params),
+                        params_file=f"{d}/{PARAMS_FILE}", wdir=wdir, **entry)  # fmt: skip
+
+    stages = [stage("prepare", [], deps=_inputs(config["data"], DATA_INPUTS, workdir),
+                    outs=[paths["prepared"]])]  # fmt: skip
+    if ddpm_read:
+        stages.append(stage("ddpm", [DDPM_METHOD], overrides=f"label.target={DDPM_METHOD}",
+                            deps=[paths["prepared"]], outs=[paths["ddpm"]]))  # fmt: skip
+    for m in methods:
+        labels, models, metrics = (f"{d}/data/labels/{m}", f"{d}/models/{m}", f"{d}/metrics/{m}")
+        reads_ddpm = ddpm_deps if DDPM_METHOD in _settings(m, params) else []
+        stages.append(stage("label", [m], f"label-{m}", f"label.target={m} paths.labels={labels}",
+                            deps=[paths["prepared"], *reads_ddpm], outs=[labels]))  # fmt: skip
+        stages.append(stage("train", [m], f"train-{m}",
+                            f"label.target={m} paths.labels={labels} paths.models={models} "
+                            f"paths.metrics={metrics}",
+                            deps=[paths["prepared"], labels], outs=[models],
+                            metrics=[f"{metrics}/{TRAIN_METRICS}"]))  # fmt: skip
+    benchmarks = [config["eval"]["benchmark"], *config["eval"]["benchmarks"]]
+    inputs = [p for b in benchmarks for p in _inputs(b, BENCHMARK_INPUTS, workdir)]
+    stages.append(stage("evaluate", [b for b in blind if split_column(b)[0] in METHODS],
+                        deps=[paths["prepared"], *ddpm_deps,
+                              *(f"{d}/models/{m}" for m in methods), *inputs],
+                        outs=[paths["reports"]], metrics=[f"{paths['metrics']}/{EVAL_METRICS}"],
+                        plots=[(f"{paths['plots']}/{EDC_PLOTS}", EDC_PLOTS)]))  # fmt: skip
+    return stages
+
+
+def _settings(column: str, params: Mapping[str, Any]) -> list[str]:
+    """The label methods whose settings a label column (or an evaluation method) depends on."""
+    base = split_column(column)[0]
+    return dependencies(base, params) if base in METHODS else []
+
+
+def study_params(stage: str, columns: Sequence[str], params: Mapping[str, Any]) -> list[str]:
+    """The params of a study stage of kind ``stage`` about the label columns ``columns``: the
+    stage's declared params (``fiqa.stages.STAGES``) with the label group narrowed to the
+    settings those columns depend on (``label.methods.<m>`` for each method they read, the
+    ``label.ediffiqa`` settings for corrected columns, the DDPM's architecture for DifFIQA).
+    The target is in the stage's command, not a param."""
+    methods = {m for c in columns for m in _settings(c, params)}
+    corrected = any(split_column(c)[1] for c in columns)
+    keys: list[str] = []
+    for key in STAGES[stage].params:
+        for k in ("label.fr_models", "label.seed", "label.methods", "label.ediffiqa") \
+                if key == "label" else (key,):  # fmt: skip
+            if k == "label.methods":
+                keys += [f"label.methods.{m}" for m in METHODS if m in methods]
+            elif (k in ("label.target", "label.compute", "eval.methods")
+                  or (k == "label.ediffiqa" and not corrected)
+                  or (k in DDPM_KEYS and DDPM_METHOD not in methods)):  # fmt: skip
+                continue
+            else:
+                keys.append(k)
+    return keys
+
+
+def _inputs(spec: Mapping[str, Any], keys: Iterable[str], workdir: Path) -> list[str]:
+    """The files and folders a data or benchmark config names (``keys`` naming existing
+    paths), relative to ``workdir``: DVC reruns the stage when they change."""
+    values = [spec.get(k) for k in keys]
+    return [relative(v, workdir) for v in values if isinstance(v, str) and Path(v).exists()]
+
+
+def write_study(study: Study) -> None:
+    """Write the study's ``params.yaml`` and ``dvc.yaml`` (each atomically)."""
+    config = yaml.safe_dump(study.config, sort_keys=False, width=100)
+    write_text_atomic(study.directory / PARAMS_FILE, config)
+    header = HEADER.format(dvc_yaml=study.dvc_yaml.as_posix(), workdir=study.workdir)
+    write_text_atomic(study.dvc_yaml, render(study.stages, header))
+    log.info("study %s: %d stages in %s", study.directory, len(study.stages), study.dvc_yaml)
+
+
+def reproduce(study: Study, stages: Sequence[str] = (), single_item: bool = False) -> None:
+    """``dvc repro`` the study's ``stages`` (and what they depend on, unless ``single_item``;
+    all of them when none is named), from its working directory. The stage commands find
+    ``fiqa`` beside this interpreter.
+
+    Raises:
+        StageError: DVC failed (a stage failed: its output is above); the finished stages are
+            recorded in ``dvc.lock`` and are not run again.
+    """
+    targets = [study.target(s) for s in stages] or [study.dvc_yaml.as_posix()]
+    cmd = [sys.executable, "-m", "dvc", "repro", *(["--single-item"] if single_item else []),
+           *targets]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log.info("study: %s", shlex.join(["dvc", *cmd[3:]]))
+    done = subprocess.run(cmd, cwd=study.workdir, env=env, check=False)
+    if done.returncode != 0:
+        raise StageError(
+            f"`dvc repro {' '.join(cmd[4:])}` exited {done.returncode} (the failing stage's "
+            "output is above); finished stages are recorded in dvc.lock: fix the cause and run "
+            "fiqa study again to continue"
+        )
