@@ -12,12 +12,12 @@ import hydra
 from omegaconf import DictConfig
 
 from fiqa.cli.errors import verbose_errors
-from fiqa.cli.hydra_entry import stage_task
+from fiqa.cli.hydra_entry import hydra_stage_job
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    return stage_task("train", cfg, prog="train.py")
+    return hydra_stage_job("train", cfg, prog="train.py")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ import pytorch_lightning as pl
 from fiqa.config import compose_config
 from fiqa.config.extraction import extractor
 from fiqa.config.training import datamodule_arguments, regressor_arguments
+from fiqa.data.face_store import write_table
 from fiqa.data.preparation import write_prepared
-from fiqa.data.prepared import write_table
 from fiqa.extract import FaceSource
 from fiqa.quality.model import QualityRegressor
 from fiqa.train.datamodule import QualityDataModule

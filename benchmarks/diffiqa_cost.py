@@ -31,7 +31,7 @@ from fiqa.diffusion.model import FaceDDPM, build_scheduler, build_unet
 from fiqa.diffusion.module import DDPMModule
 from fiqa.extract.products import Batch
 from fiqa.fr import load_fr_model
-from fiqa.label.diffiqa import DiffiqaParams, DiffiqaProduct
+from fiqa.label.diffiqa import DiffiqaProduct, DiffiqaSettings
 from fiqa.quality.model import QualityRegressor
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     regressor = QualityRegressor(**regressor_arguments()).eval()
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         FaceDDPM(build_unet(settings.unet), build_scheduler(settings.schedule)).save(tmp)
-        params = DiffiqaParams(tmp, settings.unet, settings.schedule, args.repeats, args.t)
+        params = DiffiqaSettings(tmp, settings.unet, settings.schedule, args.repeats, args.t)
         product = DiffiqaProduct(params, seed=0)
         raw = fr(faces)
         embed = timed(lambda: fr(faces)) / args.faces

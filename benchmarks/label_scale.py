@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     args = parser.parse_args()
     methods = {
-        "CR-FIQA": lambda e, ids: crfiqa_scores(e, ids),
+        "CR-FIQA": lambda e, ids: crfiqa_scores(e, ids, form="paper"),
         "SDD-FIQA": lambda e, ids: sddfiqa_scores(e, ids, seed=0),
     }
     results: dict[tuple[str, int], tuple[float, float]] = {}

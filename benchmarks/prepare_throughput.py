@@ -42,10 +42,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from fiqa.config.typed import typed
 from fiqa.core.align import align_face
 from fiqa.core.images import read_image
 from fiqa.data.detect import YuNetDetector
-from fiqa.data.face_pipeline import FaceAligner, PrepareDataset, worker_init
+from fiqa.data.face_pipeline import PrepareDataset, worker_init
+from fiqa.data.preparation import PrepareSettings
 from fiqa.data.sources import FileBytes
 from fiqa.stages.runner import run_stage
 
@@ -105,8 +107,7 @@ def time_bare(paths: list[Path], landmarks: list[np.ndarray], repeats: int) -> f
 
 def time_aligner(raw: Path, paths: list[Path], cfg: DictConfig) -> tuple[float, int]:
     """(b) seconds of one in-process FaceAligner pass over ``paths`` and its failure count."""
-    p = cfg.prepare
-    aligner = FaceAligner(p.template, p.face_selection, p.score_threshold, p.pad_ratio)
+    aligner = typed(cfg.prepare, PrepareSettings).aligner()
     rows = [{"path": str(path.relative_to(raw)), "identity": path.parent.name} for path in paths]
     aligner(0, rows[0], paths[0].read_bytes())  # warm-up: builds the YuNet network
     start = time.perf_counter()
@@ -125,8 +126,7 @@ def row(label: str, rate: float, note: str = "") -> None:
 def time_worker_startup(raw: Path, paths: list[Path], cfg: DictConfig, workers: int) -> float:
     """Seconds for the stage's DataLoader with ``workers`` spawned workers to yield one image
     per worker (process start, imports, YuNet build): the fixed cost of a run with workers."""
-    p = cfg.prepare
-    aligner = FaceAligner(p.template, p.face_selection, p.score_threshold, p.pad_ratio)
+    aligner = typed(cfg.prepare, PrepareSettings).aligner()
     table = pd.DataFrame({"path": [str(q.relative_to(raw)) for q in paths], "identity": "x"})
     loader = DataLoader(
         PrepareDataset(table, np.arange(workers), FileBytes(raw), aligner),

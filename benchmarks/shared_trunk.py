@@ -72,7 +72,7 @@ def sources(root: Path, models: dict[str, Path], batch: int, cache: str) -> Qual
                                   progress=False)  # fmt: skip
     return QualitySources(methods=list(models), model_path=None,
                           quality_models={m: {"path": str(p)} for m, p in models.items()},
-                          label_frs={}, label_params={}, seed=0,
+                          label_frs={}, label_settings={}, seed=0,
                           fr_defaults=FREntry("sface", None, batch, False, {}),
                           extractor=Extractor(root / cache, settings),
                           cache_dir=root / cache / "quality")  # fmt: skip

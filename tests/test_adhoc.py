@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fiqa.cli.adhoc import changed_stages, computing_overrides, place_adhoc_run, run_name
+from fiqa.cli.adhoc import changed_stages, computing_overrides, place_adhoc_run, run_folder
 from fiqa.config import compose_config
 from fiqa.stages import StageError
 
@@ -50,14 +50,14 @@ def test_runs_without_computing_overrides_or_with_a_root_write_the_configured_pa
     assert dict(cfg.paths) == before
 
 
-def test_run_names_are_the_overrides_or_their_digest() -> None:
+def test_run_folders_are_the_overrides_or_their_digest() -> None:
     assert computing_overrides(["logger=none", "+debug=fdr", "model.lr=1e-3"]) == ["model.lr=1e-3"]
     # a preset that computes something else (fewer faces, epochs) is its own run
     assert computing_overrides(["label=faceqan", "debug=small"]) == ["debug=small", "label=faceqan"]
     assert computing_overrides(["debug=limit"]) == ["debug=limit"]
-    assert run_name(["label=serfiq"]) == "label=serfiq"
-    long = run_name([f"eval.benchmark.root=/very/long/path/{'x' * 80}"])
-    assert len(long) == 49 and long != run_name([f"eval.benchmark.root=/other/{'x' * 80}"])
+    assert run_folder(["label=serfiq"]) == "label=serfiq"
+    long = run_folder([f"eval.benchmark.root=/very/long/path/{'x' * 80}"])
+    assert len(long) == 49 and long != run_folder([f"eval.benchmark.root=/other/{'x' * 80}"])
 
 
 def test_an_input_the_overrides_change_must_come_from_the_run_not_the_pipeline(tmp_path):

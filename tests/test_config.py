@@ -264,7 +264,7 @@ def test_model_schemas_name_exactly_the_constructor_arguments_which_state_no_def
     from dataclasses import fields
     from inspect import signature
 
-    from fiqa.config.schemas import DistillConfig, RegressorConfig, RegressorHead
+    from fiqa.config.schemas import DistillSettings, RegressorHeadSettings, RegressorSettings
     from fiqa.quality.model import QualityRegressor
     from fiqa.train.distill import DistillationModule
     from fiqa.train.fit import DISTILL_ONLY
@@ -272,11 +272,11 @@ def test_model_schemas_name_exactly_the_constructor_arguments_which_state_no_def
     def arguments(cls: type) -> dict:
         return {k: p for k, p in signature(cls.__init__).parameters.items() if k != "self"}
 
-    regressor = {f.name for f in fields(RegressorConfig)} - {"name"}
+    regressor = {f.name for f in fields(RegressorSettings)} - {"name"}
     assert regressor == set(arguments(QualityRegressor))
     backbone = {"backbone", "pretrained", "backbone_weights", "backbone_options"}
-    assert {f.name for f in fields(RegressorHead)} == regressor - backbone
-    distill = {f.name for f in fields(DistillConfig)} - set(DISTILL_ONLY)
+    assert {f.name for f in fields(RegressorHeadSettings)} == regressor - backbone
+    distill = {f.name for f in fields(DistillSettings)} - set(DISTILL_ONLY)
     assert distill == set(arguments(DistillationModule)) - {"num_classes"}
     for cls in (QualityRegressor, DistillationModule):  # the values come from conf/ only
         assert all(p.default is p.empty for p in arguments(cls).values()), cls.__name__

@@ -13,6 +13,7 @@ from fiqa.label.huo import huo_fused, intra_class_score, visual_score
 
 R2 = 1 / math.sqrt(2)
 PUBLIC = {"eps": 0.5, "top": 0.2}  # the public eDifFIQA code's settings
+EQ5 = (0.2, 0.4, 0.4)  # Huo et al.'s weights of S_v, S_r, S_c
 PEN = 0.5 * (1 - R2)  # eps * (1 - cos 45deg) = 0.146447
 
 # Identity A = rows 0-4, B = rows 5-9. Global top 20% of 10 = 2 rows: 0 (1.0) and 1 (0.8), both A.
@@ -182,8 +183,8 @@ def test_visual_score_by_hand():
 def test_huo_fused_default_weights():
     s_v, s_r, s_c = np.array([1.0, 0.0]), np.array([0.5, 1.0]), np.array([0.25, 0.75])
     # none: 0.2*1 + 0.4*0.5 + 0.4*0.25 = 0.5;  0.2*0 + 0.4*1 + 0.4*0.75 = 0.7
-    np.testing.assert_allclose(huo_fused(s_v, s_r, s_c), [0.5, 0.7])
+    np.testing.assert_allclose(huo_fused(s_v, s_r, s_c, EQ5, how="none"), [0.5, 0.7])
     # rank: s_v -> [1, 0], s_r -> [0, 1], s_c -> [0, 1]: [0.2, 0.8]
-    np.testing.assert_allclose(huo_fused(s_v, s_r, s_c, how="rank"), [0.2, 0.8])
-    missing = huo_fused(s_v, s_r, np.array([0.5, np.nan]))
+    np.testing.assert_allclose(huo_fused(s_v, s_r, s_c, EQ5, how="rank"), [0.2, 0.8])
+    missing = huo_fused(s_v, s_r, np.array([0.5, np.nan]), EQ5, how="none")
     assert missing[0] == pytest.approx(0.2 * 1 + 0.4 * 0.5 + 0.4 * 0.5) and np.isnan(missing[1])

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr, wasserstein_distance
 
-from fiqa.label.crfiqa import EPS, class_centres, crfiqa_from_similarities, crfiqa_scores
+from fiqa.label.crfiqa import EPS, crfiqa_from_similarities, crfiqa_scores, unit_class_centres
 from fiqa.label.sddfiqa import sample_distinct, scale_to_100, sddfiqa_scores, wasserstein1_equal
+
+PAPER = {"samples": 24, "repeats": 12}  # SDD-FIQA's m and repeats (Ou et al. 2021)
 
 R2, R5 = np.sqrt(2.0), np.sqrt(5.0)
 
@@ -50,10 +52,10 @@ def test_crfiqa_hand_case() -> None:
         1 / (-1 / R5 + 1 + EPS),  # e4: CCS 1; to A -1/sqrt2, to B -1/sqrt5 -> NNCCS -1/sqrt5
         (2 / R5) / (0.2 / R2 + 1 + EPS),  # e5: CCS 2/sqrt5; to A .2/sqrt2, to C -.8
     ]
-    centres, codes = class_centres(e, ids)
+    centres, codes = unit_class_centres(e, ids)
     np.testing.assert_allclose(centres, [[1 / R2, 1 / R2], [-2 / R5, 1 / R5], [0, -1]], atol=1e-12)
     np.testing.assert_array_equal(codes, [0, 0, 1, 2, 1])
-    np.testing.assert_allclose(crfiqa_scores(e, ids), expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(crfiqa_scores(e, ids, form="paper"), expected, rtol=0, atol=1e-9)
 
 
 def test_crfiqa_code_form_is_ccs_over_nnccs_and_can_flip_the_ranking() -> None:
@@ -76,11 +78,15 @@ def test_crfiqa_code_form_is_ccs_over_nnccs_and_can_flip_the_ranking() -> None:
 def test_crfiqa_chunking_invariance(tmp_path: Path) -> None:
     e, ids, _ = noisy_identities()
     e64 = e.astype(np.float64)
-    whole = crfiqa_scores(e64, ids)
-    np.testing.assert_allclose(crfiqa_scores(e64, ids, chunk_rows=1), whole, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(crfiqa_scores(e64, ids, chunk_rows=7), whole, rtol=0, atol=1e-12)
+    whole = crfiqa_scores(e64, ids, form="paper")
+    np.testing.assert_allclose(
+        crfiqa_scores(e64, ids, chunk_rows=1, form="paper"), whole, rtol=0, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        crfiqa_scores(e64, ids, chunk_rows=7, form="paper"), whole, rtol=0, atol=1e-12
+    )
     # float16 memmap storage: same labels up to float16 rounding.
-    from_mm = crfiqa_scores(as_memmap(e, tmp_path / "e.f16"), ids, chunk_rows=64)
+    from_mm = crfiqa_scores(as_memmap(e, tmp_path / "e.f16"), ids, chunk_rows=64, form="paper")
     np.testing.assert_allclose(from_mm, whole, atol=2e-3)
 
 
@@ -88,19 +94,19 @@ def test_crfiqa_given_centres() -> None:
     # Head weights (unnormalised): c0 = (1, 0), c1 = (0, 1), c2 = (-1, 0).
     centres = np.array([[2.0, 0.0], [0.0, 5.0], [-1.0, 0.0]])
     e = np.array([[0.6, 0.8], [0.0, 1.0]])
-    q = crfiqa_scores(e, np.array([0, 1]), centres=centres)
+    q = crfiqa_scores(e, np.array([0, 1]), centres=centres, form="paper")
     # e0 (class 0): CCS .6; to c1 .8, to c2 -.6 -> NNCCS .8.  e1 (class 1): CCS 1, NNCCS 0.
     np.testing.assert_allclose(q, [0.6 / (1.8 + EPS), 1 / (1 + EPS)], atol=1e-12)
     with pytest.raises(ValueError, match="only 3 centres"):
-        crfiqa_scores(e, np.array([0, 3]), centres=centres)
+        crfiqa_scores(e, np.array([0, 3]), centres=centres, form="paper")
     with pytest.raises(ValueError, match="integer class ids"):
-        crfiqa_scores(e, np.array(["a", "b"]), centres=centres)
+        crfiqa_scores(e, np.array(["a", "b"]), centres=centres, form="paper")
 
 
 def test_crfiqa_single_identity_raises() -> None:
     e = np.eye(3)
     with pytest.raises(ValueError, match="at least two identities"):
-        crfiqa_scores(e, np.array(["x", "x", "x"]))
+        crfiqa_scores(e, np.array(["x", "x", "x"]), form="paper")
 
 
 # ---------------------------------------------------------------- SDD-FIQA
@@ -147,50 +153,52 @@ def hand_sdd_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("m", [1, 2, 24])
 def test_sddfiqa_hand_case(m: int) -> None:
     e, ids, raw = hand_sdd_case()
-    got_raw = sddfiqa_scores(e, ids, m=m, repeats=3, scale=False)
+    got_raw = sddfiqa_scores(e, ids, samples=m, repeats=3, seed=0, scale=False)
     np.testing.assert_allclose(got_raw, raw, atol=1e-12)
     # Scaled: 100 (raw - 0.2) / (1 - 0.2); the one-image identity gets the minimum -> 0.
-    scaled = sddfiqa_scores(e, ids, m=m, repeats=3)
+    scaled = sddfiqa_scores(e, ids, samples=m, repeats=3, seed=0)
     np.testing.assert_allclose(scaled, 100 * (raw - 0.2) / 0.8, atol=1e-9)
     assert scaled[-1] == 0.0
 
 
 def test_sddfiqa_seed_determinism() -> None:
     e, ids, _ = noisy_identities()
-    a = sddfiqa_scores(e, ids, seed=3)
-    np.testing.assert_array_equal(a, sddfiqa_scores(e, ids, seed=3))
-    assert not np.allclose(a, sddfiqa_scores(e, ids, seed=4))
+    a = sddfiqa_scores(e, ids, **PAPER, seed=3)
+    np.testing.assert_array_equal(a, sddfiqa_scores(e, ids, **PAPER, seed=3))
+    assert not np.allclose(a, sddfiqa_scores(e, ids, **PAPER, seed=4))
 
 
 @pytest.mark.parametrize("pool_size", [None, 100])  # 100 < repeats * m: drawn with replacement
 def test_sddfiqa_chunk_size_invariance(pool_size: int | None) -> None:
     e, ids, _ = noisy_identities(k=75, per_id=20)  # 1500 samples: two blocks, a random pool
     e64 = e.astype(np.float64)
-    ref = sddfiqa_scores(e64, ids, seed=1, scale=False, pool_size=pool_size)
+    ref = sddfiqa_scores(e64, ids, **PAPER, seed=1, scale=False, pool_size=pool_size)
     for rows in (1, 7, 5000):
-        got = sddfiqa_scores(e64, ids, seed=1, scale=False, chunk_rows=rows, pool_size=pool_size)
+        got = sddfiqa_scores(
+            e64, ids, **PAPER, seed=1, scale=False, chunk_rows=rows, pool_size=pool_size
+        )
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
 
 
 def test_sddfiqa_scaling_and_memmap(tmp_path: Path) -> None:
     e, ids, _ = noisy_identities()
-    raw = sddfiqa_scores(e, ids, scale=False)
-    scaled = sddfiqa_scores(e, ids)
+    raw = sddfiqa_scores(e, ids, **PAPER, seed=0, scale=False)
+    scaled = sddfiqa_scores(e, ids, **PAPER, seed=0)
     assert scaled.min() == 0.0 and scaled.max() == 100.0
     np.testing.assert_allclose(scaled, scale_to_100(raw), atol=1e-9)
-    from_mm = sddfiqa_scores(as_memmap(e, tmp_path / "e.f16"), ids, scale=False)
+    from_mm = sddfiqa_scores(as_memmap(e, tmp_path / "e.f16"), ids, **PAPER, seed=0, scale=False)
     np.testing.assert_allclose(from_mm, raw, atol=2e-3)  # same draws, float16 rounding only
 
 
 def test_sddfiqa_invalid_inputs() -> None:
     e = np.eye(4)
     with pytest.raises(ValueError, match="at least two identities"):
-        sddfiqa_scores(e, np.zeros(4, int))
+        sddfiqa_scores(e, np.zeros(4, int), **PAPER, seed=0)
     with pytest.raises(ValueError, match=">= 2 images"):
-        sddfiqa_scores(e, np.arange(4))
+        sddfiqa_scores(e, np.arange(4), **PAPER, seed=0)
 
 
 def test_noisier_samples_rank_lower() -> None:
     e, ids, sigma = noisy_identities()
-    for q in (crfiqa_scores(e, ids), sddfiqa_scores(e, ids)):
+    for q in (crfiqa_scores(e, ids, form="paper"), sddfiqa_scores(e, ids, **PAPER, seed=0)):
         assert spearmanr(q, sigma)[0] < -0.5

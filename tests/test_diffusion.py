@@ -21,7 +21,7 @@ from fiqa.diffusion.module import DDPMModule
 from fiqa.diffusion.sampling import ddim_reconstruct, from_ddpm, q_sample, to_ddpm
 from fiqa.diffusion.settings import ScheduleSettings, UNetSettings
 from fiqa.extract.products import Batch
-from fiqa.label.diffiqa import DiffiqaParams, DiffiqaProduct, diffiqa_from_embeddings
+from fiqa.label.diffiqa import DiffiqaProduct, DiffiqaSettings, diffiqa_from_embeddings
 from fiqa.stages.runner import run_stage
 
 TINY = UNetSettings(sample_size=16, base_width=32, channel_mults=[1, 2], layers_per_block=1)
@@ -96,7 +96,7 @@ def _saved_ddpm(path: Path, seed: int = 0) -> Path:
 
 
 def _scores(ddpm: Path, seed: int, faces: torch.Tensor, repeats: int = 2) -> torch.Tensor:
-    product = DiffiqaProduct(DiffiqaParams(str(ddpm), TINY, PAPER_SCHEDULE, repeats, 5), seed)
+    product = DiffiqaProduct(DiffiqaSettings(str(ddpm), TINY, PAPER_SCHEDULE, repeats, 5), seed)
     net = _PixelFR()
     return product.compute(Batch(net, faces, net(faces), None, index=0))
 
@@ -108,7 +108,7 @@ def test_diffiqa_product_is_deterministic_for_a_seed_and_keyed_by_the_ddpm(tmp_p
     assert first.shape == (3,) and bool(((first > -1) & (first <= 1)).all())
     torch.testing.assert_close(_scores(ddpm, 0, faces), first)
     assert not torch.equal(_scores(ddpm, 1, faces), first)
-    params = DiffiqaParams(str(ddpm), TINY, PAPER_SCHEDULE, 2, 5)
+    params = DiffiqaSettings(str(ddpm), TINY, PAPER_SCHEDULE, 2, 5)
     stem = DiffiqaProduct(params, 0).stem(64)
     other = _saved_ddpm(tmp_path / "b", seed=1)  # other weights: another cache file
     assert DiffiqaProduct(replace(params, ddpm=str(other)), 0).stem(64) != stem
@@ -171,7 +171,7 @@ def test_ddpm_stage_trains_only_when_a_method_reads_it_and_reuses_what_it_traine
     record = demo_root / "ddpm" / "ddpm.json"
     run_stage("ddpm", demo_config(demo_root, small_demo, *FAST))  # label=faceqnet
     assert json.loads(record.read_text())["trained"] is False
-    params = DiffiqaParams(str(demo_root / "ddpm"), TINY, PAPER_SCHEDULE, 1, 5)
+    params = DiffiqaSettings(str(demo_root / "ddpm"), TINY, PAPER_SCHEDULE, 1, 5)
     with pytest.raises(FileNotFoundError, match="no DDPM there; train one with `fiqa ddpm`"):
         DiffiqaProduct(params, 0).stem(64)  # a label run before a DDPM was trained
     first = run_stage("ddpm", demo_config(demo_root, small_demo, *FAST, "label=diffiqa"))

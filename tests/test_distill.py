@@ -20,7 +20,7 @@ from fiqa.quality.model import QualityRegressor
 from fiqa.train.cost import cost_markdown, cost_table, model_cost
 from fiqa.train.distill import (
     DistillationModule,
-    class_centres,
+    class_mean_embeddings,
     cosine_logits,
     distillation_losses,
 )
@@ -33,6 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval m
 TEACHER_OPTIONS = {"blocks": [1, 1, 1, 1], "scale": 1, "num_features": 32}
 STUDENT_OPTIONS = {"blocks": [1, 1, 1, 1], "scale": 1, "num_features": 16}
 N_TRAIN_IDS, PER_ID = 4, 4
+
+EQ6_WEIGHTS = (0.4, 0.2, 0.4)  # (a, b, c) of Huo et al.'s eq. 6 (MSE, soft CE, hard CE)
 
 
 # --- loss terms by hand ------------------------------------------------------------------
@@ -51,7 +53,7 @@ def test_distillation_loss_matches_hand_computation() -> None:
         - (0.75 * math.log(2 / 3) + 0.25 * math.log(1 / 3))
     ) / 2
     ce = (-math.log(3 / 4) - math.log(2 / 3)) / 2
-    terms = distillation_losses(f_s, f_t, c_s, c_t, labels)
+    terms = distillation_losses(f_s, f_t, c_s, c_t, labels, EQ6_WEIGHTS, temperature=1.0)
     assert terms["mse"].item() == pytest.approx(mse)
     assert terms["kd"].item() == pytest.approx(kd)
     assert terms["ce"].item() == pytest.approx(ce)
@@ -74,7 +76,9 @@ def test_distillation_loss_matches_hand_computation() -> None:
     assert terms["kd"].item() == pytest.approx(kd_t2)
     assert terms["ce"].item() == pytest.approx(-math.log(3 / 4))
     assert terms["loss"].item() == pytest.approx(mse + 2 * kd_t2 - 3 * math.log(3 / 4))
-    no_labels = distillation_losses(f_s, f_t, c_s, c_t, torch.tensor([-1, -1]))
+    no_labels = distillation_losses(
+        f_s, f_t, c_s, c_t, torch.tensor([-1, -1]), EQ6_WEIGHTS, temperature=1.0
+    )
     assert no_labels["ce"].item() == 0.0
 
 
@@ -82,7 +86,7 @@ def test_centre_logits_match_hand_computation() -> None:
     emb = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
     labels = torch.tensor([0, 0, 1, -1])  # -1: not a training identity, ignored
     # normalised: (0.6, 0.8), (1, 0) -> class 0 mean (0.8, 0.4); (0, 1) -> class 1; class 2 empty
-    centres = class_centres(emb, labels, num_classes=3)
+    centres = class_mean_embeddings(emb, labels, num_classes=3)
     assert torch.allclose(centres, torch.tensor([[0.8, 0.4], [0.0, 1.0], [0.0, 0.0]]))
     logits = cosine_logits(torch.tensor([[1.0, 1.0]]), centres, scale=10.0)
     cos0 = (0.8 + 0.4) / (math.sqrt(2) * math.sqrt(0.8**2 + 0.4**2))
@@ -193,7 +197,7 @@ def test_fit_computes_teacher_centres_and_lowers_loss(fitted: dict) -> None:
     module, losses = fitted["module"], fitted["losses"]
     labels = torch.arange(N_TRAIN_IDS).repeat_interleave(PER_ID)
     with torch.no_grad():
-        expected = class_centres(module.teacher(fitted["faces"]), labels, N_TRAIN_IDS)
+        expected = class_mean_embeddings(module.teacher(fitted["faces"]), labels, N_TRAIN_IDS)
     assert bool(module.class_weights_ready)
     assert torch.allclose(module.teacher_class_weights, expected, atol=1e-5)
     assert len(losses) == 20

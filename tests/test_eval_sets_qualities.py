@@ -16,8 +16,8 @@ from fiqa.config.evaluation import quality_sources
 from fiqa.config.extraction import extractor
 from fiqa.core.edc import pauc
 from fiqa.core.pairs import all_pairs
+from fiqa.data.face_store import write_table
 from fiqa.data.preparation import write_prepared
-from fiqa.data.prepared import write_table
 from fiqa.eval import qualities as qualities_mod
 from fiqa.eval.matrix import cell_curves, curve_metrics
 from fiqa.eval.qualities import MethodQuality, cached_scores, method_qualities

@@ -17,7 +17,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import fiqa
+from fiqa.config import compose_config
 from fiqa.config.training import regressor_arguments
+from fiqa.config.typed import typed
+from fiqa.data.preparation import PrepareSettings
 from fiqa.quality import export as export_mod
 from fiqa.quality.export import ExportMismatchError, export_onnx
 from fiqa.quality.model import QualityRegressor
@@ -180,23 +183,22 @@ def test_raw_photos_are_detected_and_aligned_and_auto_keeps_aligned_faces(
     (taken as aligned: identical) and through forced raw (re-detected: nearly identical)."""
     from skimage.data import astronaut
 
-    from fiqa.data.face_pipeline import FaceAligner
-
     scorer = QualityScorer.from_path(trained[2])
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut()).save(photo)
-    face, _ = FaceAligner("arcface_112").align(0, {"path": str(photo)}, astronaut())
+    aligner = typed(compose_config().prepare, PrepareSettings).aligner()  # as prepare aligns
+    face, _ = aligner.align(0, {"path": str(photo)}, astronaut())
     aligned = tmp_path / "aligned.png"
     Image.fromarray(face).save(aligned)
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((200, 160, 3), 90, np.uint8)).save(blank)
 
-    auto = scorer.score_files([photo, aligned, blank], mode="auto")
+    auto = scorer.score_files([photo, aligned, blank], mode="auto", aligner=aligner)
     assert auto["failure"].tolist() == [None, None, "no_face"]
     expected = scorer.score(face[None])[0]
     assert auto["quality"][0] == pytest.approx(expected, abs=1e-6)  # the photo, aligned here
     assert auto["quality"][1] == pytest.approx(expected, abs=1e-6)  # the face as given
-    raw = scorer.score_files([aligned], mode="raw")
+    raw = scorer.score_files([aligned], mode="raw", aligner=aligner)
     assert raw["failure"][0] is None
     assert raw["quality"][0] == pytest.approx(expected, abs=0.05)
 

@@ -11,20 +11,20 @@ import pytest
 import torch
 from torch import nn
 
+from fiqa.data.face_store import PreparedFaces
 from fiqa.data.preparation import write_prepared
-from fiqa.data.prepared import PreparedFaces
 from fiqa.extract import FaceSource, Request, batch_generator, extract
 from fiqa.fr import FRModel, FRModelInfo, load_fr_model
-from fiqa.label.faceqan import FaceQanParams, FaceQanProduct, faceqan_batch
+from fiqa.label.faceqan import FaceQanProduct, FaceQanSettings, faceqan_batch
 from fiqa.label.huo import LowLevelFeatures
 from fiqa.label.magface import EmbeddingNorm
-from fiqa.label.serfiq import SerFiqParams, SerFiqProduct
+from fiqa.label.serfiq import SerFiqProduct, SerFiqSettings
 
 BATCH = 8
 N_FACES = 37  # 5 batches, the last one partial
-SERFIQ = SerFiqProduct(SerFiqParams(passes=6, dropout=0.5, calibrate=False), seed=3)
+SERFIQ = SerFiqProduct(SerFiqSettings(passes=6, dropout=0.5, calibrate=False), seed=3)
 REQUEST = Request((EmbeddingNorm(), LowLevelFeatures(), SERFIQ))
-FACEQAN = FaceQanParams(eps=0.001, iterations=2, copies=3, power=5.0, batch_size=4)
+FACEQAN = FaceQanSettings(eps=0.001, iterations=2, copies=3, power=5.0, batch_size=4)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torch import nn
 from fiqa.label import faceqan
 from fiqa.label.faceqan import (
     PIXEL_RANGE,
-    FaceQanParams,
+    FaceQanSettings,
     attack_similarities,
     faceqan_batch,
     faceqan_quality,
@@ -39,7 +39,7 @@ PAPER = {"eps": 0.001, "iterations": 5, "copies": 10, "power": 5.0, "batch_size"
 )
 def test_params_are_checked(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        FaceQanParams(**(PAPER | kwargs))
+        FaceQanSettings(**(PAPER | kwargs))
 
 
 class _Linear(nn.Module):
@@ -57,7 +57,7 @@ class _Linear(nn.Module):
 def test_attack_moves_embeddings_away_within_the_budget() -> None:
     net = _Linear()
     x = torch.rand(3, 3, 2, 2, generator=torch.Generator().manual_seed(0)) * 200 + 20
-    params = FaceQanParams(**(PAPER | {"eps": 0.002, "iterations": 4, "copies": 5}))
+    params = FaceQanSettings(**(PAPER | {"eps": 0.002, "iterations": 4, "copies": 5}))
     s, s_f = attack_similarities(net, x, params, torch.Generator().manual_seed(1))
     assert s.shape == (3, 4 * 5) and s_f.shape == (3,)
     per_iteration = s.view(3, 4, 5).mean(dim=2)
@@ -77,7 +77,7 @@ def test_attack_moves_embeddings_away_within_the_budget() -> None:
 def test_a_long_batch_logs_its_progress_between_attack_passes(monkeypatch, caplog) -> None:
     monkeypatch.setattr(faceqan, "PROGRESS_EVERY_S", 0.0)  # every pass is "long"
     x = torch.rand(5, 3, 2, 2, generator=torch.Generator().manual_seed(0)) * 200 + 20
-    params = FaceQanParams(**(PAPER | {"iterations": 1, "copies": 2, "batch_size": 2}))
+    params = FaceQanSettings(**(PAPER | {"iterations": 1, "copies": 2, "batch_size": 2}))
     with caplog.at_level("INFO", logger="fiqa.label.faceqan"):
         scores = faceqan_batch(_Linear(), x, params, torch.Generator().manual_seed(1))
     assert scores.shape == (5,)

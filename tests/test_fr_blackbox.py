@@ -16,6 +16,8 @@ import torch
 from onnx import TensorProto, helper
 from scipy.stats import mannwhitneyu
 
+from fiqa.config import compose_config
+from fiqa.config.typed import typed
 from fiqa.core.align import (
     get_template,
     retarget_faces,
@@ -23,7 +25,7 @@ from fiqa.core.align import (
     transform_points,
 )
 from fiqa.core.images import read_image
-from fiqa.data.face_pipeline import FaceAligner
+from fiqa.data.preparation import PrepareSettings
 from fiqa.fr import FRModel, load_fr_model
 from fiqa.fr.dlib_model import DLIB_150_POINTS, DLIB_TEMPLATE, import_dlib
 from fiqa.fr.onnx_model import OnnxFRNet
@@ -93,7 +95,7 @@ def deepface(shared_data: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarra
     """The 61 deepface photos: images, ArcFace-112 faces (our pipeline), landmarks, identities."""
     root = shared_data / "faces" / "deepface_13ids"
     table = pd.read_csv(root / "identities.csv")
-    aligner = FaceAligner("arcface_112")
+    aligner = typed(compose_config().prepare, PrepareSettings).aligner()  # arcface_112
     images, faces, landmarks = [], [], []
     for index, name in enumerate(table["file"]):
         image = read_image(root / "images" / name)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fiqa.config import compose_config
-from fiqa.config.labels import label_job, label_params
+from fiqa.config.labels import label_job, label_settings
 from fiqa.extract import Extractor, FREntry
 from fiqa.label import METHODS, LabelContext, blind_methods, get_method
 from fiqa.label.compute import MethodOutputs, method_columns
@@ -18,7 +18,7 @@ from fiqa.label.registry import COLUMNS, OWN_MODEL, LabelMethod, register_label_
 from fiqa.label.serfiq import SerFiqProduct
 from fiqa.label.table import LabelJob, build_labels
 
-PARAMS = label_params(compose_config())
+PARAMS = label_settings(compose_config())
 
 
 def test_registry_order_and_what_each_method_needs():

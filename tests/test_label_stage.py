@@ -176,7 +176,7 @@ def test_magface_column_is_the_raw_embedding_norm(real_faces, caplog):
     weights here): the column is ||f|| of the unnormalised embeddings, with a warning."""
     import torch
 
-    from fiqa.data.prepared import PreparedFaces
+    from fiqa.data.face_store import PreparedFaces
     from fiqa.fr import load_fr_model
 
     root, _ = real_faces

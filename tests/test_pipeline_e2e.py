@@ -17,7 +17,7 @@ from PIL import Image
 
 from fiqa.config import compose_config
 from fiqa.config.params_file import compose_params
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -190,14 +190,14 @@ def test_evaluate_trained_model_on_an_external_folder_benchmark(pipeline_repo, t
 
 @pytest.mark.slow
 def test_adhoc_evaluate_leaves_the_pipeline_outputs_and_dvc_status_clean(pipeline_repo):
-    from fiqa.cli.adhoc import run_name
+    from fiqa.cli.adhoc import run_folder
 
     repo, env, _ = pipeline_repo
     before = {p: (repo / p).read_bytes() for p in ("metrics/eval.json", "reports/eval.md")}
     benchmark = ["eval/benchmark=folder", "eval.benchmark.root=data/raw", "eval.benchmark.name=raw",
                  "eval.benchmark.impostors=300"]  # fmt: skip
     log = sh(repo, "fiqa", "evaluate", *benchmark, env=env)
-    run = repo / "runs" / run_name(sorted(benchmark))
+    run = repo / "runs" / run_folder(sorted(benchmark))
     assert f"writes to {run.relative_to(repo)}" in log
     assert "raw" in json.loads((run / "metrics" / "eval.json").read_text())
     assert {p: (repo / p).read_bytes() for p in before} == before

@@ -15,7 +15,7 @@ import fiqa.data.preparation as preparation
 from fiqa.config import compose_config
 from fiqa.core.align import get_template
 from fiqa.data.detect import YuNetDetector
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.stages import StageError
 from fiqa.stages.runner import run_stage
 
@@ -171,8 +171,8 @@ def test_config_template_and_empty_dataset(tmp_path):
 
 
 def test_write_prepared_writes_aligned_faces_through_the_stage_writers(tmp_path):
+    from fiqa.data.face_store import MANIFEST_COLUMNS
     from fiqa.data.preparation import write_prepared
-    from fiqa.data.prepared import MANIFEST_COLUMNS
 
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (5, 112, 112, 3), np.uint8)

@@ -14,8 +14,8 @@ from PIL import Image
 from fiqa.config import compose_config
 from fiqa.core.align import align_face
 from fiqa.data.detect import YuNetDetector
+from fiqa.data.face_store import PreparedFaces
 from fiqa.data.ms1m import export_prepared, write_ms1m
-from fiqa.data.prepared import PreparedFaces
 from fiqa.stages import StageError
 from fiqa.stages.runner import run_stage
 

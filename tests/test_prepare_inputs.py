@@ -17,9 +17,9 @@ import fiqa.data.preparation as preparation
 from fiqa.config import compose_config
 from fiqa.config.typed import typed
 from fiqa.data.face_pipeline import PrepareDataset
+from fiqa.data.face_store import PreparedFaces
 from fiqa.data.folder import LISTING_FAILURE_REASONS
 from fiqa.data.ms1m import write_ms1m
-from fiqa.data.prepared import PreparedFaces
 from fiqa.data.sources import FileBytes, RecordBytes, Source, read_source
 from fiqa.stages.runner import run_stage
 from test_images import black_png

@@ -84,7 +84,7 @@ def evaluation(faces: np.ndarray, root: Path, quality_models: dict, **model) -> 
     extractor = Extractor(root / "cache", settings)
     methods = [*(["model"] if model else []), *quality_models]
     sources = QualitySources(methods=methods, model_path=model.get("model_path"),
-                             quality_models=quality_models, label_frs={}, label_params={}, seed=0,
+                             quality_models=quality_models, label_frs={}, label_settings={}, seed=0,
                              fr_defaults=SFACE, extractor=extractor,
                              cache_dir=root / "quality",
                              model_checkpoint=model.get("model_checkpoint"))  # fmt: skip

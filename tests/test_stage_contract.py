@@ -4,6 +4,7 @@ key each stage reads (recorded while the stage runs on the demo)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,6 @@ from fiqa.cli.dvc_yaml import project_dvc_yaml
 from fiqa.config.validate import validate_config
 from fiqa.pipeline.dvc_yaml import import_closure
 from fiqa.stages import RUNTIME_KEYS, STAGES
-from fiqa.stages.runner import execute_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SRC = REPO_ROOT / "src"
@@ -106,7 +106,7 @@ def test_every_config_key_a_stage_reads_is_a_declared_param(demo_root: Path, sma
     missing = {}
     for stage in STAGES:
         with recorded_reads(cfg) as reads:
-            execute_stage(stage, cfg)
+            importlib.import_module(f"fiqa.stages.{stage}").run(cfg)
         missing[stage] = undeclared(reads, declared[stage])
         assert reads, stage
     assert missing == {stage: [] for stage in STAGES}, f"read but not declared: {missing}"

@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from fiqa.config import compose_config, config_dir
 from fiqa.stages import StageError
-from fiqa.tracking import finish_lightning_run, lightning_logger, stage_run, wandb_init_kwargs
+from fiqa.tracking import tracked_run, wandb_init_kwargs
 
 _BLOCK, _CHUNK_HEADER, _FULL, _LAST = 32768, 7, 1, 4
 
@@ -125,7 +125,7 @@ def test_a_failing_stage_body_ends_its_run_failed_with_the_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _tracked_cfg(tmp_path / "failed", monkeypatch, "label=serfiq")
-    with pytest.raises(StageError, match="boom"), stage_run(cfg, "label"):
+    with pytest.raises(StageError, match="boom"), tracked_run(cfg, "label"):
         raise StageError("label: boom")
     records = offline_run(tmp_path / "failed")
     (run,) = records["run"]
@@ -135,8 +135,8 @@ def test_a_failing_stage_body_ends_its_run_failed_with_the_error(
     assert summary_of(records)["error"] == '"StageError: label: boom"'
 
     ok = _tracked_cfg(tmp_path / "ok", monkeypatch)  # the same run without an error: exit 0
-    with stage_run(ok, "prepare") as run_:
-        run_.summary["prepare/faces"] = 3
+    with tracked_run(ok, "prepare") as tracking:
+        tracking.wandb.summary["prepare/faces"] = 3
     records = offline_run(tmp_path / "ok")
     assert [e.exit_code for e in records["exit"]] == [0]
     assert "error" not in summary_of(records)
@@ -145,14 +145,18 @@ def test_a_failing_stage_body_ends_its_run_failed_with_the_error(
 def test_a_failing_lightning_fit_ends_its_wandb_run_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The train stage's path: Lightning's WandbLogger, finished by ``finish_lightning_run``."""
+    """The train stage's path: Lightning's WandbLogger writes into the stage's one run, which
+    ends failed with the fit's error."""
     cfg = _tracked_cfg(tmp_path, monkeypatch, "label=serfiq")
-    logger = lightning_logger(cfg, "train")
-    logger.experiment.log({"train/loss": 1.0})  # the logger starts its run lazily
-    finish_lightning_run(logger, RuntimeError("out of memory"))
-    finish_lightning_run(logger)  # then the stage's `finally`: a no-op
+    with pytest.raises(RuntimeError, match="out of memory"), tracked_run(cfg, "train") as tracking:
+        logger = tracking.lightning_logger()
+        logger.log_metrics({"train/loss": 1.0}, step=0)
+        assert tracking.lightning_logger("distill").experiment is logger.experiment  # one run
+        raise RuntimeError("out of memory")
     records = offline_run(tmp_path)
     assert records["run"][0].display_name == "demo-train-serfiq"
     assert [e.exit_code for e in records["exit"]] == [1]
     assert summary_of(records)["error"] == '"RuntimeError: out of memory"'
-    finish_lightning_run(False)  # logger=none: nothing to finish
+    off = compose_config([f"paths.root={tmp_path}", "logger=none"])
+    with tracked_run(off, "train") as tracking:
+        assert tracking.wandb is None and tracking.lightning_logger() is False

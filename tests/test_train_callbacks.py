@@ -179,7 +179,7 @@ def test_training_on_cached_trunk_features_equals_training_on_images(labelled, t
     predictions before training and after an epoch (to float16 rounding of the features)."""
     from fiqa.config import compose_config
     from fiqa.config.extraction import extractor
-    from fiqa.data.prepared import PreparedFaces
+    from fiqa.data.face_store import PreparedFaces
     from fiqa.extract import FaceSource
     from fiqa.quality.trunk import shares_frozen_part
     from fiqa.train.frozen import frozen_features

@@ -14,8 +14,8 @@ import torch
 from scipy import stats
 
 from fiqa.config.training import datamodule_arguments, regressor_arguments
+from fiqa.data.face_store import PreparedFaces, write_table
 from fiqa.data.preparation import write_prepared
-from fiqa.data.prepared import PreparedFaces, write_table
 from fiqa.quality.metrics import average_ranks, mean_absolute_error, pearson, spearman
 from fiqa.quality.model import QualityRegressor
 from fiqa.train.datamodule import (

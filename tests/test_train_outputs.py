@@ -263,7 +263,9 @@ def test_train_refuses_labels_made_for_another_label_config(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"fr_models \(\['dlib'\] -> \['sface'\]\)"):
         check()
     write_json_atomic(record, made)
-    with pytest.raises(ValueError, match=r"settings\.faceqnet\.reference \('proxy' -> 'manifest'\)"):
+    with pytest.raises(
+        ValueError, match=r"settings\.faceqnet\.reference \('proxy' -> 'manifest'\)"
+    ):
         check("label.methods.faceqnet.reference=manifest")
     # Corrected labels are other labels than their base method's, and their settings count.
     with pytest.raises(ValueError, match=r"target \('faceqnet' -> 'faceqnet\+ediffiqa'\)"):

@@ -16,6 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 from skimage import data as skimage_data
 
+from fiqa.config.evaluation import benchmark_spec
+from fiqa.config.typed import ConfigError
 from fiqa.core.images import ImageReadError
 from fiqa.core.pairs import Pairs, _sample_impostor_pairs, all_pairs
 from fiqa.data.verification import (
@@ -312,7 +314,8 @@ def test_load_benchmark_table_names_a_non_utf8_table(tmp_path: Path) -> None:
     table = tmp_path / "identities.csv"
     table.write_bytes("path,identity\nJos\u00e9/1.jpg,Jos\u00e9\n".encode("latin1"))
     with pytest.raises(ValueError, match=r"identities\.csv: not UTF-8 text"):
-        load_benchmark({"format": "table", "root": str(tmp_path), "table": str(table)})
+        load_benchmark(benchmark_spec({"format": "table", "root": str(tmp_path),
+                                       "table": str(table)}, "eval.benchmark"))  # fmt: skip
 
 
 # --- identity folders ----------------------------------------------------------------------------
@@ -442,15 +445,18 @@ def test_load_benchmark_dispatches_on_format(
     pairs_txt = tmp_path / "pairs.txt"
     pairs_txt.write_text("Alice 1 2\nAlice 1 Bob 1\n")
 
-    from_bin = load_benchmark({"format": "bin", "path": str(bin_path)})
+    from_bin = load_benchmark(benchmark_spec({"format": "bin", "path": str(bin_path)}, "b"))
     from_txt = load_benchmark(
-        OmegaConf.create(
-            {"format": "pairs_txt", "path": str(pairs_txt), "images_root": str(lfw_root)}
+        benchmark_spec(
+            OmegaConf.create(
+                {"format": "pairs_txt", "path": str(pairs_txt), "images_root": str(lfw_root)}
+            ),
+            "b",
         )
     )
-    from_folder = load_benchmark(
-        {"format": "folder", "root": identity_root, "impostors": 4, "seed": 1, "name": "mine"}
-    )
+    from_folder = load_benchmark(benchmark_spec(
+        {"format": "folder", "root": identity_root, "impostors": 4, "seed": 1, "name": "mine"},
+        "b"))  # fmt: skip
 
     assert (from_bin.name, from_bin.aligned, len(from_bin.pairs)) == ("agedb_30", True, 1)
     assert from_bin.pairs.genuine.tolist() == [False]
@@ -464,6 +470,13 @@ def test_load_benchmark_errors_list_formats_and_name_missing_keys() -> None:
     with pytest.raises(ValueError, match="unknown benchmark format None"):
         load_benchmark({"path": "x.bin"})
     with pytest.raises(ValueError, match="'images_root'"):
-        load_benchmark({"format": "pairs_txt", "path": "pairs.txt"})
+        load_benchmark({"format": "pairs_txt", "path": "pairs.txt", "ext": ".jpg"})
     with pytest.raises(ValueError, match="'root'"):
-        load_benchmark({"format": "folder"})
+        load_benchmark({"format": "folder", "impostors": 10, "seed": 0})
+    # Entries of a config are completed from their format's YAML, which names what is missing.
+    with pytest.raises(ConfigError, match=r"eval.benchmarks\[1\] \(table\): keys missing: root"):
+        benchmark_spec({"format": "table", "table": "ids.csv"}, "eval.benchmarks[1]")
+    with pytest.raises(ConfigError, match=r"b.format='csv'; choose one of bin, folder"):
+        benchmark_spec({"format": "csv"}, "b")
+    spec = benchmark_spec({"format": "folder", "root": "faces"}, "b")
+    assert (spec["impostors"], spec["seed"], spec["name"]) == (10000, 0, None)

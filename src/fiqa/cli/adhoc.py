@@ -56,7 +56,7 @@ def computing_overrides(overrides: list[str]) -> list[str]:
     return sorted(o for o in overrides if not runtime(o))
 
 
-def run_name(overrides: list[str]) -> str:
+def run_folder(overrides: list[str]) -> str:
     """A directory name for a set of overrides: themselves when short and plain, else a
     readable prefix and their digest."""
     name = re.sub(r"[^A-Za-z0-9=.,_+-]", "_", ",".join(overrides))
@@ -102,7 +102,7 @@ def place_adhoc_run(stage: str, cfg: DictConfig, overrides: list[str]) -> Path |
     if not computing:
         return None
     pipeline = Path(cfg.paths.root)
-    root = pipeline / RUNS / run_name(computing)
+    root = pipeline / RUNS / run_folder(computing)
     outs = output_keys(stage)
     changed = changed_stages(cfg)  # before any path moves: params interpolate paths
     with open_dict(cfg):

@@ -42,7 +42,7 @@ def redirect_adhoc_outputs(stage: str, cfg: DictConfig) -> None:
     place_adhoc_run(stage, cfg, list(hydra_cfg.overrides.task))
 
 
-def stage_task(stage: str, cfg: DictConfig, prog: str) -> float | None:
+def hydra_stage_job(stage: str, cfg: DictConfig, prog: str) -> float | None:
     """The body of a stage's Hydra app: run ``stage`` on ``cfg``, reporting a user error as
     ``<prog>: <message>``; returns ``val/spearman``, what sweepers (e.g. Optuna) optimise."""
     with reported_errors(prog, stage):
@@ -52,13 +52,13 @@ def stage_task(stage: str, cfg: DictConfig, prog: str) -> float | None:
     return result.get("val/spearman")
 
 
-def run_hydra_stage(stage: str, argv: list[str]) -> None:
+def stage_app(stage: str, argv: list[str]) -> None:
     """Run ``stage`` as a Hydra app with ``argv`` as its command line (overrides, -m, --cfg...,
     and ``-v``/``--verbose``: full tracebacks)."""
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def _app(cfg: DictConfig) -> float | None:
-        return stage_task(stage, cfg, prog=f"fiqa {stage}")
+        return hydra_stage_job(stage, cfg, prog=f"fiqa {stage}")
 
     sys.argv = [f"fiqa {stage}", *verbose_errors(argv)]
     _app()

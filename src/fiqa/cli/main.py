@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from fiqa.stages import STAGES
 
@@ -85,7 +86,9 @@ def _score(argv: list[str]) -> int:
     if args.prepared:
         table = scorer.score_prepared(args.prepared, batch_size=args.batch_size)
     else:
-        table = scorer.score_files(paths, batch_size=args.batch_size, mode=args.mode)
+        aligner = None if args.mode == "aligned" else _aligner(scorer.template)
+        table = scorer.score_files(paths, batch_size=args.batch_size, mode=args.mode,
+                                   aligner=aligner)  # fmt: skip
     out = Path(args.out)
     with atomic_path(out) as tmp:
         if out.suffix == ".parquet":
@@ -98,6 +101,18 @@ def _score(argv: list[str]) -> int:
         "scored %d images (%d failed%s) -> %s", len(table), n_failed, absent, out
     )
     return 0
+
+
+def _aligner(template: str) -> Any:
+    """How ``prepare`` detects and aligns (``conf/``'s ``prepare`` group), on ``template``."""
+    from dataclasses import replace
+
+    from fiqa.config import compose_config
+    from fiqa.config.typed import typed
+    from fiqa.data.preparation import PrepareSettings
+
+    prepare = typed(compose_config().prepare, PrepareSettings)
+    return replace(prepare, template=template).aligner()
 
 
 def _score_error(message: str) -> int:
@@ -238,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         command, rest = rest[0], [command, *rest[1:]]
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     if command in STAGES:
-        from fiqa.cli.hydra_entry import run_hydra_stage
+        from fiqa.cli.hydra_entry import stage_app
 
-        run_hydra_stage(command, rest)
+        stage_app(command, rest)
         return 0
     if command == "study":
         from fiqa.cli.study import run_study_app

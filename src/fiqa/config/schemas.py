@@ -18,12 +18,12 @@ from fiqa.data.preparation import PrepareSettings
 from fiqa.diffusion.settings import DDPMSettings
 from fiqa.extract import ExtractionSettings, FREntry
 from fiqa.label import METHODS
-from fiqa.label.correction import EdiffiqaParams
+from fiqa.label.correction import EdiffiqaSettings
 from fiqa.train.settings import TrainSettings
 
 
 @dataclass
-class PathsConfig:
+class PathsSettings:
     root: str
     raw: str
     prepared: str
@@ -38,7 +38,7 @@ class PathsConfig:
 
 
 @dataclass
-class DataConfig:
+class DataSettings:
     name: str
     format: str
     root: str
@@ -63,17 +63,17 @@ LabelMethods = make_dataclass("LabelMethods", [(m.name, m.params) for m in METHO
 
 
 @dataclass
-class LabelConfig:
+class LabelSettings:
     target: str
     compute: list[str]
     fr_models: list[Any]  # registry names or {name, weights, options} mappings
     seed: int
-    ediffiqa: EdiffiqaParams
+    ediffiqa: EdiffiqaSettings
     methods: LabelMethods  # type: ignore[valid-type]
 
 
 @dataclass
-class RegressorHead:
+class RegressorHeadSettings:
     """The regressor settings that do not name the backbone (also the second fit of distill)."""
 
     head: str
@@ -89,7 +89,7 @@ class RegressorHead:
 
 
 @dataclass
-class RegressorConfig(RegressorHead):
+class RegressorSettings(RegressorHeadSettings):
     name: str  # the option's name (model=regressor)
     backbone: str
     pretrained: bool
@@ -98,24 +98,24 @@ class RegressorConfig(RegressorHead):
 
 
 @dataclass
-class NetConfig:
+class NetSettings:
     name: str
     weights: str | None
     options: dict[str, Any]
 
 
 @dataclass
-class StudentConfig(NetConfig):
+class StudentSettings(NetSettings):
     pretrained: bool
 
 
 @dataclass
-class DistillConfig:
+class DistillSettings:
     name: str
-    teacher: NetConfig
+    teacher: NetSettings
     teacher_class_weights: str | None
     teacher_head: str
-    student: StudentConfig
+    student: StudentSettings
     loss_weights: list[float]
     temperature: float
     scale: float
@@ -125,11 +125,11 @@ class DistillConfig:
     lr_step_epochs: int
     lr_gamma: float
     max_epochs: int
-    regressor: RegressorHead
+    regressor: RegressorHeadSettings
 
 
 @dataclass
-class LoggerConfig:
+class LoggerSettings:
     backend: str
     project: str
     entity: str | None
@@ -137,7 +137,7 @@ class LoggerConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalSettings:
     benchmark: dict[str, Any]  # format + its keys (conf/eval/benchmark/)
     benchmarks: list[dict[str, Any]]  # more benchmarks of the matrix
     fr_models: list[Any]  # registry names or {name, weights, options} mappings
@@ -153,7 +153,7 @@ class EvalConfig:
 
 
 @dataclass
-class StudyConfig:
+class StudySettings:
     name: str  # the study's folder: paths.studies/<name>
     methods: list[str]  # one regressor per label method or <method>+ediffiqa
     blind: list[str]  # per-image methods and baselines beside the models (eval.methods names)
@@ -162,16 +162,16 @@ class StudyConfig:
 
 
 SCHEMAS: dict[str, type | dict[str, type]] = {
-    "paths": PathsConfig,
-    "data": DataConfig,
+    "paths": PathsSettings,
+    "data": DataSettings,
     "fr": FREntry,
     "extract": ExtractionSettings,
     "prepare": PrepareSettings,
-    "label": LabelConfig,
+    "label": LabelSettings,
     "ddpm": DDPMSettings,
-    "model": {"regressor": RegressorConfig, "distill": DistillConfig},  # by model.name
+    "model": {"regressor": RegressorSettings, "distill": DistillSettings},  # by model.name
     "train": TrainSettings,
-    "logger": LoggerConfig,
-    "eval": EvalConfig,
-    "study": StudyConfig,
+    "logger": LoggerSettings,
+    "eval": EvalSettings,
+    "study": StudySettings,
 }

@@ -129,7 +129,7 @@ def _max_false_matches(n_impostor: int, fmr: float) -> int:
     return count
 
 
-def fmr_threshold(impostor_scores: ArrayLike, fmr: float = 1e-3) -> float:
+def fmr_threshold(impostor_scores: ArrayLike, fmr: float) -> float:
     """Decision threshold at a target FMR, from all impostor scores (DESIGN section 6.3).
 
     The smallest ``t`` with ``#{s_imp >= t} / N_imp <= fmr``: with ``c`` the largest number of
@@ -222,7 +222,7 @@ def edc_curve(
     genuine_scores: ArrayLike,
     genuine_pair_quality: ArrayLike,
     impostor_scores: ArrayLike,
-    fmr: float = 1e-3,
+    fmr: float,
 ) -> EDCCurve:
     """Exact EDC step curve with a threshold fixed once from all impostor scores.
 
@@ -256,7 +256,7 @@ def edc_curves(
     genuine_scores: ArrayLike,
     genuine_pair_quality: ArrayLike,
     impostor_scores: ArrayLike,
-    fmrs: Sequence[float] = (1e-2, 1e-3, 1e-4),
+    fmrs: Sequence[float],
 ) -> dict[float, EDCCurve]:
     """``edc_curve`` at several target FMRs, sharing one sort of each score set.
 
@@ -308,9 +308,7 @@ def quality_curves(
     return edc_curves(scores[g], genuine_quality, scores[~g], fmrs)
 
 
-def oracle_curve(
-    genuine_scores: ArrayLike, impostor_scores: ArrayLike, fmr: float = 1e-3
-) -> EDCCurve:
+def oracle_curve(genuine_scores: ArrayLike, impostor_scores: ArrayLike, fmr: float) -> EDCCurve:
     """EDC of the oracle quality: pair quality = the genuine score itself.
 
     Errors (the lowest genuine scores) are discarded first. With distinct genuine scores this is
@@ -345,7 +343,7 @@ def random_baseline(reference: EDCCurve | float) -> EDCCurve:
     return EDCCurve(np.array([0.0, 1.0]), np.array([fnmr0, fnmr0]), *meta)
 
 
-def pauc(curve: EDCCurve, limit: float = 0.2, normalise: bool = True) -> float:
+def pauc(curve: EDCCurve, limit: float, normalise: bool = True) -> float:
     """Partial area under the EDC step curve on ``[0, limit]``.
 
     ``area = sum_k fnmr[k] * (min(fractions[k+1], limit) - min(fractions[k], limit))``, exact for

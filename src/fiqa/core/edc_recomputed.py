@@ -124,7 +124,7 @@ def edc_curve_recomputed_threshold(
     genuine_pair_quality: ArrayLike,
     impostor_scores: ArrayLike,
     impostor_pair_quality: ArrayLike,
-    fmr: float = 1e-3,
+    fmr: float,
 ) -> RecomputedThresholdEDC:
     """EDC as CR-FIQA's and MagFace's code compute it: for comparison only, not the standard.
 

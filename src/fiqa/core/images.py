@@ -51,9 +51,9 @@ READ_FAILURE_REASONS = (
     "too_large",  # more pixels than ``max_pixels`` (a decompression bomb)
 )
 
-#: Default pixel limit (width x height) of one image: PIL's decompression-bomb limit. Prepare
-#: takes its limit from ``prepare.max_image_pixels``.
-MAX_IMAGE_PIXELS = 89_478_485
+#: The pixel limit (width x height) of one image where no other is given: PIL's own
+#: decompression-bomb limit. Prepare takes its limit from ``prepare.max_image_pixels``.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: JPEG start-of-frame markers (they carry the frame size): SOF0-3, 5-7, 9-11, 13-15.

@@ -11,9 +11,9 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from fiqa.core.align import align_face, get_template
-from fiqa.core.images import MAX_IMAGE_PIXELS, ImageReadError, decode_image
+from fiqa.core.images import ImageReadError, decode_image
 from fiqa.data.detect import Detection, YuNetDetector
-from fiqa.data.prepared import encode_face
+from fiqa.data.face_store import encode_face
 
 SELECTIONS = ("largest", "central")
 DETECTORS = ("yunet",)  # prepare.detector
@@ -66,17 +66,20 @@ def pick_face(
 class FaceAligner:
     """Decode -> (given landmarks | detect + pick) -> align -> PNG; picklable.
 
-    Images of more than ``max_image_pixels`` pixels fail as ``too_large`` before decoding.
+    Built from the ``prepare`` settings (``PrepareSettings.aligner``): the template, the face
+    selection, YuNet's score threshold and padding, whether inputs come aligned, and the pixel
+    limit (images of more than ``max_image_pixels`` pixels fail as ``too_large`` before
+    decoding).
     """
 
     def __init__(
         self,
         template: str,
-        selection: str = "largest",
-        score_threshold: float = 0.6,
-        pad_ratio: float = 0.3,
-        pre_aligned: bool = False,
-        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        selection: str,
+        score_threshold: float,
+        pad_ratio: float,
+        pre_aligned: bool,
+        max_image_pixels: int,
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"prepare.face_selection={selection!r}; choose one of {SELECTIONS}")

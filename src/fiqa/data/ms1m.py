@@ -192,7 +192,7 @@ def export_prepared(prepared_dir: str | os.PathLike[str], out_dir: str | os.Path
     faces fiqa aligned, the original JPEG for pre-aligned input), which insightface's
     OpenCV-based decoder reads. Returns the number of images written.
     """
-    from fiqa.data.prepared import PreparedFaces
+    from fiqa.data.face_store import PreparedFaces
 
     prepared = PreparedFaces(prepared_dir)
     manifest = prepared.manifest

@@ -29,8 +29,14 @@ import fiqa
 from fiqa.core.artifacts import FAILURES, MANIFEST, PREPARE_SUMMARY
 from fiqa.core.atomic import replace_dir, write_json_atomic, write_text_atomic
 from fiqa.data.face_pipeline import DETECTORS, FaceAligner, FaceResult, PrepareDataset, worker_init
+from fiqa.data.face_store import (
+    FAILURE_COLUMNS,
+    PreparedFaces,
+    encode_face,
+    write_shard,
+    write_table,
+)
 from fiqa.data.folder import assign_splits
-from fiqa.data.prepared import FAILURE_COLUMNS, PreparedFaces, encode_face, write_shard, write_table
 from fiqa.data.sources import Source
 
 log = logging.getLogger(__name__)

@@ -299,12 +299,13 @@ def load_identity_table(
 
 
 def load_benchmark(cfg: Mapping[str, Any]) -> VerificationBenchmark:
-    """Load the benchmark of a config entry; ``ValueError`` on an unknown format or missing key.
+    """Load the benchmark of a complete config entry (``conf/eval/benchmark/<format>.yaml``
+    with its keys set); ``ValueError`` on an unknown format or a missing key.
 
-    Keys by ``format``: ``bin``: ``path``; ``pairs_txt``: ``path``, ``images_root``, ``ext``?;
-    ``folder``: ``root``, ``impostors``?, ``seed``?; ``table``: ``root``, ``table``,
-    ``path_column``?, ``identity_column``?, ``impostors``?, ``seed``?; all: ``name``?
-    (? = optional).
+    Keys by ``format``: ``bin``: ``path``; ``pairs_txt``: ``path``, ``images_root``, ``ext``;
+    ``folder``: ``root``, ``impostors``, ``seed``; ``table``: ``root``, ``table``,
+    ``path_column``, ``identity_column``, ``impostors``, ``seed``; all: ``name`` (None: the
+    file's or folder's).
     """
     fmt = cfg.get("format")
     if fmt not in BENCHMARK_FORMATS:
@@ -319,9 +320,9 @@ def load_benchmark(cfg: Mapping[str, Any]) -> VerificationBenchmark:
     if fmt == "bin":
         return load_bin(need("path"), name)
     if fmt == "pairs_txt":
-        return load_pairs_txt(need("path"), need("images_root"), name, cfg.get("ext", ".jpg"))
-    impostors, seed = int(cfg.get("impostors", 10000)), int(cfg.get("seed", 0))
+        return load_pairs_txt(need("path"), need("images_root"), name, need("ext"))
+    impostors, seed = int(need("impostors")), int(need("seed"))
     if fmt == "table":
-        return load_identity_table(need("root"), need("table"), cfg.get("path_column", "path"),
-                                   cfg.get("identity_column", "identity"), impostors, seed, name)  # fmt: skip
+        return load_identity_table(need("root"), need("table"), need("path_column"),
+                                   need("identity_column"), impostors, seed, name)  # fmt: skip
     return load_identity_folder(need("root"), impostors, seed, name)

@@ -31,7 +31,7 @@ from fiqa.core.artifacts import DDPM_RECORD, DDPM_SAMPLES, MANIFEST
 from fiqa.core.atomic import atomic_dir, write_json_atomic
 from fiqa.core.grids import face_grid
 from fiqa.core.provenance import code_version, digest, sha256_now
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.diffusion.model import FaceDDPM, ddpm_digest, load_ddpm
 from fiqa.diffusion.module import DDPMModule, DiffusionFaces
 from fiqa.diffusion.sampling import perturb
@@ -68,7 +68,7 @@ class DDPMJob:
                        "settings": settings})  # fmt: skip
 
 
-class TrainingError(RuntimeError):
+class DDPMTrainingError(RuntimeError):
     """The DDPM cannot be trained on these faces (the message names the key to change)."""
 
 
@@ -105,7 +105,7 @@ def training_rows(prepared: PreparedFaces, split: str) -> np.ndarray:
         return np.arange(len(prepared))
     rows = np.flatnonzero(prepared.manifest["split"].to_numpy() == split)
     if len(rows) == 0:
-        raise TrainingError(
+        raise DDPMTrainingError(
             f"ddpm.split={split}: {prepared.directory / MANIFEST} has no face in that split"
         )
     return rows

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.diffusion.model import FaceDDPM, build_scheduler, build_unet
 from fiqa.diffusion.settings import ScheduleSettings, UNetSettings
 

@@ -74,7 +74,7 @@ class QualitySources:
         quality_models: ``eval.quality_models``: name -> {path, fr_models?, template?, colour?,
             mean?, std?}.
         label_frs: ``label.fr_models`` (blind methods are computed with their PyTorch models).
-        label_params: Every label method's settings (``label.methods``).
+        label_settings: Every label method's settings (``label.methods``).
         seed: ``label.seed``.
         fr_defaults: Batch size and flip of FR entries that leave them out (``fr``).
         extractor: The run's extraction settings and loaded FR models.
@@ -88,7 +88,7 @@ class QualitySources:
     model_path: Path | None
     quality_models: Mapping[str, Mapping[str, Any]]
     label_frs: Mapping[str, FREntry]
-    label_params: Mapping[str, Any]
+    label_settings: Mapping[str, Any]
     seed: int
     fr_defaults: FREntry
     extractor: Extractor
@@ -250,7 +250,7 @@ def _blind_qualities(
 ) -> dict[str, MethodQuality]:
     """Blind label methods on the set's faces: SER-FIQ / FaceQAN averaged over the PyTorch
     models of ``label.fr_models``, MagFace with its own model (from the extraction cache)."""
-    ctx = LabelContext(sources.label_params, sources.seed)
+    ctx = LabelContext(sources.label_settings, sources.seed)
     chosen = [METHODS[m] for m in methods]
     outputs = method_outputs(chosen, sources.label_frs, data.source, ctx, sources.extractor,
                              sources.fr_defaults, every_model=False)  # fmt: skip

@@ -25,7 +25,7 @@ from fiqa.core.images import ImageReadError
 from fiqa.core.pairs import Pairs, all_pairs
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.face_pipeline import FaceAligner
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.data.verification import load_benchmark
 from fiqa.extract import FaceSource
 from fiqa.label.table import read_labels

@@ -9,7 +9,7 @@ import numpy as np
 
 from fiqa.core.artifacts import MANIFEST
 from fiqa.core.provenance import file_sha256
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 
 
 @dataclass(frozen=True)

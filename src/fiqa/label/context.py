@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 
 
 @dataclass

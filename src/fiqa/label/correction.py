@@ -69,7 +69,7 @@ def split_column(column: str) -> tuple[str, bool]:
 
 
 @dataclass
-class EdiffiqaParams:
+class EdiffiqaSettings:
     """eDifFIQA correction settings (``label.ediffiqa``).
 
     Attributes:
@@ -172,7 +172,7 @@ def ediffiqa_correct(
 
 
 def ediffiqa_correct_labelled(
-    quality: np.ndarray, embeddings: np.ndarray, identities: np.ndarray, params: EdiffiqaParams
+    quality: np.ndarray, embeddings: np.ndarray, identities: np.ndarray, params: EdiffiqaSettings
 ) -> np.ndarray:
     """``ediffiqa_correct`` of the samples that have a label; the others (NaN) stay NaN."""
     quality = np.asarray(quality, dtype=np.float64)

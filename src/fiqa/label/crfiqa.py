@@ -39,7 +39,7 @@ CENTRE_CHUNK_ROWS = 8192  # float64 (8192, d) blocks: 32 MB at d = 512
 
 
 @dataclass
-class CrFiqaParams:
+class CrFiqaSettings:
     """CR-FIQA settings (``label.methods.crfiqa``).
 
     Attributes:
@@ -55,7 +55,7 @@ class CrFiqaParams:
             raise ValueError(f"label.methods.crfiqa.form={self.form!r}; choose one of {FORMS}")
 
 
-def class_centres(
+def unit_class_centres(
     embeddings: np.ndarray, identities: np.ndarray | pd.Series
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unit class centres c_k = normalise(sum of normalised e_i with y_i = k) and the codes.
@@ -119,9 +119,10 @@ def crfiqa_from_similarities(
 def crfiqa_scores(
     embeddings: np.ndarray,
     identities: np.ndarray | pd.Series,
+    *,
+    form: str,
     centres: np.ndarray | None = None,
     chunk_rows: int | None = None,
-    form: str = "paper",
 ) -> np.ndarray:
     """CR-FIQA labels q_i = CCS_i / (NNCCS_i + 1 + eps) (or the code's CCS_i / NNCCS_i),
     higher = better.
@@ -133,7 +134,7 @@ def crfiqa_scores(
             ``centres`` they must be integer row indices into ``centres`` (the FR head's class
             ids).
         centres: optional (K, d) class centres, e.g. the FR head weights; default: the
-            normalised mean embedding of each identity (``class_centres``).
+            normalised mean embedding of each identity (``unit_class_centres``).
         chunk_rows: rows per chunk of the chunk x K product; default ``max(1, 2**26 // K)``.
         form: ``paper`` or ``code`` (module docstring).
 
@@ -148,7 +149,7 @@ def crfiqa_scores(
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"label.methods.crfiqa.chunk_rows must be >= 1 or null, got {chunk_rows}")
     if centres is None:
-        centres, codes = class_centres(embeddings, identities)
+        centres, codes = unit_class_centres(embeddings, identities)
     else:
         codes = _codes_for_centres(identities, centres, n, d)
     if len(centres) < 2:
@@ -182,7 +183,7 @@ def _codes_for_centres(
 
 
 def crfiqa_label(
-    ctx: LabelContext, params: CrFiqaParams, outputs: Mapping[str, np.ndarray]
+    ctx: LabelContext, params: CrFiqaSettings, outputs: Mapping[str, np.ndarray]
 ) -> np.ndarray:
     """CR-FIQA labels of one FR model's embeddings, centres from the identities."""
     identities = ctx.require_identities("crfiqa")

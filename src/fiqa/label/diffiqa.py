@@ -35,7 +35,7 @@ METHOD = "diffiqa"  # the registry name of the one label method that reads a fac
 
 
 @dataclass
-class DiffiqaParams:
+class DiffiqaSettings:
     """DifFIQA settings (``label.methods.diffiqa``).
 
     Attributes:
@@ -100,7 +100,7 @@ class DiffiqaProduct(BatchProduct):
     """DifFIQA scores as an extraction product: the DDPM perturbs the batch's faces, the
     batch's FR network embeds them (``Batch.raw`` is e(x))."""
 
-    params: DiffiqaParams
+    params: DiffiqaSettings
     seed: int
 
     name: ClassVar[str] = METHOD

@@ -39,7 +39,7 @@ PIXEL_RANGE = 255.0  # eps is given in [0, 1] image units; the networks take 0..
 
 
 @dataclass
-class FaceQanParams:
+class FaceQanSettings:
     """FaceQAN settings (``label.methods.faceqan``; the paper's values are in its config).
 
     Attributes:
@@ -98,7 +98,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def attack_similarities(
-    net: nn.Module, x: torch.Tensor, params: FaceQanParams, generator: torch.Generator | None
+    net: nn.Module, x: torch.Tensor, params: FaceQanSettings, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BIM similarities and symmetry of a batch of faces.
 
@@ -131,7 +131,7 @@ def attack_similarities(
 
 
 def faceqan_batch(
-    net: nn.Module, x: torch.Tensor, params: FaceQanParams, generator: torch.Generator | None
+    net: nn.Module, x: torch.Tensor, params: FaceQanSettings, generator: torch.Generator | None
 ) -> torch.Tensor:
     """FaceQAN scores ``(n,)`` float64 of ``x`` (float 0..255 faces), ``params.batch_size`` faces
     per attack pass so memory stays bounded whatever the size of ``x``; a progress line every
@@ -163,7 +163,7 @@ def faceqan_batch(
 class FaceQanProduct(BatchProduct):
     """FaceQAN scores as an extraction product (gradients on inside the predict loop)."""
 
-    params: FaceQanParams
+    params: FaceQanSettings
     seed: int
 
     name: ClassVar[str] = "faceqan"

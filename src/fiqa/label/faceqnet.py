@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.label.context import LabelContext
 from fiqa.label.grouping import iter_row_chunks, l2_normalise
 
@@ -32,7 +32,7 @@ REFERENCES = ("proxy", "list", "manifest")
 
 
 @dataclass
-class FaceQnetParams:
+class FaceQnetSettings:
     """FaceQnet settings (``label.methods.faceqnet``).
 
     Attributes:
@@ -132,7 +132,7 @@ def _distances(embeddings: np.ndarray, reference_rows: np.ndarray) -> np.ndarray
     return d
 
 
-def select_references(prepared: PreparedFaces, params: FaceQnetParams) -> np.ndarray:
+def select_references(prepared: PreparedFaces, params: FaceQnetSettings) -> np.ndarray:
     """Row of each sample's reference image, as ``params.reference`` says."""
     manifest = prepared.manifest
     if params.reference == "list":
@@ -155,7 +155,7 @@ def select_references(prepared: PreparedFaces, params: FaceQnetParams) -> np.nda
 
 
 def faceqnet_label(
-    ctx: LabelContext, params: FaceQnetParams, outputs: Mapping[str, np.ndarray]
+    ctx: LabelContext, params: FaceQnetSettings, outputs: Mapping[str, np.ndarray]
 ) -> np.ndarray:
     """FaceQnet labels of one FR model's embeddings (references chosen once for all models)."""
     prepared = ctx.require_prepared("faceqnet")

@@ -104,7 +104,7 @@ def fuse(
 
 
 @dataclass
-class FusedParams:
+class FusedSettings:
     """Fused label settings (``label.methods.fused``).
 
     Attributes:
@@ -117,17 +117,17 @@ class FusedParams:
 
 
 def fused_label(
-    ctx: LabelContext, params: FusedParams, outputs: Mapping[str, Any] | None
+    ctx: LabelContext, params: FusedSettings, outputs: Mapping[str, Any] | None
 ) -> np.ndarray:
     """The fused method: ``fuse`` of the columns computed before it."""
     return fuse(ctx.columns, dict(params.weights), how=params.how)
 
 
-def fused_inputs(params: FusedParams) -> list[str]:
+def fused_inputs(params: FusedSettings) -> list[str]:
     """The methods whose columns the weights name (``crfiqa@sface`` is a ``crfiqa`` column)."""
     return list(dict.fromkeys(column.partition("@")[0] for column in params.weights))
 
 
-def fused_range(params: FusedParams) -> tuple[float, float]:
+def fused_range(params: FusedSettings) -> tuple[float, float]:
     """[0, 1] after a normalisation; unbounded for ``how=none`` (a weighted mean of raw columns)."""
     return (-np.inf, np.inf) if params.how == "none" else (0.0, 1.0)

@@ -35,8 +35,6 @@ from fiqa.label.grouping import (
     iter_row_chunks,
 )
 
-HUO_WEIGHTS = (0.2, 0.4, 0.4)
-
 IdentityLabels = Sequence | np.ndarray | pd.Series
 
 
@@ -118,12 +116,12 @@ def huo_fused(
     s_v: np.ndarray,
     s_r: np.ndarray,
     s_c: np.ndarray,
-    weights: tuple[float, float, float] = HUO_WEIGHTS,
-    how: str = "none",
+    weights: tuple[float, float, float],
+    how: str,
 ) -> np.ndarray:
     """Huo et al. fused label (eq. 5): (a N(S_v) + b N(S_r) + c N(S_c)) / (a + b + c).
 
-    The default ``how="none"`` with weights (0.2, 0.4, 0.4) (sum 1) is eq. 5 as in the paper.
+    ``how="none"`` with weights (0.2, 0.4, 0.4) (sum 1) is eq. 5 as in the paper.
     The three terms sit on different scales (SER-FIQ in a narrow band, S_v unbounded below), so
     ``rank`` or ``z`` normalisation is offered. Weights not summing to 1 are divided by their sum.
     """
@@ -132,7 +130,7 @@ def huo_fused(
 
 
 @dataclass
-class HuoParams:
+class HuoSettings:
     """Huo et al. settings (``label.methods.huo``).
 
     Attributes:
@@ -160,7 +158,7 @@ class LowLevelFeatures(BatchProduct):
 
 
 def huo_label(
-    ctx: LabelContext, params: HuoParams, outputs: Mapping[str, np.ndarray]
+    ctx: LabelContext, params: HuoSettings, outputs: Mapping[str, np.ndarray]
 ) -> np.ndarray:
     """S of one FR model's outputs: S_v from its low-level features, S_r its SER-FIQ scores,
     S_c from its embeddings."""

@@ -27,7 +27,7 @@ def magface_quality(raw_embeddings: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class MagFaceParams:
+class MagFaceSettings:
     """MagFace settings (``label.methods.magface``).
 
     Attributes:

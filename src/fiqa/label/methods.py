@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fiqa.label.crfiqa import CrFiqaParams, crfiqa_label
+from fiqa.label.crfiqa import CrFiqaSettings, crfiqa_label
 from fiqa.label.diffiqa import METHOD as DIFFIQA
-from fiqa.label.diffiqa import DiffiqaParams, DiffiqaProduct
-from fiqa.label.faceqan import FaceQanParams, FaceQanProduct
-from fiqa.label.faceqnet import FaceQnetParams, faceqnet_label
-from fiqa.label.fusion import FusedParams, fused_inputs, fused_label, fused_range
-from fiqa.label.huo import HuoParams, LowLevelFeatures, huo_label
-from fiqa.label.magface import EmbeddingNorm, MagFaceParams
+from fiqa.label.diffiqa import DiffiqaProduct, DiffiqaSettings
+from fiqa.label.faceqan import FaceQanProduct, FaceQanSettings
+from fiqa.label.faceqnet import FaceQnetSettings, faceqnet_label
+from fiqa.label.fusion import FusedSettings, fused_inputs, fused_label, fused_range
+from fiqa.label.huo import HuoSettings, LowLevelFeatures, huo_label
+from fiqa.label.magface import EmbeddingNorm, MagFaceSettings
 from fiqa.label.registry import (
     COLUMNS,
     OWN_MODEL,
@@ -24,27 +24,27 @@ from fiqa.label.registry import (
     product_score,
     register_label_method,
 )
-from fiqa.label.sddfiqa import SddFiqaParams, sddfiqa_label
-from fiqa.label.serfiq import SerFiqParams, SerFiqProduct
+from fiqa.label.sddfiqa import SddFiqaSettings, sddfiqa_label
+from fiqa.label.serfiq import SerFiqProduct, SerFiqSettings
 
 for _method in (
-    LabelMethod("faceqnet", FaceQnetParams, (0.0, 1.0), blind=False, score=faceqnet_label),
-    LabelMethod("serfiq", SerFiqParams, (0.0, 1.0), blind=True,
+    LabelMethod("faceqnet", FaceQnetSettings, (0.0, 1.0), blind=False, score=faceqnet_label),
+    LabelMethod("serfiq", SerFiqSettings, (0.0, 1.0), blind=True,
                 score=product_score("serfiq"), products=(SerFiqProduct,)),
     # CCS / (NNCCS + 1 + eps): finite, unbounded in principle
-    LabelMethod("crfiqa", CrFiqaParams, (-np.inf, np.inf), blind=False, score=crfiqa_label),
-    LabelMethod("sddfiqa", SddFiqaParams, (0.0, 100.0), blind=False, score=sddfiqa_label),
-    LabelMethod("magface", MagFaceParams, (0.0, np.inf), blind=True, score=product_score("norm"),
+    LabelMethod("crfiqa", CrFiqaSettings, (-np.inf, np.inf), blind=False, score=crfiqa_label),
+    LabelMethod("sddfiqa", SddFiqaSettings, (0.0, 100.0), blind=False, score=sddfiqa_label),
+    LabelMethod("magface", MagFaceSettings, (0.0, np.inf), blind=True, score=product_score("norm"),
                 products=(EmbeddingNorm,), source=OWN_MODEL),
-    LabelMethod("faceqan", FaceQanParams, (0.0, 1.0), blind=True,
+    LabelMethod("faceqan", FaceQanSettings, (0.0, 1.0), blind=True,
                 score=product_score("faceqan"), products=(FaceQanProduct,)),
     # mean of 5 cosines: [-1, 1], near 1 for a face whose embedding the DDPM's changes keep
-    LabelMethod(DIFFIQA, DiffiqaParams, (-1.0, 1.0), blind=True, score=product_score(DIFFIQA),
+    LabelMethod(DIFFIQA, DiffiqaSettings, (-1.0, 1.0), blind=True, score=product_score(DIFFIQA),
                 products=(DiffiqaProduct,)),
     # eq. 1's S_v is unbounded below; [0, 1] with a normalisation
-    LabelMethod("huo", HuoParams, (-np.inf, 1.0), blind=False, score=huo_label,
+    LabelMethod("huo", HuoSettings, (-np.inf, 1.0), blind=False, score=huo_label,
                 products=(SerFiqProduct, LowLevelFeatures)),
-    LabelMethod("fused", FusedParams, fused_range, blind=False, score=fused_label,
+    LabelMethod("fused", FusedSettings, fused_range, blind=False, score=fused_label,
                 source=COLUMNS, reads=fused_inputs),
 ):  # fmt: skip
     register_label_method(_method)

@@ -51,7 +51,7 @@ POOL_MIN = 1024
 
 
 @dataclass
-class SddFiqaParams:
+class SddFiqaSettings:
     """SDD-FIQA settings (``label.methods.sddfiqa``).
 
     Attributes:
@@ -104,9 +104,10 @@ def scale_to_100(raw: np.ndarray) -> np.ndarray:
 def sddfiqa_scores(
     embeddings: np.ndarray,
     identities: np.ndarray | pd.Series,
-    m: int = 24,
-    repeats: int = 12,
-    seed: int = 0,
+    *,
+    samples: int,
+    repeats: int,
+    seed: int,
     scale: bool = True,
     chunk_rows: int = SAMPLE_BLOCK,
     pool_size: int | None = None,
@@ -117,7 +118,7 @@ def sddfiqa_scores(
         embeddings: (n, d) L2-normalised embeddings (float16/float32; a ``np.memmap`` is read by
             rows, never copied whole); normalised again per chunk.
         identities: (n,) identity labels, any hashable.
-        m: similarities per set and repeat (24 in the paper).
+        samples: m, the similarities per set and repeat (24 in the paper).
         repeats: repeats with fresh samples, averaged (12 in the paper).
         seed: seed of the per-block random streams.
         scale: min-max scale to [0, 100] (``scale_to_100``); False returns the raw mean W1.
@@ -131,6 +132,7 @@ def sddfiqa_scores(
         ValueError: bad parameters, a single identity (no inter set), or no identity with two
             images (no intra set anywhere).
     """
+    m = samples
     if m < 1 or repeats < 1 or chunk_rows < 1:
         raise ValueError(
             f"sddfiqa needs m, repeats, chunk_rows >= 1, got {m}, {repeats}, {chunk_rows}"
@@ -253,9 +255,9 @@ def _rows(embeddings: np.ndarray, index: np.ndarray, dtype: np.dtype) -> np.ndar
 
 
 def sddfiqa_label(
-    ctx: LabelContext, params: SddFiqaParams, outputs: Mapping[str, np.ndarray]
+    ctx: LabelContext, params: SddFiqaSettings, outputs: Mapping[str, np.ndarray]
 ) -> np.ndarray:
     """SDD-FIQA labels of one FR model's embeddings (seeded by ``label.seed``)."""
     identities = ctx.require_identities("sddfiqa")
-    return sddfiqa_scores(outputs["embedding"], identities, m=params.samples,
+    return sddfiqa_scores(outputs["embedding"], identities, samples=params.samples,
                           repeats=params.repeats, seed=ctx.seed)  # fmt: skip

@@ -37,7 +37,7 @@ PASS_GROUP_ELEMENTS = 2**25  # masked features per head call (128 MB of float32)
 
 
 @dataclass
-class SerFiqParams:
+class SerFiqSettings:
     """SER-FIQ settings (``label.methods.serfiq``).
 
     Attributes:
@@ -76,8 +76,8 @@ def calibrate(q: np.ndarray, a: float = CALIBRATION_A, r: float = CALIBRATION_R)
 def serfiq_scores(
     head: Head,
     features: torch.Tensor,
-    passes: int = 100,
-    dropout: float = 0.5,
+    passes: int,
+    dropout: float,
     generator: torch.Generator | None = None,
     calibrated: bool = False,
 ) -> np.ndarray:
@@ -86,8 +86,8 @@ def serfiq_scores(
     Args:
         head: ``features -> (n, d)`` deterministic embedding layers (``net.forward_head``).
         features: ``(n, F)`` backbone features (``net.forward_features``), computed once.
-        passes: m stochastic head passes.
-        dropout: Drop probability p.
+        passes: m stochastic head passes (100 in the paper).
+        dropout: Drop probability p (0.5 in the paper).
         generator: Source of the masks; None = torch's global RNG.
         calibrated: Apply ``calibrate``.
 
@@ -114,7 +114,7 @@ def serfiq_scores(
 class SerFiqProduct(BatchProduct):
     """SER-FIQ scores as an extraction product: the m passes reuse the batch's features."""
 
-    params: SerFiqParams
+    params: SerFiqSettings
     seed: int
 
     name: ClassVar[str] = "serfiq"

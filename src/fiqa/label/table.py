@@ -31,12 +31,12 @@ from fiqa.core.artifacts import LABEL_FIGURES, LABEL_REPORT, LABELS, LABELS_PROV
 from fiqa.core.atomic import atomic_dir, write_json_atomic
 from fiqa.core.lineage import input_hashes
 from fiqa.core.provenance import code_version, portable_path
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry
 from fiqa.label.compute import MethodOutputs, method_columns, method_outputs
 from fiqa.label.context import LabelContext
 from fiqa.label.correction import (
-    EdiffiqaParams,
+    EdiffiqaSettings,
     corrected_column,
     ediffiqa_correct_labelled,
     split_column,
@@ -69,7 +69,7 @@ class LabelJob:
     fr_models: Mapping[str, FREntry]
     fr_defaults: FREntry
     seed: int
-    ediffiqa: EdiffiqaParams
+    ediffiqa: EdiffiqaSettings
 
     def __post_init__(self) -> None:
         for column in (self.target, *self.compute):

@@ -35,8 +35,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import fiqa
+from fiqa.config.evaluation import benchmark_spec
 from fiqa.config.extraction import fr_entries
-from fiqa.config.labels import label_params
+from fiqa.config.labels import label_settings
 from fiqa.config.typed import ConfigError
 from fiqa.core.artifacts import EDC_PLOTS, EVAL_METRICS, QUALITY_CHECKPOINT, TRAIN_METRICS
 from fiqa.core.atomic import write_text_atomic
@@ -103,7 +104,8 @@ def study_config(cfg: DictConfig) -> tuple[Path, DictConfig]:
     name = str(cfg.study.name)
     directory = Path(str(cfg.paths.studies)) / name
     label_frs = list(fr_entries(cfg, "label.fr_models"))
-    benchmarks = list(cfg.study.benchmarks)
+    benchmarks = [benchmark_spec(b, f"study.benchmarks[{i}]")
+                  for i, b in enumerate(cfg.study.benchmarks)]  # fmt: skip
     if not benchmarks:
         raise ConfigError("study.benchmarks is empty: give at least one benchmark")
     with open_dict(cfg):
@@ -164,7 +166,7 @@ def study_pipeline(cfg: DictConfig, workdir: Path) -> Study:
     assert isinstance(config, dict)
     methods = study_methods(cfg)
     directory = Path(relative(directory, workdir))
-    stages = _stages(directory, workdir, methods, config, label_params(study_cfg))
+    stages = _stages(directory, workdir, methods, config, label_settings(study_cfg))
     return Study(directory, workdir, methods, config, stages)
 
 

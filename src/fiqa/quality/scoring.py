@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from fiqa.core.align import retarget_faces
+from fiqa.data.face_pipeline import FaceAligner
 from fiqa.quality.model_files import (
     QualityModelError,
     check_checkpoint,
@@ -118,7 +119,7 @@ class QualityScorer:
         return out
 
     def score_files(self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 64,
-                    mode: str = "auto") -> pd.DataFrame:  # fmt: skip
+                    mode: str = "auto", aligner: FaceAligner | None = None) -> pd.DataFrame:  # fmt: skip
         """Score image files, streaming ``batch_size`` at a time.
 
         Args:
@@ -126,17 +127,20 @@ class QualityScorer:
             batch_size: Faces per forward pass (and most images held in memory).
             mode: ``aligned`` (faces on the model's template), ``raw`` (detect with YuNet and
                 align first), ``auto`` (aligned when the image has the model's input size).
+            aligner: Detects and aligns the photos of ``raw`` and ``auto`` on the model's
+                template (``PrepareSettings.aligner``: how ``prepare`` aligns).
 
         Returns:
             DataFrame ``path, quality, failure``: ``failure`` is None for scored files, else
             the reason (read failure, ``no_face``, ``not_aligned``); ``quality`` is then NaN.
         """
         from fiqa.core.images import ImageReadError, read_image
-        from fiqa.data.face_pipeline import FaceAligner
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        aligner = FaceAligner(self.template) if mode != "aligned" else None
+        if mode != "aligned" and aligner is None:
+            raise ValueError(f"mode={mode!r} detects and aligns faces: give the aligner "
+                             "(PrepareSettings.aligner with the model's template)")  # fmt: skip
         rows: list[dict[str, Any]] = []
         batch: list[tuple[int, np.ndarray]] = []
 
@@ -173,7 +177,7 @@ class QualityScorer:
             log.warning("%d of %d files could not be scored", n_failed, len(table))
         return table
 
-    def _face(self, image: np.ndarray, path: str, mode: str, aligner: Any):
+    def _face(self, image: np.ndarray, path: str, mode: str, aligner: FaceAligner | None):
         """(aligned face or None, failure reason or None) of one decoded image."""
         aligned = image.shape[:2] == self.input_size
         if mode == "aligned" or (mode == "auto" and aligned):
@@ -184,7 +188,7 @@ class QualityScorer:
     def score_prepared(self, prepared_dir: str | os.PathLike[str],
                        batch_size: int = 64) -> pd.DataFrame:  # fmt: skip
         """Every face of a prepared directory: ``sample_id, path, identity, split, quality``."""
-        from fiqa.data.prepared import PreparedFaces
+        from fiqa.data.face_store import PreparedFaces
 
         prepared = PreparedFaces(prepared_dir)
         template = prepared.template

@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import WandbLogger
 
 from fiqa.config.diffusion import ddpm_job, pipeline_ddpm_users
 from fiqa.core.artifacts import DDPM_SAMPLES
-from fiqa.diffusion.fit import TrainingError, fit_ddpm, write_not_needed
+from fiqa.diffusion.fit import DDPMTrainingError, fit_ddpm, write_not_needed
 from fiqa.stages import StageError
-from fiqa.tracking import finish_lightning_run, lightning_logger
+from fiqa.tracking import tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +28,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         write_not_needed(job.out_dir, "no configured method reads the pipeline's DDPM")
         return {"ddpm/trained": 0.0}
     log.info("ddpm: read by %s", ", ".join(users))
-    logger = lightning_logger(cfg, "ddpm")
-    try:
+    with tracked_run(cfg, "ddpm") as tracking:
         try:
-            summary = fit_ddpm(job, logger)
-        except TrainingError as err:
+            summary = fit_ddpm(job, tracking.lightning_logger())
+        except DDPMTrainingError as err:
             raise StageError(f"ddpm: {err}") from err
-        if isinstance(logger, WandbLogger) and summary:
+        if tracking.wandb is not None and summary:
             import wandb
 
-            logger.experiment.log({"ddpm/samples": wandb.Image(str(job.out_dir / DDPM_SAMPLES))})
-            logger.experiment.summary.update(summary)
-        return {"ddpm/trained": 1.0, **summary}
-    except BaseException as err:
-        finish_lightning_run(logger, err)  # the W&B run ends as failed
-        raise
-    finally:
-        finish_lightning_run(logger)
+            tracking.wandb.log({"ddpm/samples": wandb.Image(str(job.out_dir / DDPM_SAMPLES))})
+            tracking.wandb.summary.update(summary)
+    return {"ddpm/trained": 1.0, **summary}

@@ -22,7 +22,7 @@ from fiqa.core.lineage import check_lineage
 from fiqa.eval.matrix import evaluate_matrix
 from fiqa.eval.outputs import write_matrix
 from fiqa.stages import StageError
-from fiqa.tracking import stage_run
+from fiqa.tracking import tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise StageError(f"evaluate: {err}") from err
     frs = fr_entries(cfg, "eval.fr_models")
     runner = extractor(cfg)  # each FR model loaded once for all benchmarks and methods
-    with stage_run(cfg, "evaluate") as run_:
+    with tracked_run(cfg, "evaluate") as tracking:
         try:
             matrix = evaluate_matrix(sets, frs, quality_sources(cfg, runner), runner, fmrs,
                                      limits, str(e.pair_quality))  # fmt: skip
         except ValueError as err:
             raise StageError(str(err)) from err
-        write_matrix(matrix, cfg.paths.metrics, cfg.paths.plots, cfg.paths.reports, run_)
+        write_matrix(matrix, cfg.paths.metrics, cfg.paths.plots, cfg.paths.reports, tracking.wandb)
     log.info("evaluate: %d benchmarks x %d FR models -> %s", len(sets), len(frs), cfg.paths.metrics)
     return matrix.summary()

@@ -9,10 +9,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from fiqa.config.extraction import extractor
 from fiqa.config.labels import label_job
 from fiqa.config.typed import register_templates
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.label.table import build_labels, extract_for_labels, label_summary, write_labels
 from fiqa.stages import StageError
-from fiqa.tracking import stage_run
+from fiqa.tracking import tracked_run
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -27,19 +27,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
     ctx, outputs = extract_for_labels(job, prepared, runner)  # every rank of a DDP run ...
     if rank_zero_only.rank != 0:  # ... and only rank 0 computes and writes the labels
         return {}
-    with stage_run(cfg, "label") as run_:
+    with tracked_run(cfg, "label") as tracking:
         try:
             labels = build_labels(job, prepared, ctx, outputs, runner)
         except ValueError as err:
             raise StageError(f"label: {err}") from err
         report, figures = write_labels(labels, cfg.paths.labels)
         summary = label_summary(labels, report)
-        if run_ is not None:
+        if tracking.wandb is not None:
             import wandb
 
-            run_.summary.update(summary)
+            tracking.wandb.summary.update(summary)
             for m in labels.methods:
-                run_.log({f"label/{m}_hist": wandb.Histogram(labels.table[m].to_numpy())})
-            run_.log({"label/table": wandb.Table(dataframe=labels.table.drop(columns=["split"]))})
-            run_.log({f"label/{p.stem}": wandb.Image(str(p)) for p in figures})
+                tracking.wandb.log({f"label/{m}_hist": wandb.Histogram(labels.table[m].to_numpy())})
+            tracking.wandb.log(
+                {"label/table": wandb.Table(dataframe=labels.table.drop(columns=["split"]))}
+            )
+            tracking.wandb.log({f"label/{p.stem}": wandb.Image(str(p)) for p in figures})
     return summary

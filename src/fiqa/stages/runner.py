@@ -6,7 +6,7 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,12 +20,6 @@ log = logging.getLogger(__name__)
 def _check_stage(stage: str) -> None:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-
-
-def stage_function(stage: str) -> Callable[[DictConfig], dict[str, float]]:
-    """The ``run`` function of ``stage`` (imported lazily: stages pull in heavy libraries)."""
-    _check_stage(stage)
-    return importlib.import_module(f"fiqa.stages.{stage}").run
 
 
 def output_dirs(stage: str, cfg: DictConfig) -> list[str]:
@@ -78,12 +72,8 @@ def run_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
     """
     start_up(cfg)
     with stage_lock(stage, output_dirs(stage, cfg)):
-        return execute_stage(stage, cfg)
-
-
-def execute_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
-    """Run ``stage`` on a validated config: what it reads here are the keys its outputs depend
-    on (``STAGES[stage].params``) and ``fiqa.stages.RUNTIME_KEYS``."""
-    result = stage_function(stage)(cfg)
+        # imported now: stages pull in heavy libraries; what a stage reads of cfg are the keys
+        # its outputs depend on (STAGES[stage].params) and fiqa.stages.RUNTIME_KEYS
+        result = importlib.import_module(f"fiqa.stages.{stage}").run(cfg)
     log.info("%s finished: %s", stage, {k: round(v, 4) for k, v in result.items()})
     return result

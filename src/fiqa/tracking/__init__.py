@@ -2,20 +2,18 @@
 
 from fiqa.tracking.wandb_run import (
     LOGGER_BACKENDS,
-    finish_lightning_run,
-    lightning_logger,
+    TrackedRun,
     run_name,
-    stage_run,
+    tracked_run,
     wandb_init_kwargs,
     wandb_mode,
 )
 
 __all__ = [
     "LOGGER_BACKENDS",
-    "finish_lightning_run",
-    "lightning_logger",
+    "TrackedRun",
     "run_name",
-    "stage_run",
+    "tracked_run",
     "wandb_init_kwargs",
     "wandb_mode",
 ]

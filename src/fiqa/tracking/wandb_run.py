@@ -1,4 +1,4 @@
-"""One W&B run per stage execution (DESIGN section 7), offline unless told otherwise.
+"""One W&B run per stage execution, offline unless told otherwise.
 
 A run is named by what it is (``run_name``): ``<experiment>-<stage>[-<label target>]
 [-<benchmarks>][-job<N>]``, e.g. ``faceqnet-evaluate-faceqnet-demo_val`` or
@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,20 +71,19 @@ def _benchmark_name(spec: dict[str, Any], data_name: str) -> str:
     return Path(str(spec.get("root"))).name
 
 
-def run_name(cfg: DictConfig, stage: str, name: str | None = None, job: int | None = None) -> str:
+def run_name(cfg: DictConfig, stage: str, job: int | None = None) -> str:
     """``<experiment>-<stage>``, then the label target (label, train, evaluate), the benchmarks
     (evaluate; ``a+b+c+2more`` beyond three) and ``job<N>`` in a Hydra multirun.
 
     Args:
         cfg: The run's config.
         stage: The stage.
-        name: Replaces everything but the job number (``fiqa study`` names its runs itself).
         job: The Hydra multirun job number (``hydra_job``).
     """
-    parts = [name] if name else [str(cfg.experiment_name), stage]
-    if not name and stage in TARGETED_STAGES:
+    parts = [str(cfg.experiment_name), stage]
+    if stage in TARGETED_STAGES:
         parts.append(str(cfg.label.target))
-    if not name and stage == "evaluate":
+    if stage == "evaluate":
         names = benchmark_names(cfg)
         parts.append("+".join(names[:3]) + (f"+{len(names) - 3}more" if len(names) > 3 else ""))
     if job is not None:
@@ -99,10 +99,9 @@ def override_tags(overrides: list[str]) -> list[str]:
     return list(dict.fromkeys(cut))
 
 
-def wandb_init_kwargs(cfg: DictConfig, stage: str, name: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``wandb.init`` shared by plain stages and Lightning's WandbLogger:
-    the run's name (``run_name``), group (the experiment), tags and config (with the
-    command-line ``overrides``)."""
+def wandb_init_kwargs(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """Keyword arguments for ``wandb.init``: the run's name (``run_name``), group (the
+    experiment), tags and config (with the command-line ``overrides``)."""
     job, overrides = hydra_job()
     config = OmegaConf.to_container(cfg, resolve=True)
     config["overrides"] = overrides
@@ -111,7 +110,7 @@ def wandb_init_kwargs(cfg: DictConfig, stage: str, name: str | None = None) -> d
         "entity": cfg.logger.entity,
         "group": cfg.experiment_name,
         "job_type": stage,
-        "name": run_name(cfg, stage, name, job),
+        "name": run_name(cfg, stage, job),
         "tags": override_tags(overrides),
         "dir": str(Path(cfg.paths.root).resolve()),
         "mode": wandb_mode(cfg),
@@ -126,22 +125,48 @@ def finish_failed(run: Any, error: BaseException) -> None:
     run.finish(exit_code=1)
 
 
+@dataclass
+class TrackedRun:
+    """The tracking of one stage execution: its W&B run, and Lightning loggers writing to it.
+
+    Attributes:
+        wandb: The W&B run, or None (tracking off, or ``logger=csv``).
+        cfg: The run's config.
+    """
+
+    wandb: Any | None
+    cfg: DictConfig
+
+    def lightning_logger(self, prefix: str = "") -> Any:
+        """A Lightning logger of this run: W&B (into ``wandb``, metrics prefixed with ``prefix``:
+        both fits of model=distill log into one run), CSV (``logger=csv``), or none (False)."""
+        from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+        if self.wandb is not None:
+            return WandbLogger(experiment=self.wandb, prefix=prefix, log_model=False)
+        if self.cfg.logger.backend == "csv":
+            name = f"logs{'-' + prefix if prefix else ''}"
+            return CSVLogger(save_dir=self.cfg.paths.models, name=name)
+        return False
+
+
 @contextlib.contextmanager
-def stage_run(cfg: DictConfig, stage: str, name: str | None = None) -> Iterator[Any | None]:
-    """Open a W&B run for ``stage`` (or yield None when tracking is off); always finish it,
-    as failed when the body raises.
+def tracked_run(cfg: DictConfig, stage: str) -> Iterator[TrackedRun]:
+    """Open the W&B run of one execution of ``stage`` (none when tracking is off); always
+    finish it, as failed when the body raises. Every stage, Lightning fits included
+    (``TrackedRun.lightning_logger``), is tracked this one way.
 
     The run is finished on the way out, so a failed job in a multirun does not leave its run
-    open and swallow the next job's logs. ``name``: see ``run_name``.
+    open and swallow the next job's logs.
     """
     if wandb_mode(cfg) == "disabled":
-        yield None
+        yield TrackedRun(None, cfg)
         return
     import wandb
 
-    run = wandb.init(**wandb_init_kwargs(cfg, stage, name), reinit="finish_previous")
+    run = wandb.init(**wandb_init_kwargs(cfg, stage), reinit="finish_previous")
     try:
-        yield run
+        yield TrackedRun(run, cfg)
     except BaseException as err:
         finish_failed(run, err)
         raise
@@ -150,48 +175,3 @@ def stage_run(cfg: DictConfig, stage: str, name: str | None = None) -> Iterator[
         log.info(
             "W&B %s run of %s written under %s/wandb", run.settings.mode, stage, cfg.paths.root
         )
-
-
-def finish_lightning_run(logger: Any, error: BaseException | None = None) -> None:
-    """Finish the W&B run of a Lightning ``logger`` (``lightning_logger``); as failed with
-    ``error`` (``finish_failed``). A no-op for a CSV or no logger, and once the run is finished.
-
-    A stage calls it with its error in ``except`` and without one in ``finally``.
-    """
-    from pytorch_lightning.loggers import WandbLogger
-
-    if not isinstance(logger, WandbLogger):
-        return
-    import wandb
-
-    if wandb.run is None:  # never started (the logger starts its run lazily) or finished
-        return
-    if error is not None:
-        finish_failed(wandb.run, error)
-    else:
-        wandb.run.finish()
-
-
-def lightning_logger(
-    cfg: DictConfig, stage: str, prefix: str = "", run: Any = None, name: str | None = None
-):
-    """Lightning logger from ``cfg.logger``: W&B (offline by default), CSV, or none (False).
-
-    Args:
-        cfg: The run's config.
-        stage: The stage (W&B job type).
-        prefix: Metric prefix (the distillation fit logs ``distill-train/loss`` ...).
-        run: An open W&B run to log into (both fits of model=distill share one run).
-        name: The W&B run's name (default ``run_name``'s).
-    """
-    from pytorch_lightning.loggers import CSVLogger, WandbLogger
-
-    if cfg.logger.backend == "wandb" and wandb_mode(cfg) != "disabled":
-        if run is not None:
-            return WandbLogger(experiment=run, prefix=prefix, log_model=False)
-        init = wandb_init_kwargs(cfg, stage, name)
-        save_dir = init.pop("dir")  # WandbLogger's save_dir (default ".") wins over a dir
-        return WandbLogger(**init, save_dir=save_dir, prefix=prefix, log_model=False)
-    if cfg.logger.backend == "csv":
-        return CSVLogger(save_dir=cfg.paths.models, name=f"logs{'-' + prefix if prefix else ''}")
-    return False

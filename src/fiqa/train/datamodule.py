@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fiqa.core.align import retarget_faces
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.quality.targets import TargetScaling
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -62,7 +62,9 @@ def class_sums(
     return sums, counts
 
 
-def class_centres(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def class_mean_embeddings(
+    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """Mean L2-normalised embedding per class ``(K, D)`` (zeros for a class without samples)."""
     sums, counts = class_sums(embeddings, labels, num_classes)
     return sums / counts.clamp(min=1)[:, None]
@@ -74,8 +76,8 @@ def distillation_losses(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     labels: torch.Tensor,
-    weights: Sequence[float] = (0.4, 0.2, 0.4),
-    temperature: float = 1.0,
+    weights: Sequence[float],
+    temperature: float,
 ) -> dict[str, torch.Tensor]:
     """Eq. 6 and its terms: ``{"loss", "mse", "kd", "ce"}``.
 
@@ -85,7 +87,8 @@ def distillation_losses(
         student_logits: ``(N, K)``.
         teacher_logits: ``(N, K)``.
         labels: ``(N,)`` class ids; -1 = unknown (skipped by the hard-label term).
-        weights: ``(a, b, c)`` of the MSE, soft-target CE and hard-label CE terms.
+        weights: ``(a, b, c)`` of the MSE, soft-target CE and hard-label CE terms ((0.4, 0.2,
+            0.4) in Huo et al.).
         temperature: Softmax temperature T of the soft-target term (scaled by T^2).
     """
     mse = F.mse_loss(student_emb, teacher_emb)

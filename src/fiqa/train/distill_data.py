@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.train.datamodule import (
     LabelledFaces,
     SeededShuffleSampler,

@@ -45,7 +45,7 @@ from fiqa.core.artifacts import (
 from fiqa.core.atomic import write_text_atomic
 from fiqa.core.containers import differences
 from fiqa.core.lineage import check_lineage
-from fiqa.data.prepared import PreparedFaces
+from fiqa.data.face_store import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry, Request, unit_rows
 from fiqa.quality.export import export_onnx
 from fiqa.quality.model import QualityRegressor
