@@ -29,8 +29,9 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from fiqa.config import compose_config
+from fiqa.config.defaults import datamodule_arguments, regressor_arguments
 from fiqa.config.extraction import extractor
-from fiqa.config.training import datamodule_arguments, regressor_arguments
+from fiqa.config.validate import load_settings
 from fiqa.data.face_store import write_table
 from fiqa.data.preparation import write_prepared
 from fiqa.extract import FaceSource
@@ -81,7 +82,7 @@ def main() -> None:
         write_table(labels, table.assign(quality=np.random.default_rng(1).random(n)))
         images = fit(root, labels, args.epochs, args.batch)
         start = time.perf_counter()
-        runner = extractor(compose_config([f"paths.root={root}"]))
+        runner = extractor(load_settings(compose_config([f"paths.root={root}"])))
         cache = frozen_features(regressor_arguments(freeze="trunk"),
                                 FaceSource.from_prepared(prepared), runner, args.batch)  # fmt: skip
         extraction = time.perf_counter() - start

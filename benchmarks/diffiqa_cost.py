@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from fiqa.config import compose_config
+from fiqa.config.defaults import regressor_arguments
 from fiqa.config.diffusion import ddpm_settings
-from fiqa.config.training import regressor_arguments
 from fiqa.diffusion.model import FaceDDPM, build_scheduler, build_unet
 from fiqa.diffusion.module import DDPMModule
 from fiqa.extract.products import Batch

@@ -33,7 +33,7 @@ import onnxruntime as ort
 import pytorch_lightning as pl
 import torch
 
-from fiqa.config.training import regressor_arguments
+from fiqa.config.defaults import regressor_arguments
 from fiqa.quality.export import export_onnx
 from fiqa.quality.model import QualityRegressor
 from fiqa.quality.scoring import QualityScorer

@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fiqa.config.training import regressor_arguments
+from fiqa.config.defaults import regressor_arguments
 from fiqa.core.pairs import all_pairs
 from fiqa.data.preparation import write_prepared
 from fiqa.eval.qualities import QualitySources, cached_scores, shared_trunk_scores

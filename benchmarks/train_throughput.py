@@ -36,7 +36,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fiqa.config.training import datamodule_arguments, regressor_arguments
+from fiqa.config.defaults import datamodule_arguments, regressor_arguments
 from fiqa.data.preparation import write_prepared
 from fiqa.quality.model import QualityRegressor
 from fiqa.train.datamodule import QualityDataModule

@@ -13,9 +13,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from fiqa.config import compose_config
+from fiqa.config.extraction import label_frs
 from fiqa.config.params_file import compose_params
 from fiqa.config.typed import ConfigError
-from fiqa.config.validate import validate_config
+from fiqa.config.validate import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,7 +194,7 @@ def test_label_option_of_every_registered_method(method: str):
     common = OmegaConf.load(CONF / "label" / "common.yaml")
     assert list(cfg.label.compute) == list(common.compute)
     assert set(cfg.label.methods) == set(options("label"))  # every method's settings
-    validate_config(cfg) if method != "magface" else None
+    load_settings(cfg) if method != "magface" else None
 
 
 def test_typo_in_override_fails_with_the_key_name():
@@ -217,8 +218,8 @@ def test_dvc_yaml_params_exist_in_params_yaml():
 
 
 def test_default_config_matches_the_typed_schemas():
-    validate_config(compose_default())
-    validate_config(OmegaConf.load(REPO_ROOT / "params.yaml"))
+    load_settings(compose_default())
+    load_settings(OmegaConf.load(REPO_ROOT / "params.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -232,7 +233,7 @@ def test_default_config_matches_the_typed_schemas():
 )
 def test_wrong_types_and_values_fail_naming_the_key(override: str, message: str):
     with pytest.raises(ConfigError) as err:
-        validate_config(compose_default([override]))
+        load_settings(compose_default([override]))
     assert message in str(err.value)
 
 
@@ -241,9 +242,9 @@ def test_missing_key_is_named():
     with open_dict(cfg):
         del cfg.prepare["shard_size"]
     with pytest.raises(ConfigError, match=r"prepare\.shard_size"):
-        validate_config(cfg)
+        load_settings(cfg)
     with pytest.raises(ConfigError, match=r"missing: data\.table"):  # ??? over a schema default
-        validate_config(compose_default(["data=table"]))
+        load_settings(compose_default(["data=table"]))
 
 
 @pytest.mark.parametrize("option", options("fr"))
@@ -253,21 +254,21 @@ def test_fr_options_name_registered_models_and_require_their_weights(option: str
     cfg = compose_default([f"fr={option}"])
     assert cfg.fr.name in FR_BUILDERS
     if option == "sface":  # the one model whose weights ship with the package
-        validate_config(cfg)
+        load_settings(cfg)
         return
     with pytest.raises(ConfigError, match=r"fr\.weights"):
-        validate_config(cfg)
-    validate_config(compose_default([f"fr={option}", "fr.weights=/models/file"]))
+        load_settings(cfg)
+    load_settings(compose_default([f"fr={option}", "fr.weights=/models/file"]))
 
 
 def test_model_schemas_name_exactly_the_constructor_arguments_which_state_no_defaults():
     from dataclasses import fields
     from inspect import signature
 
-    from fiqa.config.schemas import DistillSettings, RegressorHeadSettings, RegressorSettings
     from fiqa.quality.model import QualityRegressor
     from fiqa.train.distill import DistillationModule
     from fiqa.train.fit import DISTILL_ONLY
+    from fiqa.train.settings import DistillSettings, RegressorHeadSettings, RegressorSettings
 
     def arguments(cls: type) -> dict:
         return {k: p for k, p in signature(cls.__init__).parameters.items() if k != "self"}
@@ -289,12 +290,12 @@ def test_fr_entries_complete_names_and_mappings_and_refuse_duplicates():
 
     cfg = compose_default(["fr.batch_size=16", "label.fr_models=[sface,{name: dlib_resnet, "
                            "weights: /m/d.dat, flip: true},iresnet50]"])  # fmt: skip
-    entries = fr_entries(cfg, "label.fr_models")
+    entries = fr_entries(cfg.label.fr_models, typed(cfg.fr, FREntry), "label.fr_models")
     assert entries["sface"] == typed(cfg.fr, FREntry)
     assert entries["dlib_resnet"] == FREntry("dlib_resnet", "/m/d.dat", 16, True, {})
     assert entries["iresnet50"] == FREntry("iresnet50", None, 16, False, {})
     with pytest.raises(ConfigError, match=r"label\.fr_models: FR models listed twice: \['sface'\]"):
-        fr_entries(compose_default(["label.fr_models=[sface,sface]"]), "label.fr_models")
+        label_frs(load_settings(compose_default(["label.fr_models=[sface,sface]"])))
 
 
 @pytest.mark.parametrize(
@@ -339,10 +340,10 @@ def test_settings_objects_check_their_values(override: str, message: str):
     ],
 )
 def test_out_of_range_values_fail_at_start_naming_the_key_and_range(override: str, message: str):
-    """Checked by validate_config (no model, no image): before, shard_size=0 failed inside the
+    """Checked by load_settings (no model, no image): before, shard_size=0 failed inside the
     stage and eval.fmr / val_fraction only after the FR model ran / every image was read."""
     with pytest.raises(ConfigError) as err:
-        validate_config(compose_default([override]))
+        load_settings(compose_default([override]))
     assert message in str(err.value)
 
 
@@ -351,17 +352,17 @@ def test_out_of_range_values_of_the_distill_model_are_named():
                               ("model.loss_weights=[0.4,-1,0.4]", "model.loss_weights[1]=-1"),
                               ("model.regressor.lr=-1", "model.regressor.lr=-1: must be > 0")]:  # fmt: skip
         with pytest.raises(ConfigError) as err:
-            validate_config(compose_default(["model=distill", override]))
+            load_settings(compose_default(["model=distill", override]))
         assert message in str(err.value)
-    validate_config(compose_default(["model=distill"]))
-    validate_config(compose_default(["train.early_stopping_patience=null"]))  # null: off
+    load_settings(compose_default(["model=distill"]))
+    load_settings(compose_default(["train.early_stopping_patience=null"]))  # null: off
 
 
 @pytest.mark.parametrize("key", ["data.root", "paths.root"])
 def test_an_empty_folder_key_fails_naming_it(key: str):
     """``data.root=`` would scan the current directory (the repository) as a dataset."""
     with pytest.raises(ConfigError, match=rf"^{key} is empty: set it to "):
-        validate_config(compose_default([f"{key}="]))
+        load_settings(compose_default([f"{key}="]))
 
 
 def test_every_range_checked_key_is_a_config_key():

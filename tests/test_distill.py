@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from fiqa.config.training import datamodule_arguments, distillation_arguments, regressor_arguments
+from fiqa.config.defaults import datamodule_arguments, distillation_arguments, regressor_arguments
 from fiqa.data.preparation import write_prepared
 from fiqa.fr import load_fr_model
 from fiqa.fr.mobilefacenet import MobileFaceNet

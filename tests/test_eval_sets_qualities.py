@@ -14,6 +14,7 @@ import torch
 from fiqa.config import compose_config
 from fiqa.config.evaluation import quality_sources
 from fiqa.config.extraction import extractor
+from fiqa.config.validate import load_settings
 from fiqa.core.edc import pauc
 from fiqa.core.pairs import all_pairs
 from fiqa.data.face_store import write_table
@@ -66,7 +67,7 @@ def tiny_set(label_qualities: dict | None = None) -> EvalSet:
 def test_method_qualities_sources_and_same_model_records(tmp_path: Path, caplog):
     cfg = compose_config([f"paths.root={tmp_path}", "eval.methods=[crfiqa,crfiqa@dlib,sddfiqa]",
                           "label.fr_models=[sface,dlib_resnet]"])  # fmt: skip
-    sources = quality_sources(cfg, extractor(cfg))
+    sources = quality_sources(settings := load_settings(cfg), extractor(settings))
     data = tiny_set({"crfiqa": np.ones(4), "crfiqa@dlib": np.zeros(4)})
     out = method_qualities(data, sources)
     assert out["crfiqa"].fr_models == {"sface", "dlib_resnet"}  # the mean of both models

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 import fiqa
 from fiqa.config import compose_config
-from fiqa.config.training import regressor_arguments
+from fiqa.config.defaults import regressor_arguments
 from fiqa.config.typed import typed
 from fiqa.data.preparation import PrepareSettings
 from fiqa.quality import export as export_mod

@@ -11,6 +11,8 @@ import pytest
 
 from fiqa.config import compose_config
 from fiqa.config.labels import label_job, label_settings
+from fiqa.config.schemas import Settings
+from fiqa.config.validate import load_settings
 from fiqa.extract import Extractor, FREntry
 from fiqa.label import METHODS, LabelContext, blind_methods, get_method
 from fiqa.label.compute import MethodOutputs, method_columns
@@ -18,7 +20,13 @@ from fiqa.label.registry import COLUMNS, OWN_MODEL, LabelMethod, register_label_
 from fiqa.label.serfiq import SerFiqProduct
 from fiqa.label.table import LabelJob, build_labels
 
-PARAMS = label_settings(compose_config())
+
+def settings_of(*overrides: str) -> Settings:
+    """The typed settings of the default config with ``overrides``."""
+    return load_settings(compose_config(list(overrides)))
+
+
+PARAMS = label_settings(settings_of())
 
 
 def test_registry_order_and_what_each_method_needs():
@@ -105,7 +113,7 @@ def test_own_model_methods_read_their_own_outputs():
 
 
 def test_job_computes_the_target_in_registry_order_and_checks_its_settings():
-    job = label_job(compose_config(["label=huo", "label.compute=[fused,faceqnet]"]))
+    job = label_job(settings_of("label=huo", "label.compute=[fused,faceqnet]"))
     assert job.methods == ["faceqnet", "serfiq", "huo", "fused"]  # fused reads serfiq too
     fr = {"sface": FREntry("sface", None, 64, False)}
     with pytest.raises(ValueError, match="unknown label method 'magic'"):
@@ -115,9 +123,9 @@ def test_job_computes_the_target_in_registry_order_and_checks_its_settings():
     with pytest.raises(ValueError, match=r"label\.fr_models is empty"):
         LabelJob("serfiq", (), PARAMS, {}, fr["sface"], 0, job.ediffiqa)
     # A fused target computes the columns its weights name; a corrected one its base method.
-    fused = label_job(compose_config(["label=fused", "label.compute=[]"]))
+    fused = label_job(settings_of("label=fused", "label.compute=[]"))
     assert fused.methods == ["faceqnet", "serfiq", "fused"] and fused.corrected == []
-    corrected = label_job(compose_config(["label.target=huo+ediffiqa", "label.compute=[]"]))
+    corrected = label_job(settings_of("label.target=huo+ediffiqa", "label.compute=[]"))
     assert corrected.methods == ["serfiq", "huo"]  # Huo's S_r term reads SER-FIQ's settings
     assert corrected.corrected == ["huo+ediffiqa"]
 
@@ -131,7 +139,7 @@ def test_labels_table_columns_corrected_target_and_provenance(tmp_path: Path):
     emb = rng.standard_normal((n, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     cfg = compose_config(["label.target=crfiqa+ediffiqa", "label.compute=[sddfiqa]"])
-    job = label_job(cfg)
+    job = label_job(load_settings(cfg))
     ctx = LabelContext.of_prepared(prepared, job.params, job.seed)
     out = MethodOutputs(per_model={"sface": {"embedding": emb.astype(np.float16)}}, n_models=1)
     labels = build_labels(job, prepared, ctx, out, Extractor(tmp_path / "cache", None))

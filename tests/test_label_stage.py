@@ -123,12 +123,17 @@ def test_same_seed_same_table_and_ediffiqa_correction(real_faces):
 def test_the_target_is_computed_and_compute_names_registered_methods(tmp_path):
     from fiqa.config.labels import label_job
     from fiqa.config.typed import ConfigError
-    from fiqa.config.validate import validate_config
+    from fiqa.config.validate import load_settings
 
     cfg = config(tmp_path, "label=crfiqa", "label.compute=[fused,serfiq]")
-    assert label_job(cfg).methods == ["faceqnet", "serfiq", "crfiqa", "fused"]  # registry order
+    assert label_job(load_settings(cfg)).methods == [
+        "faceqnet",
+        "serfiq",
+        "crfiqa",
+        "fused",
+    ]  # registry order
     with pytest.raises(ConfigError, match=r"label\.compute: unknown \['magic'\]"):
-        validate_config(config(tmp_path, "label.compute=[serfiq,magic]"))
+        load_settings(config(tmp_path, "label.compute=[serfiq,magic]"))
 
 
 def test_fused_weights_must_name_label_methods(real_faces):

@@ -119,12 +119,14 @@ def test_the_lock_is_reentrant_within_a_process_and_released_after(tmp_path: Pat
 
 def test_a_stage_run_inside_a_held_lock_of_its_own_process_does_not_block(tmp_path: Path):
     from fiqa.config import compose_config
+    from fiqa.config.validate import load_settings
     from fiqa.stages import StageError
     from fiqa.stages.runner import output_dirs, run_stage, stage_lock
 
     cfg = compose_config([f"paths.root={tmp_path}", f"data.root={tmp_path / 'absent'}",
                           "logger=none"])  # fmt: skip
-    with stage_lock("prepare", output_dirs("prepare", cfg)), pytest.raises(StageError) as err:
+    outputs = output_dirs("prepare", load_settings(cfg).paths)
+    with stage_lock("prepare", outputs), pytest.raises(StageError) as err:
         run_stage("prepare", cfg)  # fails for the missing data, not on its own process's lock
     assert "another fiqa" not in str(err.value) and "absent" in str(err.value)
 

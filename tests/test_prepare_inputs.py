@@ -16,6 +16,7 @@ from PIL import Image
 import fiqa.data.preparation as preparation
 from fiqa.config import compose_config
 from fiqa.config.typed import typed
+from fiqa.config.validate import load_settings
 from fiqa.data.face_pipeline import PrepareDataset
 from fiqa.data.face_store import PreparedFaces
 from fiqa.data.folder import LISTING_FAILURE_REASONS
@@ -79,13 +80,15 @@ def test_resume_starts_afresh_when_a_finished_shards_input_was_replaced(
 
 
 def _fingerprint(source: Source) -> str:
-    settings = typed(compose_config(["logger=none"]).prepare, preparation.PrepareSettings)
-    return preparation.fingerprint(settings, "data: x", source)
+    settings = load_settings(compose_config(["logger=none"]))
+    return preparation.fingerprint(settings.prepare, settings.data, source)
 
 
 def test_fingerprint_follows_size_and_mtime_and_survives_missing_files(tmp_path):
     make_faces(tmp_path, identities=1)
-    table = read_source(compose_config(["data=folder", f"data.root={tmp_path}"]).data).table
+    table = read_source(
+        load_settings(compose_config(["data=folder", f"data.root={tmp_path}"])).data
+    ).table
     source = Source(table, FileBytes(tmp_path))
     first = _fingerprint(source)
     assert _fingerprint(source) == first
@@ -117,7 +120,9 @@ def test_fingerprint_follows_the_recordio_files(tmp_path):
 
 def test_prepare_max_image_pixels_reaches_the_reader(tmp_path):
     make_faces(tmp_path, identities=1, per_identity=1)
-    table = read_source(compose_config(["data=folder", f"data.root={tmp_path}"]).data).table
+    table = read_source(
+        load_settings(compose_config(["data=folder", f"data.root={tmp_path}"])).data
+    ).table
     read = FileBytes(tmp_path)
     for limit, reason in ((100, "too_large"), (300 * 300, None)):
         cfg = compose_config(["logger=none", f"prepare.max_image_pixels={limit}"])

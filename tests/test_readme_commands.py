@@ -3,7 +3,7 @@
 Every ``fiqa ...``, ``python train.py ...`` and ``dvc exp run -S ...`` line of README.md (code
 blocks and inline code) is checked without running anything: Hydra commands (the stages,
 ``fiqa study``, ``train.py``, DVC's ``-S`` overrides) compose their overrides and pass
-``validate_config``; the tools (``fiqa score``, ``report``, ...) get their flags checked against
+``load_settings``; the tools (``fiqa score``, ``report``, ...) get their flags checked against
 their own argparse parser. Every config file, group option and table row the README names exists.
 """
 
@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from fiqa.cli.main import TOOLS
 from fiqa.config import compose_config
-from fiqa.config.validate import validate_config
+from fiqa.config.validate import load_settings
 from fiqa.label import METHODS
 from fiqa.stages import STAGES
 
@@ -176,7 +176,7 @@ def test_hydra_command_of_the_readme_composes_and_validates(command: Command):
     for job in override_sets([o for o in overrides if o != ELIDED], multirun):
         cfg = compose_config(job)
         if ELIDED not in overrides:
-            validate_config(cfg)
+            load_settings(cfg)
 
 
 def tool_parser(tool: str) -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fiqa.config.training import regressor_arguments
+from fiqa.config.defaults import regressor_arguments
 from fiqa.core.pairs import all_pairs
 from fiqa.eval import qualities as qualities_mod
 from fiqa.eval.qualities import QualitySources, method_qualities, set_faces

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import re
 from collections.abc import Iterator
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from omegaconf import DictConfig
 
 from conftest import demo_config
 from fiqa.cli.dvc_yaml import project_dvc_yaml
-from fiqa.config.validate import validate_config
+from fiqa.config.schemas import Settings
+from fiqa.config.validate import load_settings
 from fiqa.pipeline.dvc_yaml import import_closure
 from fiqa.stages import RUNTIME_KEYS, STAGES
 
@@ -30,30 +30,38 @@ def dvc_params(dvc_yaml: Path) -> dict[str, list[str]]:
 
 
 @contextlib.contextmanager
-def recorded_reads(cfg: DictConfig) -> Iterator[set[str]]:
-    """Every key of ``cfg`` read while the block runs (``cfg.a.b``, ``.get``, ``in``, merges and
-    conversions all go through ``DictConfig._get_node``), list indices dropped."""
+def recorded_reads(settings: Settings) -> Iterator[set[str]]:
+    """Every settings key read while the block runs: each field of a typed group read
+    (``label.target``; a container field whole, ``eval.benchmark``), but not the path to it
+    (reading ``settings.label`` to reach ``label.target`` reads no value), ``asdict`` and
+    properties included. Each dataclass of ``settings`` gets a recording subclass for the block."""
     reads: set[str] = set()
-    original = DictConfig._get_node
-    busy = False
+    swapped: list[tuple[object, type]] = []
 
-    def recording(self, key, *args, **kwargs):
-        nonlocal busy
-        node = original(self, key, *args, **kwargs)
-        if not busy:  # computing a full key reads parent nodes itself
-            busy = True
-            try:
-                if self._get_root() is cfg:
-                    reads.add(re.sub(r"\[\d+\]", "", self._get_full_key(key)))
-            finally:
-                busy = False
-        return node
+    def record(obj: object, prefix: str) -> None:
+        names = {f.name for f in fields(obj)}
+        for name in names:
+            value = object.__getattribute__(obj, name)
+            if is_dataclass(value):
+                record(value, f"{prefix}{name}.")
+        cls = type(obj)
 
-    DictConfig._get_node = recording
+        def getattribute(self: object, name: str) -> object:
+            value = object.__getattribute__(self, name)
+            if name in names and not is_dataclass(value):
+                reads.add(prefix + name)
+            return value
+
+        swapped.append((obj, cls))
+        object.__setattr__(obj, "__class__", type(cls.__name__, (cls,),
+                                                  {"__getattribute__": getattribute}))  # fmt: skip
+
+    record(settings, "")
     try:
         yield reads
     finally:
-        DictConfig._get_node = original
+        for obj, cls in swapped:
+            object.__setattr__(obj, "__class__", cls)
 
 
 def undeclared(reads: set[str], declared: list[str]) -> list[str]:
@@ -88,25 +96,29 @@ def test_code_deps_are_the_import_closure_and_stay_each_stages_own() -> None:
 def test_recorder_sees_reads_and_the_check_flags_an_undeclared_key() -> None:
     from fiqa.config import compose_config
 
-    cfg = compose_config()
-    with recorded_reads(cfg) as reads:
-        _ = cfg.label.fr_models, cfg.eval.get("fmr"), "precision" in cfg.extract
-        dict(cfg.trainer)
-    assert {"label.fr_models", "eval.fmr", "extract.precision", "trainer.max_epochs"} <= reads
-    assert undeclared(reads, ["label.fr_models", "eval", "trainer"]) == ["extract.precision"]
+    settings = load_settings(compose_config())
+    with recorded_reads(settings) as reads:
+        _ = settings.label.fr_models, settings.eval.fmrs, settings.extract.precision
+        asdict(settings.model)
+    assert {"label.fr_models", "eval.fmr", "eval.extra_fmrs", "extract.precision",
+            "model.lr"} <= reads  # fmt: skip
+    assert "label" not in reads and "eval" not in reads  # the way to a value is no read
+    assert undeclared(reads, ["label.fr_models", "eval", "model"]) == ["extract.precision"]
+    assert type(settings.label).__name__ == "LabelSettings" and "lr" in asdict(settings.model)
 
 
 @pytest.mark.slow
 def test_every_config_key_a_stage_reads_is_a_declared_param(demo_root: Path, small_demo: Path):
-    """Run the four stages on the demo; what each reads must be in its dvc.yaml params (or a
-    runtime key that changes no output), else `dvc repro` would serve stale outputs."""
+    """Run the four stages on the demo; what each reads of its settings must be in its dvc.yaml
+    params (or a runtime key that changes no output), else `dvc repro` would serve stale
+    outputs."""
     declared = dvc_params(REPO_ROOT / "dvc.yaml")
     cfg = demo_config(demo_root, small_demo, "debug=smoke", "eval.benchmark.split=all")
-    validate_config(cfg)  # reads every key: not part of the stage
     missing = {}
     for stage in STAGES:
-        with recorded_reads(cfg) as reads:
-            importlib.import_module(f"fiqa.stages.{stage}").run(cfg)
+        settings = load_settings(cfg)  # the runner's conversion: not part of the stage
+        with recorded_reads(settings) as reads:
+            importlib.import_module(f"fiqa.stages.{stage}").run(settings)
         missing[stage] = undeclared(reads, declared[stage])
         assert reads, stage
     assert missing == {stage: [] for stage in STAGES}, f"read but not declared: {missing}"

@@ -38,7 +38,7 @@ def test_minmax_and_none_and_bad_input():
 def test_the_map_travels_with_the_checkpoint_and_the_onnx_model(tmp_path: Path):
     import onnx
 
-    from fiqa.config.training import regressor_arguments
+    from fiqa.config.defaults import regressor_arguments
     from fiqa.quality.export import export_onnx
     from fiqa.quality.model import QualityRegressor
 

@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from fiqa.config import compose_config, config_dir
+from fiqa.config.validate import load_settings
 from fiqa.stages import StageError
 from fiqa.tracking import tracked_run, wandb_init_kwargs
 
@@ -88,9 +89,9 @@ OVERRIDES = ["label=serfiq", "paths.root=/tmp/sweep", "train.batch_size=8"]
 
 def test_run_names_say_experiment_stage_label_target_and_benchmark() -> None:
     def names(*overrides: str) -> dict[str, str]:
-        cfg = compose_config(list(overrides))
+        settings = load_settings(compose_config(list(overrides)))
         stages = ("prepare", "label", "train", "evaluate")
-        return {s: wandb_init_kwargs(cfg, s)["name"] for s in stages}
+        return {s: wandb_init_kwargs(settings, s)["name"] for s in stages}
 
     assert names() == {"prepare": "demo-prepare", "label": "demo-label-faceqnet",
                        "train": "demo-train-faceqnet",
@@ -101,7 +102,7 @@ def test_run_names_say_experiment_stage_label_target_and_benchmark() -> None:
     assert names("experiment=faceqnet")["train"] == "faceqnet-train-faceqnet"
     extra = names("eval.benchmarks=[{format: bin, path: /data/lfw.bin}]")
     assert extra["evaluate"] == "demo-evaluate-faceqnet-demo_val+lfw"
-    kwargs = wandb_init_kwargs(compose_config(["experiment=faceqnet"]), "train")
+    kwargs = wandb_init_kwargs(load_settings(compose_config(["experiment=faceqnet"])), "train")
     assert (kwargs["group"], kwargs["job_type"]) == ("faceqnet", "train")
     assert kwargs["tags"] == [] and kwargs["config"]["overrides"] == []  # no Hydra app here
 
@@ -109,7 +110,7 @@ def test_run_names_say_experiment_stage_label_target_and_benchmark() -> None:
 def test_a_multirun_job_is_named_by_its_number_and_tagged_with_its_overrides(
     hydra_multirun_job: None,
 ) -> None:
-    kwargs = wandb_init_kwargs(compose_config(OVERRIDES), "train")
+    kwargs = wandb_init_kwargs(load_settings(compose_config(OVERRIDES)), "train")
     assert kwargs["name"] == "demo-train-serfiq-job3"
     assert kwargs["tags"] == ["label=serfiq", "train.batch_size=8"]  # paths.*: not a tag
     assert kwargs["config"]["overrides"] == OVERRIDES
@@ -125,7 +126,7 @@ def test_a_failing_stage_body_ends_its_run_failed_with_the_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _tracked_cfg(tmp_path / "failed", monkeypatch, "label=serfiq")
-    with pytest.raises(StageError, match="boom"), tracked_run(cfg, "label"):
+    with pytest.raises(StageError, match="boom"), tracked_run(load_settings(cfg), "label"):
         raise StageError("label: boom")
     records = offline_run(tmp_path / "failed")
     (run,) = records["run"]
@@ -135,7 +136,7 @@ def test_a_failing_stage_body_ends_its_run_failed_with_the_error(
     assert summary_of(records)["error"] == '"StageError: label: boom"'
 
     ok = _tracked_cfg(tmp_path / "ok", monkeypatch)  # the same run without an error: exit 0
-    with tracked_run(ok, "prepare") as tracking:
+    with tracked_run(load_settings(ok), "prepare") as tracking:
         tracking.wandb.summary["prepare/faces"] = 3
     records = offline_run(tmp_path / "ok")
     assert [e.exit_code for e in records["exit"]] == [0]
@@ -148,7 +149,10 @@ def test_a_failing_lightning_fit_ends_its_wandb_run_failed(
     """The train stage's path: Lightning's WandbLogger writes into the stage's one run, which
     ends failed with the fit's error."""
     cfg = _tracked_cfg(tmp_path, monkeypatch, "label=serfiq")
-    with pytest.raises(RuntimeError, match="out of memory"), tracked_run(cfg, "train") as tracking:
+    with (
+        pytest.raises(RuntimeError, match="out of memory"),
+        tracked_run(load_settings(cfg), "train") as tracking,
+    ):
         logger = tracking.lightning_logger()
         logger.log_metrics({"train/loss": 1.0}, step=0)
         assert tracking.lightning_logger("distill").experiment is logger.experiment  # one run
@@ -158,5 +162,5 @@ def test_a_failing_lightning_fit_ends_its_wandb_run_failed(
     assert [e.exit_code for e in records["exit"]] == [1]
     assert summary_of(records)["error"] == '"RuntimeError: out of memory"'
     off = compose_config([f"paths.root={tmp_path}", "logger=none"])
-    with tracked_run(off, "train") as tracking:
+    with tracked_run(load_settings(off), "train") as tracking:
         assert tracking.wandb is None and tracking.lightning_logger() is False

@@ -11,7 +11,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from fiqa.config.training import datamodule_arguments, regressor_arguments
+from fiqa.config.defaults import datamodule_arguments, regressor_arguments
+from fiqa.config.validate import load_settings
 from fiqa.core.edc import edc_curve, pair_quality, pauc
 from fiqa.core.pairs import all_pairs, pair_scores
 from fiqa.quality.model import QualityRegressor, head_parameter_names
@@ -188,7 +189,7 @@ def test_training_on_cached_trunk_features_equals_training_on_images(labelled, t
                                     backbone_lr=1e-3)  # fmt: skip
     assert shares_frozen_part(arguments)
     assert not shares_frozen_part({**arguments, "unfreeze_at_epoch": 1})
-    runner = extractor(compose_config([f"paths.root={tmp_path}"]))
+    runner = extractor(load_settings(compose_config([f"paths.root={tmp_path}"])))
     features = frozen_features(arguments, FaceSource.from_prepared(PreparedFaces(labelled[0])),
                                runner, batch_size=8)  # fmt: skip
     assert features["direct"].shape == (24, 50176) and features["direct"].dtype == np.float16

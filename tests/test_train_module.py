@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from scipy import stats
 
-from fiqa.config.training import datamodule_arguments, regressor_arguments
+from fiqa.config.defaults import datamodule_arguments, regressor_arguments
 from fiqa.data.face_store import PreparedFaces, write_table
 from fiqa.data.preparation import write_prepared
 from fiqa.quality.metrics import average_ranks, mean_absolute_error, pearson, spearman

@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 
 from fiqa.config import compose_config
 from fiqa.config.labels import label_job
+from fiqa.config.training import train_job
+from fiqa.config.validate import load_settings
 from fiqa.core.atomic import write_json_atomic
 from fiqa.core.containers import differences
 from fiqa.core.lineage import LineageError, check_inputs, check_lineage, input_hashes
@@ -68,7 +70,7 @@ def labelled_root(root: Path) -> Path:
 
 def label_record(cfg: DictConfig) -> dict:
     """The part of ``labels.json`` the label stage writes for ``cfg`` that train checks."""
-    job = label_job(cfg)
+    job = label_job(load_settings(cfg))
     return {"target": job.target, "target_settings": target_settings(job),
             "fr_models": {name: {} for name in job.fr_models}}  # fmt: skip
 
@@ -156,7 +158,7 @@ def test_resume_refuses_staged_work_of_other_labels(
     from fiqa.config.training import train_job
     from fiqa.train.fit import check_training_inputs, run_identity
 
-    job = train_job(cfg)
+    job = train_job(load_settings(cfg))
     identity = run_identity(job, check_training_inputs(job))
     identity["inputs"]["labels"] = "0" * 64
     write_json_atomic(staged / "run.json", identity)
@@ -241,11 +243,11 @@ def test_checkpoint_files_are_written_atomically(tmp_path: Path) -> None:
 def test_train_refuses_labels_made_for_another_label_config(tmp_path: Path) -> None:
     """`fiqa train` with the default label=faceqnet next to SER-FIQ labels (left by `dvc exp run
     -S label=serfiq`) stops, saying how to fix it; matching labels pass."""
-    from fiqa.config.training import labels_asked
     from fiqa.train.fit import labels_mismatch, labels_used  # labels_used: lineage.json's record
 
     def check(*overrides: str) -> None:
-        asked = labels_asked(compose_config([f"paths.root={tmp_path}", *overrides]))
+        asked = train_job(load_settings(compose_config([f"paths.root={tmp_path}", *overrides])))
+        asked = asked.labels
         differ = labels_mismatch(json.loads(record.read_text()), asked)
         if differ:
             raise ValueError("; ".join(differ))

@@ -55,7 +55,7 @@ def run_study_app(argv: list[str]) -> None:
                 if HydraConfig.get().mode == RunMode.MULTIRUN:
                     raise ConfigError("fiqa study runs one study: its trainings fan out through "
                                       "hydra/launcher=..., without -m")  # fmt: skip
-                start_up(cfg)
+                start_up(cfg)  # the checks every stage makes first
                 study = study_pipeline(cfg, Path.cwd())
                 held.enter_context(stage_lock("study", [study.directory]))
                 write_study(study)

@@ -1,47 +1,45 @@
-"""The ddpm stage's job from the config, and whether a configured method needs it."""
+"""The ddpm stage's job from the settings, and whether a configured method needs it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
-
-from fiqa.config.typed import typed
 from fiqa.diffusion.fit import DDPMJob
-from fiqa.diffusion.settings import DDPMSettings
 from fiqa.label.diffiqa import METHOD as DDPM_METHOD
 
+if TYPE_CHECKING:
+    from fiqa.config.schemas import Settings
 
-def ddpm_job(cfg: DictConfig) -> DDPMJob:
+
+def ddpm_job(settings: Settings) -> DDPMJob:
     """The ``ddpm`` group on ``paths.prepared``, written to ``paths.ddpm``, trained models kept
     in ``<paths.cache>/ddpm``."""
+    paths = settings.paths
     return DDPMJob(
-        settings=ddpm_settings(cfg),
-        prepared_dir=Path(cfg.paths.prepared),
-        out_dir=Path(cfg.paths.ddpm),
-        store=Path(cfg.paths.cache) / "ddpm",
+        settings=settings.ddpm,
+        prepared_dir=Path(paths.prepared),
+        out_dir=Path(paths.ddpm),
+        store=Path(paths.cache) / "ddpm",
     )
 
 
-def pipeline_ddpm_users(cfg: DictConfig) -> list[str]:
+def pipeline_ddpm_users(settings: Settings) -> list[str]:
     """The config keys that make a method read the pipeline's DDPM (``paths.ddpm``): DifFIQA
     as the label target, a computed label column or an evaluated method, while
-    ``label.methods.diffiqa.ddpm`` is ``paths.ddpm``. Empty: the ddpm stage has nothing to train."""
-    if not reads_pipeline_ddpm(cfg):
+    ``label.methods.diffiqa.ddpm`` is ``paths.ddpm``. Empty: the ddpm stage has nothing to
+    train."""
+    if not reads_pipeline_ddpm(settings):
         return []
     uses = {
-        "label.target": [cfg.label.target],
-        "label.compute": list(cfg.label.compute),
-        "eval.methods": list(cfg.eval.methods),
+        "label.target": [settings.label.target],
+        "label.compute": settings.label.compute,
+        "eval.methods": settings.eval.methods,
     }
-    return [key for key, methods in uses.items() if DDPM_METHOD in map(str, methods)]
+    return [key for key, methods in uses.items() if DDPM_METHOD in methods]
 
 
-def reads_pipeline_ddpm(cfg: DictConfig) -> bool:
+def reads_pipeline_ddpm(settings: Settings) -> bool:
     """``label.methods.diffiqa.ddpm`` is the pipeline's DDPM (``paths.ddpm``), not the user's."""
-    return Path(cfg.label.methods[DDPM_METHOD].ddpm).resolve() == Path(cfg.paths.ddpm).resolve()
-
-
-def ddpm_settings(cfg: DictConfig) -> DDPMSettings:
-    """The ``ddpm`` group, typed."""
-    return typed(cfg.ddpm, DDPMSettings)
+    ddpm = getattr(settings.label.methods, DDPM_METHOD).ddpm
+    return Path(ddpm).resolve() == Path(settings.paths.ddpm).resolve()

@@ -1,36 +1,30 @@
-"""FR model entries and the extraction engine from the config (label, train, evaluate)."""
+"""FR model entries and the extraction engine from the settings (label, train, evaluate)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from fiqa.config.typed import ConfigError
+from fiqa.extract import Extractor, FREntry
 
-from fiqa.config.typed import ConfigError, typed
-from fiqa.core.containers import plain_container
-from fiqa.extract import ExtractionSettings, Extractor, FREntry
-
-
-def fr_defaults(cfg: DictConfig) -> FREntry:
-    """The ``fr`` group: the selected FR model, and the batch size and flip of the entries of
-    ``label.fr_models`` / ``eval.fr_models`` that leave them out."""
-    return typed(cfg.fr, FREntry)
+if TYPE_CHECKING:  # the stages import this module: only the runner builds Settings
+    from fiqa.config.schemas import Settings
 
 
-def fr_entries(cfg: DictConfig, key: str) -> dict[str, FREntry]:
-    """``{name: entry}`` of the FR model list at ``key`` (``label.fr_models`` or
-    ``eval.fr_models``): registry names (``cfg.fr`` when it names the selected model) or
-    ``{name, weights, options, batch_size?, flip?}`` mappings.
+def fr_entries(items: Sequence[Any], defaults: FREntry, key: str) -> dict[str, FREntry]:
+    """``{name: entry}`` of an FR model list (``label.fr_models`` or ``eval.fr_models``, named
+    ``key`` in errors): registry names (``defaults``, the ``fr`` group, when it names the
+    selected model) or ``{name, weights, options, batch_size?, flip?}`` mappings.
 
     Raises:
         ConfigError: For a model listed twice.
     """
-    defaults = fr_defaults(cfg)
     entries = []
-    for item in OmegaConf.select(cfg, key):
-        if isinstance(item, Mapping | DictConfig):
-            entries.append(FREntry.from_mapping(plain_container(item), defaults))
+    for item in items:
+        if isinstance(item, Mapping):
+            entries.append(FREntry.from_mapping(item, defaults))
         elif str(item) == defaults.name:
             entries.append(defaults)
         else:
@@ -42,6 +36,11 @@ def fr_entries(cfg: DictConfig, key: str) -> dict[str, FREntry]:
     return dict(zip(names, entries, strict=True))
 
 
-def extractor(cfg: DictConfig) -> Extractor:
+def label_frs(settings: Settings) -> dict[str, FREntry]:
+    """``label.fr_models`` as entries."""
+    return fr_entries(settings.label.fr_models, settings.fr, "label.fr_models")
+
+
+def extractor(settings: Settings) -> Extractor:
     """Extraction with ``paths.cache`` and the ``extract`` settings."""
-    return Extractor(Path(cfg.paths.cache), typed(cfg.extract, ExtractionSettings))
+    return Extractor(Path(settings.paths.cache), settings.extract)

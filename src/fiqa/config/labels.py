@@ -1,32 +1,31 @@
-"""The label stage's job from the config."""
+"""The label stage's job from the settings."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
-
-from fiqa.config.extraction import fr_defaults, fr_entries
-from fiqa.config.typed import typed
+from fiqa.config.extraction import label_frs
 from fiqa.label import METHODS
-from fiqa.label.correction import EdiffiqaSettings
 from fiqa.label.table import LabelJob
 
-
-def label_settings(cfg: DictConfig) -> dict[str, Any]:
-    """Every label method's settings (``label.methods``), typed, by name."""
-    return {name: typed(cfg.label.methods[name], m.params) for name, m in METHODS.items()}
+if TYPE_CHECKING:
+    from fiqa.config.schemas import Settings
 
 
-def label_job(cfg: DictConfig) -> LabelJob:
+def label_settings(settings: Settings) -> dict[str, Any]:
+    """Every label method's settings (``label.methods``), by name."""
+    return {name: getattr(settings.label.methods, name) for name in METHODS}
+
+
+def label_job(settings: Settings) -> LabelJob:
     """The ``label`` group as a ``LabelJob``."""
-    lab = cfg.label
+    label = settings.label
     return LabelJob(
-        target=str(lab.target),
-        compute=tuple(str(m) for m in lab.compute),
-        params=label_settings(cfg),
-        fr_models=fr_entries(cfg, "label.fr_models"),
-        fr_defaults=fr_defaults(cfg),
-        seed=int(lab.seed),
-        ediffiqa=typed(lab.ediffiqa, EdiffiqaSettings),
+        target=label.target,
+        compute=tuple(label.compute),
+        params=label_settings(settings),
+        fr_models=label_frs(settings),
+        fr_defaults=settings.fr,
+        seed=label.seed,
+        ediffiqa=label.ediffiqa,
     )

@@ -1,4 +1,4 @@
-"""Allowed value ranges of the numeric config keys, checked by ``validate_config`` at start.
+"""Allowed value ranges of the numeric config keys, checked by ``load_settings`` at start.
 
 A wrong value (``prepare.shard_size=0``, ``eval.fmr=2``) fails before any model or image is
 loaded, naming the key and its range, instead of deep inside a stage. ``RANGES`` holds scalar

@@ -1,4 +1,6 @@
-"""Typed schemas of every config group: types only, the values live in ``conf/``.
+"""Typed schemas of every config group (types only, the values live in ``conf/``) and the
+``Settings`` of one run: every group as its typed object, built once at start-up
+(``fiqa.config.validate.load_settings``) and handed to the stage.
 
 Merging the composed config into these dataclasses rejects wrong types (``model.lr=fast``) and
 missing keys at stage start, naming the key (Hydra's struct mode already rejects unknown keys,
@@ -15,11 +17,12 @@ from dataclasses import dataclass, make_dataclass
 from typing import Any
 
 from fiqa.data.preparation import PrepareSettings
+from fiqa.data.sources import DataSettings
 from fiqa.diffusion.settings import DDPMSettings
 from fiqa.extract import ExtractionSettings, FREntry
 from fiqa.label import METHODS
 from fiqa.label.correction import EdiffiqaSettings
-from fiqa.train.settings import TrainSettings
+from fiqa.train.settings import DistillSettings, RegressorSettings, TrainSettings
 
 
 @dataclass
@@ -37,27 +40,6 @@ class PathsSettings:
     studies: str
 
 
-@dataclass
-class DataSettings:
-    name: str
-    format: str
-    root: str
-    metadata: str | None
-    # Format-specific keys (None where a format does not use them).
-    subsets: list[str] | None = None  # vggface2
-    use_landmarks: bool | None = None  # vggface2
-    references: str | None = None  # vggface2: FaceQnet reference list
-    rec: str | None = None  # ms1m
-    idx: str | None = None  # ms1m
-    table: str | None = None  # table: CSV / parquet of (path, identity)
-    path_column: str | None = None  # table
-    identity_column: str | None = None  # table
-    min_images: int | None = None  # table: identities with at least this many images
-    exclude: Any = None  # table: identities left out (a list, or a CSV with an identity column)
-    max_identities: int | None = None  # any format: only this many identities (debug=small)
-    max_images_per_identity: int | None = None  # any format: at most this many images each
-
-
 # label.methods: one field per registered method, typed by its settings dataclass.
 LabelMethods = make_dataclass("LabelMethods", [(m.name, m.params) for m in METHODS.values()])
 
@@ -70,62 +52,6 @@ class LabelSettings:
     seed: int
     ediffiqa: EdiffiqaSettings
     methods: LabelMethods  # type: ignore[valid-type]
-
-
-@dataclass
-class RegressorHeadSettings:
-    """The regressor settings that do not name the backbone (also the second fit of distill)."""
-
-    head: str
-    head_hidden: int
-    loss: str
-    lr: float
-    backbone_lr: float
-    weight_decay: float
-    scheduler: str
-    freeze: str
-    unfreeze_at_epoch: int | None
-    consistency_weight: float
-
-
-@dataclass
-class RegressorSettings(RegressorHeadSettings):
-    name: str  # the option's name (model=regressor)
-    backbone: str
-    pretrained: bool
-    backbone_weights: str | None
-    backbone_options: dict[str, Any]
-
-
-@dataclass
-class NetSettings:
-    name: str
-    weights: str | None
-    options: dict[str, Any]
-
-
-@dataclass
-class StudentSettings(NetSettings):
-    pretrained: bool
-
-
-@dataclass
-class DistillSettings:
-    name: str
-    teacher: NetSettings
-    teacher_class_weights: str | None
-    teacher_head: str
-    student: StudentSettings
-    loss_weights: list[float]
-    temperature: float
-    scale: float
-    lr: float
-    weight_decay: float
-    scheduler: str
-    lr_step_epochs: int
-    lr_gamma: float
-    max_epochs: int
-    regressor: RegressorHeadSettings
 
 
 @dataclass
@@ -151,6 +77,11 @@ class EvalSettings:
     # merged onto a default keeps the default when it is `???`, so the key has none in YAML.
     bin_root: str | None = None
 
+    @property
+    def fmrs(self) -> list[float]:
+        """The FMRs of the reports: ``fmr`` first, then the ``extra_fmrs`` not equal to it."""
+        return list(dict.fromkeys([self.fmr, *self.extra_fmrs]))
+
 
 @dataclass
 class StudySettings:
@@ -175,3 +106,33 @@ SCHEMAS: dict[str, type | dict[str, type]] = {
     "eval": EvalSettings,
     "study": StudySettings,
 }
+
+
+@dataclass
+class Settings:
+    """A run's whole config as typed objects: what a stage receives (one conversion, at
+    start-up; no stage or library function reads the raw config).
+
+    Attributes:
+        experiment_name: The W&B group of the run.
+        paths, data, fr, extract, prepare, label, ddpm, model, train, logger, eval, study: The
+            config groups, typed by ``SCHEMAS`` (``model``: the regressor's or distillation's).
+        trainer: ``pytorch_lightning.Trainer`` arguments (the ``trainer`` group as is).
+        resolved: The whole config as plain values: the W&B run's config, for tracking only.
+    """
+
+    experiment_name: str
+    paths: PathsSettings
+    data: DataSettings
+    fr: FREntry
+    extract: ExtractionSettings
+    prepare: PrepareSettings
+    label: LabelSettings
+    ddpm: DDPMSettings
+    model: RegressorSettings | DistillSettings
+    trainer: dict[str, Any]
+    train: TrainSettings
+    logger: LoggerSettings
+    eval: EvalSettings
+    study: StudySettings
+    resolved: dict[str, Any]

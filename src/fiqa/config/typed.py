@@ -1,7 +1,8 @@
-"""Config values as the library's typed objects (shared by the stages' config modules)."""
+"""Config values as the library's typed objects (entry points and tools outside the stages)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +24,7 @@ def typed(node: Any, schema: type[T]) -> T:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
 
 
-def register_templates(cfg: DictConfig) -> None:
+def register_templates(templates: Mapping[str, Any]) -> None:
     """Make ``prepare.templates`` (user-defined alignment templates) known to this process."""
-    for name, spec in (cfg.prepare.templates or {}).items():
-        register_template(name, spec.size, spec.points)
+    for name, spec in (templates or {}).items():
+        register_template(name, spec["size"], spec["points"])

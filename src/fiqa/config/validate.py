@@ -1,9 +1,10 @@
-"""``validate_config``: every schema'd group of a composed config checked at stage start.
+"""``load_settings``: a composed config checked and turned into its typed ``Settings``, once.
 
-It runs before any model or image is loaded (``fiqa.stages.runner.run_stage``, ``fiqa study``):
-types and missing keys (the schemas), closed choices, empty folder keys (``data.root=``), value
-ranges (``fiqa.config.ranges``) and the settings dataclasses' own checks (their
-``__post_init__``), each failure a ``ConfigError`` naming the key.
+It runs before any model or image is loaded (``fiqa.stages.runner.start_up``: every stage and
+``fiqa study``): types and missing keys (the schemas), closed choices, empty folder keys
+(``data.root=``), value ranges (``fiqa.config.ranges``) and the settings dataclasses' own checks
+(their ``__post_init__``), each failure a ``ConfigError`` naming the key. What it builds is what
+the stage receives.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fiqa.config.ranges import check_ranges
-from fiqa.config.schemas import SCHEMAS
+from fiqa.config.schemas import SCHEMAS, Settings
 from fiqa.config.typed import ConfigError
 from fiqa.data.verification import BENCHMARK_FORMATS
 from fiqa.label import METHODS
@@ -37,8 +38,9 @@ NON_EMPTY: dict[str, str] = {
 }
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Check every schema'd group of ``cfg`` (types, missing keys, closed choices, ranges).
+def load_settings(cfg: DictConfig) -> Settings:
+    """Check every schema'd group of ``cfg`` (types, missing keys, closed choices, ranges) and
+    build the typed ``Settings``.
 
     Raises:
         ConfigError: Naming the first offending key.
@@ -51,8 +53,13 @@ def validate_config(cfg: DictConfig) -> None:
     _check_choices(cfg)
     _check_non_empty(cfg)
     check_ranges(cfg)
-    for group in groups.values():
-        _check_settings(group)
+    typed = {key: _settings(group) for key, group in groups.items()}
+    return Settings(
+        experiment_name=str(cfg.experiment_name),
+        trainer=OmegaConf.to_container(cfg.trainer),
+        resolved=OmegaConf.to_container(cfg),
+        **typed,
+    )
 
 
 def _typed_group(cfg: DictConfig, key: str, schema: type | dict[str, type]) -> DictConfig:
@@ -96,10 +103,10 @@ def _check_non_empty(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} is empty: set it to {what}")
 
 
-def _check_settings(group: DictConfig) -> None:
-    """Build a group's settings dataclass: its ``__post_init__`` checks (``prepare.detector``,
-    ``label.methods.faceqan.eps``...) run now, not when a stage first builds it."""
+def _settings(group: DictConfig) -> Any:
+    """A group's settings dataclass: its ``__post_init__`` checks (``prepare.detector``,
+    ``label.methods.faceqan.eps``...) run now, before any work."""
     try:
-        OmegaConf.to_object(group)
+        return OmegaConf.to_object(group)
     except ValueError as err:  # the checks name their keys
         raise ConfigError(str(err)) from None

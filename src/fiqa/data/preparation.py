@@ -37,7 +37,7 @@ from fiqa.data.face_store import (
     write_table,
 )
 from fiqa.data.folder import assign_splits
-from fiqa.data.sources import Source
+from fiqa.data.sources import DataSettings, Source
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,13 @@ class PrepareSettings:
                            self.pad_ratio, pre_aligned, self.max_image_pixels)  # fmt: skip
 
 
-def fingerprint(settings: PrepareSettings, data: str, source: Source) -> str:
-    """Identity of the work: settings (minus the runtime ones), the dataset's description
-    ``data`` (its config), the listing, the inputs' sizes and modification times (an input
-    replaced between a kill and the resume starts the work afresh) and the code version."""
+def fingerprint(settings: PrepareSettings, data: DataSettings, source: Source) -> str:
+    """Identity of the work: settings (minus the runtime ones), the dataset's settings ``data``,
+    the listing, the inputs' sizes and modification times (an input replaced between a kill and
+    the resume starts the work afresh) and the code version."""
     kept = {k: v for k, v in asdict(settings).items() if k not in RUNTIME_SETTINGS}
-    digest = hashlib.sha256(json.dumps([kept, fiqa.__version__], sort_keys=True).encode())
-    digest.update(data.encode())
+    described = [kept, asdict(data), fiqa.__version__]
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
     listing = source.table[["path", "identity"]]
     digest.update(pd.util.hash_pandas_object(listing, index=False).to_numpy().tobytes())
     start = time.perf_counter()
@@ -112,7 +112,7 @@ def fingerprint(settings: PrepareSettings, data: str, source: Source) -> str:
 
 
 def prepare_faces(
-    source: Source, settings: PrepareSettings, out_dir: str | Path, data: str
+    source: Source, settings: PrepareSettings, out_dir: str | Path, data: DataSettings
 ) -> dict[str, float]:
     """Detect and align every image of ``source``; write the prepared directory ``out_dir``.
 
@@ -120,7 +120,8 @@ def prepare_faces(
         source: The dataset (``fiqa.data.sources.read_source``).
         settings: The ``prepare`` settings.
         out_dir: The prepared directory (replaced in one rename when complete).
-        data: Description of the dataset (its config as YAML): part of the resume fingerprint.
+        data: The dataset's settings (``source`` was read with them): part of the resume
+            fingerprint.
 
     Returns:
         Summary metrics ``prepare/...`` (images read, aligned, failed per reason, speed).

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 
 from fiqa.core.images import ImageReadError
 from fiqa.data.folder import list_identity_folder
@@ -23,6 +22,44 @@ from fiqa.data.folder import list_identity_folder
 log = logging.getLogger(__name__)
 
 FORMATS = ("folder", "table", "vggface2", "ms1m")
+
+
+@dataclass
+class DataSettings:
+    """The dataset to prepare (the ``data`` config group): its format, folder and the keys of
+    its format (None where a format does not use them).
+
+    Attributes:
+        name: The dataset's name (of its prepared benchmark, ``<name>_<split>``).
+        format: ``FORMATS``.
+        root: Its folder.
+        metadata: A CSV of extra columns by path (the demo's degradations), or None.
+        subsets, use_landmarks, references: ``vggface2``: the subsets, whether to use its loose
+            landmarks, FaceQnet's reference list.
+        rec, idx: ``ms1m``: the RecordIO files under ``root``.
+        table, path_column, identity_column, min_images, exclude: ``table``: the CSV or parquet
+            of (path, identity), its columns, the images an identity needs, the identities
+            left out (a list, or a CSV with an ``identity`` column).
+        max_identities, max_images_per_identity: Any format: keep only this many identities,
+            this many images of each (spread over them: ``debug=small``).
+    """
+
+    name: str
+    format: str
+    root: str
+    metadata: str | None
+    subsets: list[str] | None = None
+    use_landmarks: bool | None = None
+    references: str | None = None
+    rec: str | None = None
+    idx: str | None = None
+    table: str | None = None
+    path_column: str | None = None
+    identity_column: str | None = None
+    min_images: int | None = None
+    exclude: Any = None
+    max_identities: int | None = None
+    max_images_per_identity: int | None = None
 
 
 class FileBytes:
@@ -93,7 +130,7 @@ class Source:
     damaged: list[tuple[str, str]] | None = None  # (path, reason) found while indexing
 
 
-def read_source(data: DictConfig) -> Source:
+def read_source(data: DataSettings) -> Source:
     """The source table and byte loader of ``data.format`` at ``data.root``."""
     root = Path(data.root)
     if data.format not in FORMATS:
@@ -107,7 +144,7 @@ def read_source(data: DictConfig) -> Source:
             root,
             subsets=tuple(data.subsets),
             landmarks=bool(data.use_landmarks),
-            references=data.get("references"),
+            references=data.references,
         )
         source = Source(table, FileBytes(root), damaged=table.attrs.pop("damaged", []))
     elif data.format == "table":
@@ -116,11 +153,11 @@ def read_source(data: DictConfig) -> Source:
         table = list_identity_folder(root)
         # popped: pandas copies attrs into every row a worker materialises
         source = Source(table, FileBytes(root), damaged=table.attrs.pop("damaged", []))
-    if data.get("metadata"):
+    if data.metadata:
         source.table = _join_metadata(source.table, root / data.metadata)
-    if data.get("max_identities"):
+    if data.max_identities:
         source.table = spread_identities(source.table, int(data.max_identities))
-    if data.get("max_images_per_identity"):
+    if data.max_images_per_identity:
         source.table = spread_images(source.table, int(data.max_images_per_identity))
     if source.table.empty:
         raise ValueError(f"data.root {root} ({data.format}) holds no images")
@@ -166,7 +203,7 @@ def spread_images(table: pd.DataFrame, count: int) -> pd.DataFrame:
     return table.iloc[kept].reset_index(drop=True)
 
 
-def read_identity_table(data: DictConfig) -> pd.DataFrame:
+def read_identity_table(data: DataSettings) -> pd.DataFrame:
     """The source table of ``data.format=table``: a CSV or parquet file (``data.table``) with an
     image path (``data.path_column``, relative to ``data.root``) and an identity
     (``data.identity_column``) per row, the common layout of identity files; other columns are
@@ -184,13 +221,13 @@ def read_identity_table(data: DictConfig) -> pd.DataFrame:
     table = table.rename(columns=columns)
     table["path"], table["identity"] = table["path"].astype(str), table["identity"].astype(str)
     before = len(table)
-    excluded = _identities(data.get("exclude"))
+    excluded = _identities(data.exclude)
     table = table[~table["identity"].isin(excluded)]
     counts = table["identity"].value_counts()
-    table = table[table["identity"].map(counts) >= int(data.get("min_images") or 1)]
+    table = table[table["identity"].map(counts) >= int(data.min_images or 1)]
     if len(table) < before:
         log.info("data.table %s: %d of %d images kept (%d identities excluded, min_images=%s)",
-                 path, len(table), before, len(excluded), data.get("min_images"))  # fmt: skip
+                 path, len(table), before, len(excluded), data.min_images)  # fmt: skip
     return table.reset_index(drop=True)
 
 
@@ -206,14 +243,14 @@ def _identities(exclude: Any) -> set[str]:
     return {str(i) for i in exclude}
 
 
-def _ms1m(root: Path, data: DictConfig) -> Source:
+def _ms1m(root: Path, data: DataSettings) -> Source:
     from fiqa.data.ms1m import ms1m_index
     from fiqa.data.recordio import RecordIOReader
 
     rec = root / data.rec
     if not rec.is_file():
         raise FileNotFoundError(f"data.rec: {rec} not found (insightface train.rec)")
-    idx = root / data.idx if data.get("idx") else None
+    idx = root / data.idx if data.idx else None
     index = ms1m_index(RecordIOReader(rec, idx))
     mismatch = index.attrs.get("property_mismatch")
     if mismatch:

@@ -2,7 +2,8 @@
 
 Each stage's code ``deps`` are the static import closure of ``fiqa.stages.<stage>`` (every
 ``fiqa`` module reachable by an ``import``, module-level or inside a function, and the packages'
-own ``__init__``), followed by its input paths. The entry points around a stage (``fiqa.cli``,
+own ``__init__``; imports for type checking only are not run and do not count), followed by its
+input paths. The entry points around a stage (``fiqa.cli``,
 ``fiqa.stages.runner``: validation and dispatch) can stop a stage but not change its outputs,
 and are left out, so a stage re-runs only when its own code changes. Editing any module a stage
 can run makes ``dvc status`` report that stage as changed.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import yaml
 from fiqa.core.artifacts import EDC_PLOTS
 from fiqa.stages import STAGES
 
+TYPE_CHECKING_TESTS = ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 # How `dvc plots show / diff` draws each plots directory: the EDC files hold one record per
 # method and discard fraction (fiqa.eval.figures.sampled_curves), drawn by the repository's
 # template .dvc/plots/edc.json, one figure per benchmark x FR model file, a colour per method
@@ -94,14 +96,16 @@ def module_file(src: Path, name: str) -> Path | None:
 
 
 def imported_modules(path: Path, src: Path) -> set[str]:
-    """Project modules ``path`` imports anywhere in its code (``fiqa`` and ``hydra_plugins``)."""
+    """Project modules ``path`` imports anywhere in its code (``fiqa`` and ``hydra_plugins``),
+    but for type checking only (``if TYPE_CHECKING:``: never run, so never a cause of an
+    output)."""
     package = ".".join(path.relative_to(src).with_suffix("").parts)
     if path.name == "__init__.py":
         package = package.rsplit(".", 1)[0]
     else:
         package = package.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -112,6 +116,18 @@ def imported_modules(path: Path, src: Path) -> set[str]:
             names.add(base)
             names |= {f"{base}.{alias.name}" for alias in node.names}  # submodules
     return {n for n in names if n.split(".")[0] in ("fiqa", "hydra_plugins")}
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of ``tree`` but those under ``if TYPE_CHECKING:``."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and ast.unparse(node.test) in TYPE_CHECKING_TESTS:
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
 
 
 def import_closure(roots: list[str], src: Path) -> list[Path]:

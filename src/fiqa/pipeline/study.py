@@ -36,9 +36,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import fiqa
 from fiqa.config.evaluation import benchmark_spec
-from fiqa.config.extraction import fr_entries
+from fiqa.config.extraction import label_frs
 from fiqa.config.labels import label_settings
 from fiqa.config.typed import ConfigError
+from fiqa.config.validate import load_settings
 from fiqa.core.artifacts import EDC_PLOTS, EVAL_METRICS, QUALITY_CHECKPOINT, TRAIN_METRICS
 from fiqa.core.atomic import write_text_atomic
 from fiqa.label import METHODS
@@ -100,10 +101,10 @@ def study_config(cfg: DictConfig) -> tuple[Path, DictConfig]:
     label columns besides each stage's target, and the evaluation of the study: its benchmarks
     and FR models, every study method's regressor as ``<m>(R)`` beside ``study.blind``."""
     methods = study_methods(cfg)
+    label_fr_names = list(label_frs(load_settings(cfg)))
     cfg = cfg.copy()
     name = str(cfg.study.name)
     directory = Path(str(cfg.paths.studies)) / name
-    label_frs = list(fr_entries(cfg, "label.fr_models"))
     benchmarks = [benchmark_spec(b, f"study.benchmarks[{i}]")
                   for i, b in enumerate(cfg.study.benchmarks)]  # fmt: skip
     if not benchmarks:
@@ -120,7 +121,7 @@ def study_config(cfg: DictConfig) -> tuple[Path, DictConfig]:
         cfg.eval.methods = [*(regressor_name(m) for m in methods), *cfg.study.blind]
         cfg.eval.quality_models = {
             regressor_name(m): {"path": str(directory / "models" / m / QUALITY_CHECKPOINT),
-                                "fr_models": label_frs}
+                                "fr_models": label_fr_names}
             for m in methods
         }  # fmt: skip
     return directory, cfg
@@ -157,6 +158,7 @@ def study_pipeline(cfg: DictConfig, workdir: Path) -> Study:
         StageError: When the study folder is not inside a DVC repository holding ``workdir``.
     """
     directory, study_cfg = study_config(cfg)
+    study_settings = load_settings(study_cfg)  # the config every stage of the study runs with
     workdir = workdir.absolute()
     root = dvc_root(workdir)
     if not directory.absolute().is_relative_to(root):
@@ -166,7 +168,7 @@ def study_pipeline(cfg: DictConfig, workdir: Path) -> Study:
     assert isinstance(config, dict)
     methods = study_methods(cfg)
     directory = Path(relative(directory, workdir))
-    stages = _stages(directory, workdir, methods, config, label_settings(study_cfg))
+    stages = _stages(directory, workdir, methods, config, label_settings(study_settings))
     return Study(directory, workdir, methods, config, stages)
 
 

@@ -3,7 +3,7 @@
 
 Writes metrics/eval.json (benchmark -> FR model -> method -> metrics, with ``same_model``),
 plots/edc/<benchmark>__<fr>.json (DVC plots), reports/edc_<benchmark>__<fr>.png/.svg and
-reports/eval.md/.html (one table per FR model, as the seed's eDifFIQA tables), and the same to
+reports/eval.md/.html (one table per FR model, as the eDifFIQA paper's tables), and the same to
 W&B.
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from fiqa.config.evaluation import eval_sets, quality_sources
 from fiqa.config.extraction import extractor, fr_entries
@@ -24,10 +23,13 @@ from fiqa.eval.outputs import write_matrix
 from fiqa.stages import StageError
 from fiqa.tracking import tracked_run
 
+if TYPE_CHECKING:
+    from fiqa.config.schemas import Settings
+
 log = logging.getLogger(__name__)
 
 
-def check_inputs(cfg: DictConfig) -> None:
+def check_inputs(settings: Settings) -> None:
     """The labels were made from the prepared set, and the model (``model`` in
     ``eval.methods``) from both (``fiqa.core.lineage``); nothing to check without a prepared set
     (external benchmarks only) or labels.
@@ -35,31 +37,30 @@ def check_inputs(cfg: DictConfig) -> None:
     Raises:
         LineageError: Naming the record and the file that do not belong to it.
     """
-    prepared, labels = Path(cfg.paths.prepared), Path(cfg.paths.labels)
+    paths = settings.paths
+    prepared, labels = Path(paths.prepared), Path(paths.labels)
     if (prepared / MANIFEST).is_file() and (labels / LABELS).is_file():
-        models = [Path(cfg.paths.models)] if "model" in cfg.eval.methods else []
+        models = [Path(paths.models)] if "model" in settings.eval.methods else []
         check_lineage(prepared, labels, models)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def run(settings: Settings) -> dict[str, float]:
     """Write metrics/eval.json, plots/edc/*.json and reports/ (figures, eval.md, eval.html)."""
-    register_templates(cfg)
-    e = cfg.eval
-    fmrs = list(dict.fromkeys([float(e.fmr), *map(float, e.extra_fmrs)]))
-    limits = [float(x) for x in e.discard_limits]
+    register_templates(settings.prepare.templates)
+    e, paths = settings.eval, settings.paths
     try:
-        check_inputs(cfg)
-        sets = eval_sets(cfg)
+        check_inputs(settings)
+        sets = eval_sets(settings)
     except (FileNotFoundError, ValueError) as err:
         raise StageError(f"evaluate: {err}") from err
-    frs = fr_entries(cfg, "eval.fr_models")
-    runner = extractor(cfg)  # each FR model loaded once for all benchmarks and methods
-    with tracked_run(cfg, "evaluate") as tracking:
+    frs = fr_entries(e.fr_models, settings.fr, "eval.fr_models")
+    runner = extractor(settings)  # each FR model loaded once for all benchmarks and methods
+    with tracked_run(settings, "evaluate") as tracking:
         try:
-            matrix = evaluate_matrix(sets, frs, quality_sources(cfg, runner), runner, fmrs,
-                                     limits, str(e.pair_quality))  # fmt: skip
+            matrix = evaluate_matrix(sets, frs, quality_sources(settings, runner), runner,
+                                     e.fmrs, e.discard_limits, e.pair_quality)  # fmt: skip
         except ValueError as err:
             raise StageError(str(err)) from err
-        write_matrix(matrix, cfg.paths.metrics, cfg.paths.plots, cfg.paths.reports, tracking.wandb)
-    log.info("evaluate: %d benchmarks x %d FR models -> %s", len(sets), len(frs), cfg.paths.metrics)
+        write_matrix(matrix, paths.metrics, paths.plots, paths.reports, tracking.wandb)
+    log.info("evaluate: %d benchmarks x %d FR models -> %s", len(sets), len(frs), paths.metrics)
     return matrix.summary()

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
+
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from fiqa.config.extraction import extractor
@@ -14,34 +15,36 @@ from fiqa.label.table import build_labels, extract_for_labels, label_summary, wr
 from fiqa.stages import StageError
 from fiqa.tracking import tracked_run
 
+if TYPE_CHECKING:
+    from fiqa.config.schemas import Settings
 
-def run(cfg: DictConfig) -> dict[str, float]:
+
+def run(settings: Settings) -> dict[str, float]:
     """Write ``paths.labels``: labels.parquet, labels.json (provenance), report.json, figures."""
-    register_templates(cfg)
+    register_templates(settings.prepare.templates)
     try:
-        job = label_job(cfg)
+        job = label_job(settings)
     except ValueError as err:
         raise StageError(f"label: {err}") from err
-    prepared = PreparedFaces(cfg.paths.prepared)
-    runner = extractor(cfg)
+    prepared = PreparedFaces(settings.paths.prepared)
+    runner = extractor(settings)
     ctx, outputs = extract_for_labels(job, prepared, runner)  # every rank of a DDP run ...
     if rank_zero_only.rank != 0:  # ... and only rank 0 computes and writes the labels
         return {}
-    with tracked_run(cfg, "label") as tracking:
+    with tracked_run(settings, "label") as tracking:
         try:
             labels = build_labels(job, prepared, ctx, outputs, runner)
         except ValueError as err:
             raise StageError(f"label: {err}") from err
-        report, figures = write_labels(labels, cfg.paths.labels)
+        report, figures = write_labels(labels, settings.paths.labels)
         summary = label_summary(labels, report)
-        if tracking.wandb is not None:
+        run = tracking.wandb
+        if run is not None:
             import wandb
 
-            tracking.wandb.summary.update(summary)
+            run.summary.update(summary)
             for m in labels.methods:
-                tracking.wandb.log({f"label/{m}_hist": wandb.Histogram(labels.table[m].to_numpy())})
-            tracking.wandb.log(
-                {"label/table": wandb.Table(dataframe=labels.table.drop(columns=["split"]))}
-            )
-            tracking.wandb.log({f"label/{p.stem}": wandb.Image(str(p)) for p in figures})
+                run.log({f"label/{m}_hist": wandb.Histogram(labels.table[m].to_numpy())})
+            run.log({"label/table": wandb.Table(dataframe=labels.table.drop(columns=["split"]))})
+            run.log({f"label/{p.stem}": wandb.Image(str(p)) for p in figures})
     return summary

@@ -3,37 +3,39 @@
 
 from __future__ import annotations
 
-import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING
 
-from fiqa.config.typed import register_templates, typed
+import numpy as np
+
+from fiqa.config.typed import register_templates
 from fiqa.core.grids import face_grid
 from fiqa.data.face_store import PreparedFaces
-from fiqa.data.preparation import PreparationError, PrepareSettings, prepare_faces
+from fiqa.data.preparation import PreparationError, prepare_faces
 from fiqa.data.sources import read_source
 from fiqa.stages import StageError
 from fiqa.tracking import tracked_run
 
+if TYPE_CHECKING:
+    from fiqa.config.schemas import Settings
 
-def run(cfg: DictConfig) -> dict[str, float]:
+
+def run(settings: Settings) -> dict[str, float]:
     """Detect and align every image of ``data.root``; write ``paths.prepared``."""
-    register_templates(cfg)
-    settings = typed(cfg.prepare, PrepareSettings)
+    register_templates(settings.prepare.templates)
+    data, out = settings.data, settings.paths.prepared
     try:
-        source = read_source(cfg.data)
+        source = read_source(data)
     except (FileNotFoundError, ValueError) as err:
         raise StageError(f"prepare: {err}") from err
-    with tracked_run(cfg, "prepare") as tracking:
+    with tracked_run(settings, "prepare") as tracking:
         try:
-            summary = prepare_faces(
-                source, settings, cfg.paths.prepared, OmegaConf.to_yaml(cfg.data)
-            )
+            summary = prepare_faces(source, settings.prepare, out, data)
         except PreparationError as err:
-            raise StageError(f"prepare {cfg.data.root} -> {cfg.paths.prepared}: {err}") from err
+            raise StageError(f"prepare {data.root} -> {out}: {err}") from err
         if tracking.wandb is not None:
             import wandb
 
-            prepared = PreparedFaces(cfg.paths.prepared)
+            prepared = PreparedFaces(out)
             tracking.wandb.summary.update(summary)
             tracking.wandb.log({"prepare/failures": wandb.Table(dataframe=prepared.failures)})
             preview = prepared.faces(np.arange(min(32, len(prepared))))

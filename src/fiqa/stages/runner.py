@@ -1,4 +1,5 @@
-"""Running a stage: validate the composed config, lock the stage's outputs, call its ``run``."""
+"""Running a stage: the composed config checked and typed once (``Settings``), the stage's
+outputs locked, its ``run`` called with the settings."""
 
 from __future__ import annotations
 
@@ -8,24 +9,21 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fiqa.config.validate import validate_config
+from fiqa.config.schemas import PathsSettings, Settings
+from fiqa.config.validate import load_settings
 from fiqa.core.lock import LockHeldError, output_lock
 from fiqa.stages import STAGES, StageError
 
 log = logging.getLogger(__name__)
 
 
-def _check_stage(stage: str) -> None:
+def output_dirs(stage: str, paths: PathsSettings) -> list[str]:
+    """The output directories of ``stage`` (its ``STAGES[stage].outs`` paths)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-
-
-def output_dirs(stage: str, cfg: DictConfig) -> list[str]:
-    """The output directories of ``stage`` in ``cfg`` (its ``STAGES[stage].outs`` paths)."""
-    _check_stage(stage)
-    return [str(OmegaConf.select(cfg, f"paths.{key}")) for key in STAGES[stage].outs]
+    return [str(getattr(paths, key)) for key in STAGES[stage].outs]
 
 
 @contextlib.contextmanager
@@ -51,29 +49,31 @@ def stage_lock(name: str, directories: Iterable[str | os.PathLike[str]]) -> Iter
         yield
 
 
-def start_up(cfg: DictConfig) -> None:
+def start_up(cfg: DictConfig) -> Settings:
     """What every entry point does first with its composed config: the environment's defaults
-    (no update checks, quiet OpenCV) and ``validate_config``, before any model or image loads.
+    (no update checks, quiet OpenCV), then the config checked and typed (``load_settings``),
+    before any model or image loads.
 
     Raises:
         ConfigError: A key of ``cfg`` is missing, mistyped or out of range.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    validate_config(cfg)  # reads every key: done before the stage's own reads
+    return load_settings(cfg)
 
 
 def run_stage(stage: str, cfg: DictConfig) -> dict[str, float]:
-    """Validate a composed config, then run ``stage`` on it holding its outputs' locks.
+    """Check and type a composed config, then run ``stage`` with its settings, holding its
+    outputs' locks. What the stage reads of the settings are the keys its outputs depend on
+    (``STAGES[stage].params``) and ``fiqa.stages.RUNTIME_KEYS``.
 
     Raises:
         ConfigError: A key of ``cfg`` is missing, mistyped or out of range.
         StageError: Another process runs the stage on the same outputs (or the stage fails).
     """
-    start_up(cfg)
-    with stage_lock(stage, output_dirs(stage, cfg)):
-        # imported now: stages pull in heavy libraries; what a stage reads of cfg are the keys
-        # its outputs depend on (STAGES[stage].params) and fiqa.stages.RUNTIME_KEYS
-        result = importlib.import_module(f"fiqa.stages.{stage}").run(cfg)
+    settings = start_up(cfg)
+    with stage_lock(stage, output_dirs(stage, settings.paths)):
+        # imported now: stages pull in heavy libraries
+        result = importlib.import_module(f"fiqa.stages.{stage}").run(settings)
     log.info("%s finished: %s", stage, {k: round(v, 4) for k, v in result.items()})
     return result

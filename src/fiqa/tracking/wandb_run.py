@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+if TYPE_CHECKING:  # the settings are built above this layer, by the stage runner
+    from fiqa.config.schemas import Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ MAX_TAG_LENGTH = 64  # W&B's limit
 UNTAGGED_KEYS = ("paths.", "logger.", "hydra.")  # where outputs go and tracking: not what a run is
 
 
-def wandb_mode(cfg: DictConfig) -> str:
+def wandb_mode(settings: Settings) -> str:
     """The W&B mode: ``WANDB_MODE`` from the environment wins over ``logger.mode``."""
-    if cfg.logger.backend != "wandb":
+    if settings.logger.backend != "wandb":
         return "disabled"
-    return os.environ.get("WANDB_MODE") or str(cfg.logger.mode)
+    return os.environ.get("WANDB_MODE") or settings.logger.mode
 
 
 def hydra_job() -> tuple[int | None, list[str]]:
@@ -48,15 +49,15 @@ def hydra_job() -> tuple[int | None, list[str]]:
     return (int(hydra_cfg.job.num) if multirun else None), overrides
 
 
-def benchmark_names(cfg: DictConfig) -> list[str]:
+def benchmark_names(settings: Settings) -> list[str]:
     """The evaluate stage's benchmarks (``eval.benchmark``, then ``eval.benchmarks``): each
     one's ``name``, else its loader's default (``<data.name>_<split>`` for a prepared split,
     the file or folder name otherwise, as ``fiqa.data.verification`` names them)."""
-    specs = [cfg.eval.benchmark, *cfg.eval.benchmarks]
-    return [_benchmark_name(OmegaConf.to_container(s), str(cfg.data.name)) for s in specs]
+    specs = [settings.eval.benchmark, *settings.eval.benchmarks]
+    return [_benchmark_name(spec, settings.data.name) for spec in specs]
 
 
-def _benchmark_name(spec: dict[str, Any], data_name: str) -> str:
+def _benchmark_name(spec: Mapping[str, Any], data_name: str) -> str:
     if spec.get("name"):
         return str(spec["name"])
     fmt = spec.get("format")
@@ -71,20 +72,20 @@ def _benchmark_name(spec: dict[str, Any], data_name: str) -> str:
     return Path(str(spec.get("root"))).name
 
 
-def run_name(cfg: DictConfig, stage: str, job: int | None = None) -> str:
+def run_name(settings: Settings, stage: str, job: int | None = None) -> str:
     """``<experiment>-<stage>``, then the label target (label, train, evaluate), the benchmarks
     (evaluate; ``a+b+c+2more`` beyond three) and ``job<N>`` in a Hydra multirun.
 
     Args:
-        cfg: The run's config.
+        settings: The run's settings.
         stage: The stage.
         job: The Hydra multirun job number (``hydra_job``).
     """
-    parts = [str(cfg.experiment_name), stage]
+    parts = [settings.experiment_name, stage]
     if stage in TARGETED_STAGES:
-        parts.append(str(cfg.label.target))
+        parts.append(settings.label.target)
     if stage == "evaluate":
-        names = benchmark_names(cfg)
+        names = benchmark_names(settings)
         parts.append("+".join(names[:3]) + (f"+{len(names) - 3}more" if len(names) > 3 else ""))
     if job is not None:
         parts.append(f"job{job}")
@@ -99,22 +100,21 @@ def override_tags(overrides: list[str]) -> list[str]:
     return list(dict.fromkeys(cut))
 
 
-def wandb_init_kwargs(cfg: DictConfig, stage: str) -> dict[str, Any]:
+def wandb_init_kwargs(settings: Settings, stage: str) -> dict[str, Any]:
     """Keyword arguments for ``wandb.init``: the run's name (``run_name``), group (the
-    experiment), tags and config (with the command-line ``overrides``)."""
+    experiment), tags and config (the whole resolved config, with the command-line
+    ``overrides``)."""
     job, overrides = hydra_job()
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config["overrides"] = overrides
     return {
-        "project": cfg.logger.project,
-        "entity": cfg.logger.entity,
-        "group": cfg.experiment_name,
+        "project": settings.logger.project,
+        "entity": settings.logger.entity,
+        "group": settings.experiment_name,
         "job_type": stage,
-        "name": run_name(cfg, stage, job),
+        "name": run_name(settings, stage, job),
         "tags": override_tags(overrides),
-        "dir": str(Path(cfg.paths.root).resolve()),
-        "mode": wandb_mode(cfg),
-        "config": config,
+        "dir": str(Path(settings.paths.root).resolve()),
+        "mode": wandb_mode(settings),
+        "config": {**settings.resolved, "overrides": overrides},
     }
 
 
@@ -131,11 +131,11 @@ class TrackedRun:
 
     Attributes:
         wandb: The W&B run, or None (tracking off, or ``logger=csv``).
-        cfg: The run's config.
+        settings: The run's settings.
     """
 
     wandb: Any | None
-    cfg: DictConfig
+    settings: Settings
 
     def lightning_logger(self, prefix: str = "") -> Any:
         """A Lightning logger of this run: W&B (into ``wandb``, metrics prefixed with ``prefix``:
@@ -144,14 +144,14 @@ class TrackedRun:
 
         if self.wandb is not None:
             return WandbLogger(experiment=self.wandb, prefix=prefix, log_model=False)
-        if self.cfg.logger.backend == "csv":
+        if self.settings.logger.backend == "csv":
             name = f"logs{'-' + prefix if prefix else ''}"
-            return CSVLogger(save_dir=self.cfg.paths.models, name=name)
+            return CSVLogger(save_dir=self.settings.paths.models, name=name)
         return False
 
 
 @contextlib.contextmanager
-def tracked_run(cfg: DictConfig, stage: str) -> Iterator[TrackedRun]:
+def tracked_run(settings: Settings, stage: str) -> Iterator[TrackedRun]:
     """Open the W&B run of one execution of ``stage`` (none when tracking is off); always
     finish it, as failed when the body raises. Every stage, Lightning fits included
     (``TrackedRun.lightning_logger``), is tracked this one way.
@@ -159,19 +159,18 @@ def tracked_run(cfg: DictConfig, stage: str) -> Iterator[TrackedRun]:
     The run is finished on the way out, so a failed job in a multirun does not leave its run
     open and swallow the next job's logs.
     """
-    if wandb_mode(cfg) == "disabled":
-        yield TrackedRun(None, cfg)
+    if wandb_mode(settings) == "disabled":
+        yield TrackedRun(None, settings)
         return
     import wandb
 
-    run = wandb.init(**wandb_init_kwargs(cfg, stage), reinit="finish_previous")
+    run = wandb.init(**wandb_init_kwargs(settings, stage), reinit="finish_previous")
     try:
-        yield TrackedRun(run, cfg)
+        yield TrackedRun(run, settings)
     except BaseException as err:
         finish_failed(run, err)
         raise
     finally:
         run.finish()  # a no-op after finish_failed
-        log.info(
-            "W&B %s run of %s written under %s/wandb", run.settings.mode, stage, cfg.paths.root
-        )
+        log.info("W&B %s run of %s written under %s/wandb", run.settings.mode, stage,
+                 settings.paths.root)  # fmt: skip

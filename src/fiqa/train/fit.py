@@ -56,7 +56,7 @@ from fiqa.train.datamodule import QualityDataModule
 from fiqa.train.distill import DistillationModule
 from fiqa.train.distill_data import IdentityFacesDataModule
 from fiqa.train.frozen import frozen_features
-from fiqa.train.settings import TrainSettings
+from fiqa.train.settings import DistillSettings, RegressorSettings, TrainSettings
 from fiqa.train.staging import (
     AtomicCheckpointIO,
     ResumableState,
@@ -111,9 +111,8 @@ class TrainJob:
     """What to train, on what, and where the outputs go.
 
     Attributes:
-        model: The ``model`` group: ``QualityRegressor`` arguments plus ``name: regressor``, or
-            ``DistillationModule`` arguments plus ``name: distill``, ``max_epochs`` and the
-            ``regressor`` head settings.
+        model: The ``model`` group: ``RegressorSettings`` (``QualityRegressor``'s arguments) or
+            ``DistillSettings`` (``DistillationModule``'s, then the regressor's head settings).
         trainer: ``pytorch_lightning.Trainer`` options (the ``trainer`` group).
         settings: The ``train`` group.
         prepared_dir: The prepared faces.
@@ -127,7 +126,7 @@ class TrainJob:
         val_limit: Discard limit of the validation pAUC.
     """
 
-    model: Mapping[str, Any]
+    model: RegressorSettings | DistillSettings
     trainer: Mapping[str, Any]
     settings: TrainSettings
     prepared_dir: Path
@@ -210,7 +209,7 @@ def run_identity(job: TrainJob, hashes: dict[str, str]) -> dict[str, Any]:
     """What a run is: the config its weights depend on and the hashes of its inputs (the
     resume check and ``models/lineage.json``)."""
     return {
-        "model": dict(job.model),
+        "model": asdict(job.model),
         "trainer": dict(job.trainer),
         "train": asdict(job.settings),
         "validation_fr": asdict(job.validation_fr),
@@ -236,11 +235,11 @@ def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
     staging directory)."""
     pl.seed_everything(job.settings.seed, workers=True)
     distilled = None
-    if job.model["name"] == "distill":
-        backbone, distilled = distill(job, distill_logger)
-        hparams = {**backbone, **job.model["regressor"]}
+    if isinstance(job.model, DistillSettings):
+        backbone, distilled = distill(job, job.model, distill_logger)
+        hparams = {**backbone, **asdict(job.model.regressor)}
     else:
-        hparams = {k: v for k, v in job.model.items() if k != "name"}
+        hparams = {k: v for k, v in asdict(job.model).items() if k != "name"}
     model = QualityRegressor(**hparams)
     s = job.settings
     datamodule = QualityDataModule(job.prepared_dir, job.labels_dir / LABELS, s.batch_size,
@@ -323,27 +322,28 @@ def _trainer(job: TrainJob, callbacks: list[Callback], logger: Logger | bool, **
                       default_root_dir=job.models_dir, plugins=[AtomicCheckpointIO()])  # fmt: skip
 
 
-def distill(job: TrainJob, logger: Logger | bool) -> tuple[dict[str, Any], DistillationModule]:
-    """Fit ``DistillationModule`` (model=distill) and write models/student.pth.
+def distill(
+    job: TrainJob, m: DistillSettings, logger: Logger | bool
+) -> tuple[dict[str, Any], DistillationModule]:
+    """Fit ``DistillationModule`` (model=distill: ``m``) and write models/student.pth.
 
     Returns:
         The regressor's backbone arguments (the student) and the fitted module.
     """
-    m, s = job.model, job.settings
+    s = job.settings
     data = IdentityFacesDataModule(job.prepared_dir, s.batch_size, s.num_workers, s.seed,
                                    s.augment)  # fmt: skip
-    module = DistillationModule(
-        num_classes=data.num_classes, **{k: v for k, v in m.items() if k not in DISTILL_ONLY}
-    )
-    trainer = _trainer(job, [], logger, max_epochs=int(m["max_epochs"]), enable_checkpointing=False)
+    arguments = {k: v for k, v in asdict(m).items() if k not in DISTILL_ONLY}
+    module = DistillationModule(num_classes=data.num_classes, **arguments)
+    trainer = _trainer(job, [], logger, max_epochs=m.max_epochs, enable_checkpointing=False)
     trainer.fit(module, datamodule=data)
     path = module.save_student(job.models_dir / STUDENT)
-    log.info("distilled %s -> %s: %s", m["teacher"]["name"], m["student"]["name"], path)
+    log.info("distilled %s -> %s: %s", m.teacher.name, m.student.name, path)
     backbone = {
-        "backbone": m["student"]["name"],
+        "backbone": m.student.name,
         "pretrained": True,
         "backbone_weights": str(path),
-        "backbone_options": dict(m["student"].get("options") or {}),
+        "backbone_options": dict(m.student.options),
     }
     return backbone, module
 

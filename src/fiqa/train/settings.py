@@ -1,8 +1,12 @@
-"""``TrainSettings``: the ``train`` config group (data loading, seeds, checkpoints, export)."""
+"""The training config groups: ``TrainSettings`` (``train``: data loading, seeds, checkpoints,
+export) and the ``model`` options, ``RegressorSettings`` (``model=regressor``) and
+``DistillSettings`` (``model=distill``). The ``model`` settings are the constructor arguments of
+``QualityRegressor`` and ``DistillationModule`` (a test keeps them equal)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -39,3 +43,69 @@ class TrainSettings:
     checkpoint_every_n_steps: int | None
     early_stopping_patience: int | None
     val_edc: bool
+
+
+@dataclass
+class RegressorHeadSettings:
+    """The regressor settings that do not name the backbone (``conf/model/head/``: also the
+    regressor model=distill trains on its student)."""
+
+    head: str
+    head_hidden: int
+    loss: str
+    lr: float
+    backbone_lr: float
+    weight_decay: float
+    scheduler: str
+    freeze: str
+    unfreeze_at_epoch: int | None
+    consistency_weight: float
+
+
+@dataclass
+class RegressorSettings(RegressorHeadSettings):
+    """``model=regressor``: the quality regressor on a pretrained FR backbone."""
+
+    name: str  # the option's name (model=regressor)
+    backbone: str
+    pretrained: bool
+    backbone_weights: str | None
+    backbone_options: dict[str, Any]
+
+
+@dataclass
+class NetSettings:
+    """An FR network of the zoo (``fiqa.fr``): the teacher of model=distill."""
+
+    name: str
+    weights: str | None
+    options: dict[str, Any]
+
+
+@dataclass
+class StudentSettings(NetSettings):
+    """The student of model=distill (from scratch unless ``pretrained``)."""
+
+    pretrained: bool
+
+
+@dataclass
+class DistillSettings:
+    """``model=distill``: teacher-student distillation (Huo et al. 2022), then the regressor
+    (``regressor``) on the student."""
+
+    name: str
+    teacher: NetSettings
+    teacher_class_weights: str | None
+    teacher_head: str
+    student: StudentSettings
+    loss_weights: list[float]
+    temperature: float
+    scale: float
+    lr: float
+    weight_decay: float
+    scheduler: str
+    lr_step_epochs: int
+    lr_gamma: float
+    max_epochs: int
+    regressor: RegressorHeadSettings
