@@ -27,6 +27,7 @@ import numpy as np
 
 from fiqa.extract.products import BatchProduct, Request, gradient_need, white_box_need
 from fiqa.label.context import LabelContext
+from fiqa.label.correction import split_column
 
 PER_FR_MODEL, OWN_MODEL, COLUMNS = "per_fr_model", "own_model", "columns"
 SOURCES = (PER_FR_MODEL, OWN_MODEL, COLUMNS)
@@ -141,6 +142,14 @@ def dependencies(name: str, params: Mapping[str, Any]) -> list[str]:
         reads = method.reads(params[method.name]) if method.reads else []
         todo += [(column, method.name) for column in reads]
     return [m for m in METHODS if m in found]
+
+
+def column_dependencies(column: str, params: Mapping[str, Any]) -> list[str]:
+    """The methods whose settings a label column depends on (``dependencies`` of its method;
+    a corrected column ``<method>+ediffiqa`` its base method's); none for a name that is no
+    label column (a baseline such as ``detector``)."""
+    base = split_column(column)[0]
+    return dependencies(base, params) if base in METHODS else []
 
 
 def blind_methods() -> list[str]:

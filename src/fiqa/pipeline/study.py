@@ -35,6 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import fiqa
+from fiqa.config.diffusion import reads_ddpm
 from fiqa.config.evaluation import benchmark_spec
 from fiqa.config.extraction import label_frs
 from fiqa.config.labels import label_settings
@@ -45,7 +46,7 @@ from fiqa.core.atomic import write_text_atomic
 from fiqa.label import METHODS
 from fiqa.label.correction import split_column
 from fiqa.label.diffiqa import METHOD as DDPM_METHOD
-from fiqa.label.registry import dependencies
+from fiqa.label.registry import column_dependencies
 from fiqa.pipeline.dvc_yaml import DvcStage, code_deps, relative, render
 from fiqa.stages import DDPM_KEYS, STAGES, StageError
 
@@ -57,7 +58,7 @@ HEADER = """\
 # Written by `fiqa study` from the study's config (params.yaml beside it): do not edit by hand.
 # Run it again with `fiqa study <the same overrides>`, or with `dvc repro {dvc_yaml}` from {workdir}.
 """
-DATA_INPUTS = ("root", "table", "exclude", "metadata", "references")  # data keys naming inputs
+DATA_INPUTS = ("root", "table", "exclude", "references")  # data keys naming input files
 BENCHMARK_INPUTS = ("root", "table", "path", "images_root")  # benchmark keys naming inputs
 
 
@@ -193,7 +194,7 @@ def _stages(directory: Path, workdir: Path, methods: list[str], config: Mapping[
     wdir = relative(workdir, workdir / directory)  # the stages run where fiqa study was run
     paths = {k: relative(v, workdir) for k, v in config["paths"].items()}
     blind = [str(m) for m in config["study"]["blind"]]
-    ddpm_read = any(DDPM_METHOD in _settings(c, params) for c in [*methods, *blind])
+    ddpm_read = any(reads_ddpm(c, params) for c in [*methods, *blind])
     ddpm_deps = [paths["ddpm"]] if ddpm_read else []
 
     def stage(kind: str, columns: Sequence[str], name: str = "", overrides: str = "",
@@ -211,9 +212,9 @@ def _stages(directory: Path, workdir: Path, methods: list[str], config: Mapping[
                             deps=[paths["prepared"]], outs=[paths["ddpm"]]))  # fmt: skip
     for m in methods:
         labels, models, metrics = (f"{d}/data/labels/{m}", f"{d}/models/{m}", f"{d}/metrics/{m}")
-        reads_ddpm = ddpm_deps if DDPM_METHOD in _settings(m, params) else []
+        ddpm = ddpm_deps if reads_ddpm(m, params) else []
         stages.append(stage("label", [m], f"label-{m}", f"label.target={m} paths.labels={labels}",
-                            deps=[paths["prepared"], *reads_ddpm], outs=[labels]))  # fmt: skip
+                            deps=[paths["prepared"], *ddpm], outs=[labels]))  # fmt: skip
         stages.append(stage("train", [m], f"train-{m}",
                             f"label.target={m} paths.labels={labels} paths.models={models} "
                             f"paths.metrics={metrics}",
@@ -229,19 +230,13 @@ def _stages(directory: Path, workdir: Path, methods: list[str], config: Mapping[
     return stages
 
 
-def _settings(column: str, params: Mapping[str, Any]) -> list[str]:
-    """The label methods whose settings a label column (or an evaluation method) depends on."""
-    base = split_column(column)[0]
-    return dependencies(base, params) if base in METHODS else []
-
-
 def study_params(stage: str, columns: Sequence[str], params: Mapping[str, Any]) -> list[str]:
     """The params of a study stage of kind ``stage`` about the label columns ``columns``: the
     stage's declared params (``fiqa.stages.STAGES``) with the label group narrowed to the
     settings those columns depend on (``label.methods.<m>`` for each method they read, the
     ``label.ediffiqa`` settings for corrected columns, the DDPM's architecture for DifFIQA).
     The target is in the stage's command, not a param."""
-    methods = {m for c in columns for m in _settings(c, params)}
+    methods = {m for c in columns for m in column_dependencies(c, params)}
     corrected = any(split_column(c)[1] for c in columns)
     keys: list[str] = []
     for key in STAGES[stage].params:
