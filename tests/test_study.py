@@ -142,8 +142,10 @@ def locked_outs_or_empty(study: Path) -> dict[str, str]:
 def test_each_study_stage_depends_on_the_settings_its_method_reads(tmp_path: Path,
                                                                     small_demo: Path):  # fmt: skip
     (tmp_path / ".dvc").mkdir()
-    cfg = demo_config(tmp_path, small_demo,
-                      "study.methods=[huo,fused,crfiqa+ediffiqa,diffiqa]", "study.blind=[serfiq]")  # fmt: skip
+    other = "{format: folder, root: '${paths.root}/faces'}"  # interpolated in the study's config
+    (tmp_path / "faces").mkdir()
+    cfg = demo_config(tmp_path, small_demo, "study.methods=[huo,fused,crfiqa+ediffiqa,diffiqa]",
+                      "study.blind=[serfiq]", f"study.benchmarks=[{{format: prepared, split: val}},{other}]")  # fmt: skip
     study = study_pipeline(cfg, tmp_path)
     stages = {s.name: s for s in study.stages}
     assert list(stages) == ["prepare", "ddpm", "label-huo", "train-huo", "label-fused",
@@ -167,11 +169,14 @@ def test_each_study_stage_depends_on_the_settings_its_method_reads(tmp_path: Pat
     assert "label.target=crfiqa+ediffiqa" in stages["train-crfiqa+ediffiqa"].cmd
     raw = (small_demo / "raw").resolve()  # the training set is a dep of prepare
     assert any((tmp_path / d).resolve() == raw for d in stages["prepare"].deps)
+    assert "faces" in stages["evaluate"].deps  # and a benchmark's folder of evaluate
     # The study's config: its paths, its W&B group, its regressors beside the blind methods.
     config = study.config
     assert config["paths"]["models"] == str(tmp_path / "studies" / "demo" / "models")
     assert config["paths"]["cache"] == str(tmp_path / "cache")  # shared with every run
     assert config["experiment_name"] == "study-demo"
+    assert config["eval"]["benchmarks"] == [{"format": "folder", "name": None, "impostors": 10000,
+                                             "seed": 0, "root": str(tmp_path / "faces")}]  # fmt: skip
     assert config["eval"]["methods"] == ["huo(R)", "fused(R)", "crfiqa+ediffiqa(R)",
                                          "diffiqa(R)", "serfiq"]  # fmt: skip
     assert config["label"]["methods"]["diffiqa"]["ddpm"] == str(tmp_path / "studies/demo/ddpm")

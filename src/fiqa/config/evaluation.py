@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from fiqa.config.compose import config_dir
 from fiqa.config.extraction import label_frs
@@ -30,6 +30,8 @@ def benchmark_spec(entry: Any, key: str) -> dict[str, Any]:
         ConfigError: For an unknown format or a key the format needs and the entry lacks,
             naming ``key``.
     """
+    if isinstance(entry, DictConfig):  # its interpolations resolve in its own config
+        entry = OmegaConf.to_container(entry, resolve=True)
     fmt = entry.get("format")
     path = config_dir() / "eval" / "benchmark" / f"{fmt}.yaml"
     if not path.is_file():
