@@ -1,8 +1,8 @@
 """Scoring k quality models that share SFace's frozen trunk: one ONNX file each vs one FR pass.
 
 One run, N synthetic faces in a prepared directory (PNG shards, decoded as ``evaluate`` decodes
-them), k regressors (SFace with its weights, ``freeze=trunk``, MLP heads, each fitted for one
-step from its own seed) saved as checkpoints and exported to ONNX. Both paths start from a cold
+them), k regressors (SFace with its weights, ``freeze=trunk``, MLP heads initialised from their own
+seeds: the cost does not depend on training) saved as checkpoints and exported to ONNX. Both paths start from a cold
 cache (temporary directories) and include loading the models:
 
 - ONNX: ``fiqa.eval.qualities.cached_scores`` of each ONNX file, one after the other (what
@@ -32,7 +32,6 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from fiqa.config.defaults import regressor_arguments
 from fiqa.core.pairs import all_pairs
@@ -51,17 +50,15 @@ def faces(n: int, seed: int = 0) -> np.ndarray:
 
 
 def regressor(directory: Path, seed: int) -> tuple[Path, Path]:
-    """A ``freeze=trunk`` SFace regressor fitted for one step: its checkpoint and ONNX file."""
+    """A ``freeze=trunk`` SFace regressor with a head initialised from ``seed``: its checkpoint
+    (as a Trainer writes it) and ONNX file."""
     pl.seed_everything(seed, verbose=False)
-    model = QualityRegressor(**regressor_arguments(freeze="trunk", head_hidden=256, lr=1e-2))
-    images = torch.from_numpy(faces(8, seed)).permute(0, 3, 1, 2).float()
-    samples = [{"image": images[i], "quality": torch.tensor(i / 8), "sample_id": torch.tensor(i)}
-               for i in range(8)]  # fmt: skip
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+    model = QualityRegressor(**regressor_arguments(freeze="trunk", head_hidden=256))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    trainer.fit(model, train_dataloaders=DataLoader(samples, batch_size=8))
+    trainer.strategy.connect(model)
     ckpt = directory / f"model{seed}.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=True)
     export_onnx(model.eval(), directory / f"model{seed}.onnx", dynamo=False)
     return ckpt, directory / f"model{seed}.onnx"
 

@@ -44,6 +44,7 @@ ELIDED = "..."
 PATTERNS = {
     "fiqa <stage>": "any stage",
     "fiqa <stage> --config-dir . --config-name params": "dvc.yaml's commands (fiqa dvc-yaml)",
+    "fiqa <stage> --config-dir studies/<name> --config-name params ...": "a study's (fiqa study)",
 }
 # Hydra-only overrides: their config file must exist; composing them needs an optional plugin.
 HYDRA_ONLY = {"hydra/launcher=slurm": "the [slurm] extra (hydra-submitit-launcher)"}
@@ -218,6 +219,12 @@ def test_tool_command_of_the_readme_uses_its_flags(command: Command):
 def option_exists(group: str, option: str) -> bool:
     if group == "label":  # label=<method> options come from the method registry
         return option in METHODS
+    if group.startswith("hydra/"):  # Hydra's own and its installed plugins' options too
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            return option in GlobalHydra.instance().config_loader().get_group_options(group)
     return (CONF / group / f"{option}.yaml").is_file()
 
 

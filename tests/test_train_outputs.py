@@ -166,19 +166,25 @@ def test_resume_refuses_staged_work_of_other_labels(
         run_stage("train", cfg)
 
 
-def test_train_refuses_labels_made_from_another_prepared_set(
-    reference: tuple[Path, dict[str, str]], tmp_path: Path
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"inputs": {"manifest": "ab" * 32}},  # labels of another prepared set
+         r"labels\.json was made from a manifest\.parquet with sha256 abababababab.*"
+         r"data/prepared/manifest\.parquet"),
+        ({"target": "serfiq", "target_settings": {"serfiq": {}}},  # of another label config
+         r"target \('serfiq' -> 'faceqnet'\).*label\.target=faceqnet"),
+    ],
+)  # fmt: skip
+def test_train_refuses_labels_of_another_run(
+    reference: tuple[Path, dict[str, str]], tmp_path: Path, change: dict, message: str
 ) -> None:
     root = copied_data(reference[0], tmp_path)
     record = root / "data" / "labels" / "labels.json"
     made = label_record(compose_config([f"paths.root={root}"]))
-    write_json_atomic(record, made | {"inputs": {"manifest": "ab" * 32}})
-    with pytest.raises(
-        StageError,
-        match=r"labels\.json was made from a manifest\.parquet with "
-        r"sha256 abababababab.*data/prepared/manifest\.parquet",
-    ):
-        train(root)  # fmt: skip
+    write_json_atomic(record, made | change)
+    with pytest.raises(StageError, match=message):
+        train(root)
     assert not (root / "models").exists() and not (root / "models.partial").exists()
 
 
@@ -278,16 +284,3 @@ def test_train_refuses_labels_made_for_another_label_config(tmp_path: Path) -> N
     check("label.target=faceqnet+ediffiqa")
     with pytest.raises(ValueError, match=r"settings\.ediffiqa\.eps \(0\.5 -> 0\.3\)"):
         check("label.target=faceqnet+ediffiqa", "label.ediffiqa.eps=0.3")
-
-
-def test_train_stops_on_labels_of_another_label_config(
-    reference: tuple[Path, dict[str, str]], tmp_path: Path
-) -> None:
-    root = copied_data(reference[0], tmp_path)
-    record = root / "data" / "labels" / "labels.json"
-    made = label_record(compose_config([f"paths.root={root}"]))
-    write_json_atomic(record, made | {"target": "serfiq", "methods": {"serfiq": {"passes": 8}}})
-    with pytest.raises(
-        StageError, match=r"target \('serfiq' -> 'faceqnet'\).*label\.target=faceqnet"
-    ):
-        train(root)
