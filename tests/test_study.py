@@ -162,6 +162,7 @@ def test_each_study_stage_depends_on_the_settings_its_method_reads(tmp_path: Pat
     assert "label.ediffiqa" in stages["label-crfiqa+ediffiqa"].params
     assert "label.ediffiqa" not in stages["train-huo"].params
     assert methods("evaluate") == ["serfiq"]  # the blind method it computes
+    assert methods("ddpm") == ["diffiqa.ddpm"]  # not fused's weights: its target is diffiqa
     ddpm = study.directory.as_posix() + "/ddpm"
     assert ddpm in stages["label-diffiqa"].deps and ddpm not in stages["label-huo"].deps
     assert "ddpm.unet" in stages["label-diffiqa"].params

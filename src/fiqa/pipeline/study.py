@@ -245,6 +245,7 @@ def study_params(stage: str, columns: Sequence[str], params: Mapping[str, Any]) 
             if k == "label.methods":
                 keys += [f"label.methods.{m}" for m in METHODS if m in methods]
             elif (k in ("label.target", "label.compute", "eval.methods")
+                  or (k.startswith("label.methods.") and k.split(".")[2] not in methods)
                   or (k == "label.ediffiqa" and not corrected)
                   or (k in DDPM_KEYS and DDPM_METHOD not in methods)):  # fmt: skip
                 continue

@@ -58,8 +58,10 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("prepare", ("data", "prepare"), deps=("raw",), outs=("prepared",)),
+        # label.methods.fused.weights: a fused target reads diffiqa's column through them
         Stage("ddpm", ("ddpm", "label.target", "label.compute", "label.methods.diffiqa.ddpm",
-                       "eval.methods"), deps=("prepared",), outs=("ddpm",)),
+                       "label.methods.fused.weights", "eval.methods"),
+              deps=("prepared",), outs=("ddpm",)),
         Stage("label", ("label", "prepare.templates", *DDPM_KEYS, *_EXTRACTION),
               deps=("prepared", "ddpm"), outs=("labels",)),
         Stage("train", ("model", "trainer", "train", "label.fr_models", "label.target",
