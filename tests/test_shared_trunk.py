@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from fiqa.config.defaults import regressor_arguments
 from fiqa.core.pairs import all_pairs
 from fiqa.eval import qualities as qualities_mod
-from fiqa.eval.qualities import QualitySources, method_qualities, set_faces
+from fiqa.eval.matrix import set_embeddings
+from fiqa.eval.qualities import QualitySources, method_qualities
 from fiqa.eval.sets import EvalSet
 from fiqa.extract import ExtractionSettings, Extractor, FaceSource, FREntry
 from fiqa.quality.export import export_onnx
@@ -183,12 +184,30 @@ def test_the_shared_pass_runs_on_the_sets_own_faces(faces, tmp_path: Path) -> No
     """A split of a source is its own extraction source (its faces in row order, its own
     cache entry); a set that is its whole source keeps that source (and its cache entry)."""
     data, _ = evaluation(faces, tmp_path, {})
-    split = set_faces(data)
+    split = data.own_source()
     assert split.n == len(ROWS) and split.fingerprint != data.source.fingerprint
     np.testing.assert_array_equal(split.faces(np.array([0, 3])), faces[ROWS[[0, 3]]])
     rows = np.arange(N_FACES)
     whole = EvalSet("all", N_FACES, all_pairs(rows % 3), data.source, rows)
-    assert set_faces(whole) is data.source
+    assert whole.own_source() is data.source
+
+
+def test_a_split_is_embedded_alone_unless_its_source_is_cached(faces, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    """The evaluation embeds a split's faces only (an FR model the labels never used), or reads
+    the whole source's cache entry when there is one: the same unit embeddings either way."""
+    data, sources = evaluation(faces, tmp_path, {})
+    extractor = sources.extractor
+    calls = count_trunk_passes(extractor, monkeypatch)
+    alone = set_embeddings(data, SFACE, extractor)
+    assert sum(calls) == len(ROWS)  # the split's faces, not the source's
+    assert extractor.cached(SFACE, data.own_source()) and not extractor.cached(SFACE, data.source)
+    extractor.outputs(SFACE, data.source)  # the label stage embeds the whole source
+    calls.clear()
+    from_source = set_embeddings(data, SFACE, extractor)
+    assert calls == []  # read from the source's entry
+    assert alone.shape == (len(ROWS), 128)
+    np.testing.assert_allclose(from_source, alone, atol=2e-3)  # float16 cache rows
 
 
 def hparams_checkpoint(path: Path, **overrides) -> Path:

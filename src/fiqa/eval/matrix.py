@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fiqa.core.edc import EDCCurve, oracle_curve, pauc, quality_curves, random_baseline
 from fiqa.core.pairs import pair_scores
 from fiqa.eval.qualities import MethodQuality, QualitySources, method_qualities
 from fiqa.eval.report import BASELINE, metric_key
 from fiqa.eval.sets import EvalSet
-from fiqa.extract import Extractor, FREntry, Request, unit_rows
+from fiqa.extract import Extractor, FREntry, unit_rows
 
 
 @dataclass
@@ -93,8 +95,7 @@ def evaluate_matrix(
         matrix.dropped[data.name] = data.n_dropped
         matrix.results[data.name] = {}
         for fr_name, fr in fr_models.items():
-            embeddings = unit_rows(extractor.outputs(fr, data.source, Request())["embedding"],
-                                   data.rows)  # fmt: skip
+            embeddings = set_embeddings(data, fr, extractor)
             scores = pair_scores(embeddings, data.pairs)
             curves = cell_curves(qualities, data, scores, fmrs, how)
             metrics = {}
@@ -108,6 +109,16 @@ def evaluate_matrix(
             matrix.results[data.name][fr_name] = metrics
             matrix.cells.append(Cell(data.name, fr_name, curves, metrics))
     return matrix
+
+
+def set_embeddings(data: EvalSet, fr: FREntry, extractor: Extractor) -> np.ndarray:
+    """Unit embeddings of the set's faces: from its source's cache entry when that is complete
+    (a split of the prepared set the label stage embedded), else from a pass over the set's
+    own faces only (a model the labels never used embeds the val split, not the whole set)."""
+    if extractor.cached(fr, data.source):
+        return unit_rows(extractor.outputs(fr, data.source)["embedding"], data.rows)
+    own = extractor.outputs(fr, data.own_source())["embedding"]
+    return unit_rows(own, np.arange(len(data.rows)))
 
 
 def cell_curves(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from fiqa.core.provenance import digest, file_sha256
 from fiqa.eval.baselines import SIMPLE_BASELINES, baseline_quality
 from fiqa.eval.report import BLIND, LABEL
 from fiqa.eval.sets import EvalSet
-from fiqa.extract import Extractor, FaceSource, FREntry, Request
+from fiqa.extract import Extractor, FREntry, Request
 from fiqa.label import METHODS, LabelContext, blind_methods
 from fiqa.label.compute import method_columns, method_outputs
 from fiqa.label.correction import split_column
@@ -215,34 +215,8 @@ def _network_scores(
     log.info("eval on %s: %s scored from one %s pass (frozen %s)", data.name, sorted(names),
              spec.backbone, sorted({p.part for p in products.values()}))  # fmt: skip
     request = Request(tuple(products.values()))
-    outputs = sources.extractor.outputs(entry, set_faces(data), request)
+    outputs = sources.extractor.outputs(entry, data.own_source(), request)
     return {m: np.asarray(outputs[name], np.float64) for m, name in names.items()}
-
-
-@dataclass(frozen=True, eq=False)
-class _RowFaces:
-    """``rows -> faces`` of the rows ``rows`` of another source (picklable when it is)."""
-
-    faces: Any
-    rows: np.ndarray
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return self.faces(self.rows[rows])
-
-
-def set_faces(data: EvalSet) -> FaceSource:
-    """The set's own faces as an extraction source, in ``data.rows`` order.
-
-    A prepared split is a subset of the prepared set (the val split a quarter of it): a quality
-    model's scores are needed on the split only, so only its faces run through the FR network
-    (cached as its own entry); a set that is its whole source (a benchmark) is that source.
-    """
-    source, rows = data.source, np.asarray(data.rows)
-    if np.array_equal(rows, np.arange(source.n)):
-        return source
-    return replace(source, name=f"{source.name} ({data.name})", n=len(rows),
-                   fingerprint=digest([source.fingerprint, rows.tolist()]),
-                   faces=_RowFaces(source.faces, rows))  # fmt: skip
 
 
 def _blind_qualities(

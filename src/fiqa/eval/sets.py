@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from fiqa.core.artifacts import LABELS
 from fiqa.core.images import ImageReadError
 from fiqa.core.pairs import Pairs, all_pairs
+from fiqa.core.provenance import digest
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.face_pipeline import FaceAligner
 from fiqa.data.face_store import PreparedFaces
@@ -53,6 +54,31 @@ class EvalSet:
     def faces(self, rows: np.ndarray) -> np.ndarray:
         """uint8 aligned RGB faces of rows ``rows`` of this set."""
         return self.source.faces(self.rows[rows])
+
+    def own_source(self) -> FaceSource:
+        """The set's own faces as an extraction source, in ``rows`` order.
+
+        A prepared split is a subset of the prepared set (the val split a quarter of it): what
+        is needed on the split only runs the FR network on its faces (cached as an entry of its
+        own); a set that is its whole source (a benchmark) is that source.
+        """
+        rows = np.asarray(self.rows)
+        if np.array_equal(rows, np.arange(self.source.n)):
+            return self.source
+        return replace(self.source, name=f"{self.source.name} ({self.name})", n=len(rows),
+                       fingerprint=digest([self.source.fingerprint, rows.tolist()]),
+                       faces=_RowFaces(self.source.faces, rows))  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class _RowFaces:
+    """``rows -> faces`` of the rows ``rows`` of another source (picklable when it is)."""
+
+    faces: Any
+    rows: np.ndarray
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.faces(self.rows[rows])
 
 
 Aligner = Callable[[bool], FaceAligner]  # pre_aligned -> the aligner of external benchmarks

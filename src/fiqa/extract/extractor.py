@@ -17,7 +17,7 @@ import numpy as np
 
 from fiqa.core.containers import plain_container
 from fiqa.extract.faces import FaceSource
-from fiqa.extract.predict import extract
+from fiqa.extract.predict import extract, is_cached
 from fiqa.extract.products import Request
 from fiqa.fr import FRModel, load_fr_model
 
@@ -107,6 +107,12 @@ class Extractor:
         if key not in self._models:
             self._models[key] = load_fr_model(fr.model_config())
         return self._models[key]
+
+    def cached(self, fr: FREntry, source: FaceSource, request: Request | None = None) -> bool:
+        """Whether ``outputs`` of these arguments are all in the cache (no FR pass)."""
+        return is_cached(self.model(fr), source, request, cache_root=self.cache_root,
+                         flip=fr.flip, batch_size=fr.batch_size,
+                         precision=self.settings.precision)  # fmt: skip
 
     def outputs(
         self, fr: FREntry, source: FaceSource, request: Request | None = None

@@ -223,6 +223,21 @@ def _fill(entry: CacheEntry, model: FRModel, source: FaceSource, request: Reques
         log.debug("rank %d: extraction done", rank)
 
 
+def is_cached(
+    model: FRModel,
+    source: FaceSource,
+    request: Request | None = None,
+    *,
+    cache_root: str | Path,
+    flip: bool,
+    batch_size: int,
+    precision: str,
+) -> bool:
+    """Whether ``extract`` with these arguments reads every output from the cache."""
+    entry = CacheEntry(cache_root, entry_key(source, model, flip, precision))
+    return not entry.missing(list((request or Request()).stems(batch_size).values()))
+
+
 def extract(
     model: FRModel,
     source: FaceSource,
