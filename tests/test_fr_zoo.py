@@ -248,6 +248,17 @@ def test_upstream_file_loads_to_identical_outputs(loaded: Loaded) -> None:
     assert loaded.model.info.weights_sha256 == file_sha256(str(loaded.path))
 
 
+def test_any_input_layout_runs_channels_last_to_the_same_embeddings(loaded: Loaded) -> None:
+    """A contiguous NCHW batch (a DDPM's reconstruction) gives the embeddings of the same batch
+    in the NHWC strides ``preprocess`` makes: the network normalises the layout itself."""
+    x = loaded.model.preprocess(loaded.faces)
+    nchw = x.contiguous()
+    assert not nchw.is_contiguous(memory_format=torch.channels_last)
+    assert loaded.model.net.input_norm(nchw).is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.net(nchw), loaded.model.net(x), rtol=0, atol=1e-5)
+
+
 def test_flip_embedding_is_normalised_mean_of_face_and_mirror(loaded: Loaded) -> None:
     model = loaded.model
     x = model.preprocess(loaded.faces)
