@@ -46,6 +46,7 @@ bench: setup  ## print the benchmark figures
 	$(RUN) python benchmarks/label_scale.py
 	$(RUN) python benchmarks/eval_matrix.py
 	$(RUN) python benchmarks/shared_trunk.py
+	$(RUN) python benchmarks/allocator.py
 	$(RUN) python benchmarks/train_throughput.py
 	$(RUN) python benchmarks/cached_training.py
 	$(RUN) python benchmarks/diffiqa_cost.py

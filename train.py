@@ -11,6 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from fiqa.cli.allocator import restart_with_malloc_env
 from fiqa.cli.errors import verbose_errors
 from fiqa.cli.hydra_entry import hydra_stage_job
 
@@ -21,5 +22,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    restart_with_malloc_env()
     sys.argv = verbose_errors(sys.argv)
     main()

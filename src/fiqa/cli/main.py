@@ -273,5 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def console() -> int:
+    """The ``fiqa`` console script: ``main`` in a process with fiqa's malloc settings
+    (``fiqa.cli.allocator``)."""
+    from fiqa.cli.allocator import restart_with_malloc_env
+
+    restart_with_malloc_env()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
