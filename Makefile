@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 RUN := PATH="$(abspath $(BIN)):$$PATH"
 export NO_ALBUMENTATIONS_UPDATE := 1
 export OPENCV_LOG_LEVEL := ERROR
+# What fiqa.cli.allocator sets for fiqa's commands, for the tests' own processes too (pytest).
+export MALLOC_MMAP_THRESHOLD_ := 4294967296
+export MALLOC_TRIM_THRESHOLD_ := 4294967296
 
 .PHONY: help setup demo check test test-full bench lint format params dvc-yaml
 
