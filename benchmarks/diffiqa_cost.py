@@ -26,7 +26,7 @@ import torch
 
 from fiqa.config import compose_config
 from fiqa.config.defaults import regressor_arguments
-from fiqa.config.diffusion import ddpm_settings
+from fiqa.config.validate import load_settings
 from fiqa.diffusion.model import FaceDDPM, build_scheduler, build_unet
 from fiqa.diffusion.module import DDPMModule
 from fiqa.extract.products import Batch
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    settings = ddpm_settings(compose_config([f"ddpm={args.preset}"]))
+    settings = load_settings(compose_config([f"ddpm={args.preset}", "logger=none"])).ddpm
     faces = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (args.faces, 3, 112, 112))
                              ).float()  # fmt: skip
     fr = load_fr_model({"name": "sface", "weights": None, "options": {}}).net.eval()
