@@ -147,11 +147,8 @@ def import_closure(roots: list[str], src: Path) -> list[Path]:
 
 
 def code_deps(stage: str, src: Path, relative_to: Path) -> list[str]:
-    """The code ``deps`` of ``stage``: the import closure of what ``fiqa <stage>`` runs (the
-    runner, which checks and types the whole config first, and the stage), relative to
-    ``relative_to``."""
-    roots = ["fiqa.stages.runner", f"fiqa.stages.{stage}"]
-    return [relative(p, relative_to) for p in import_closure(roots, src)]
+    """The code ``deps`` of ``stage``: its import closure, relative to ``relative_to``."""
+    return [relative(p, relative_to) for p in import_closure([f"fiqa.stages.{stage}"], src)]
 
 
 def relative(path: str | Path, start: Path) -> str:
