@@ -234,8 +234,14 @@ def is_cached(
     precision: str,
 ) -> bool:
     """Whether ``extract`` with these arguments reads every output from the cache."""
-    entry = CacheEntry(cache_root, entry_key(source, model, flip, precision))
+    entry = _cache_entry(cache_root, source, model, flip, precision)
     return not entry.missing(list((request or Request()).stems(batch_size).values()))
+
+
+def _cache_entry(
+    cache_root: str | Path, source: FaceSource, model: FRModel, flip: bool, precision: str
+) -> CacheEntry:
+    return CacheEntry(cache_root, entry_key(source, model, flip, precision))
 
 
 def extract(
@@ -279,8 +285,7 @@ def extract(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if request.white_box is not None:
         model.require_white_box(request.white_box)
-    key = entry_key(source, model, flip, str(options.get("precision", "32-true")))
-    entry = CacheEntry(cache_root, key)
+    entry = _cache_entry(cache_root, source, model, flip, str(options.get("precision", "32-true")))
     stems = request.stems(batch_size)
     layouts = request.layouts(batch_size)
     if not entry.missing(list(stems.values())):
