@@ -16,7 +16,7 @@ from fiqa.config.evaluation import quality_sources
 from fiqa.config.extraction import extractor
 from fiqa.config.validate import load_settings
 from fiqa.core.edc import pauc
-from fiqa.core.pairs import all_pairs
+from fiqa.core.pairs import PairSampling, all_pairs
 from fiqa.data.face_store import write_table
 from fiqa.data.preparation import write_prepared
 from fiqa.eval import qualities as qualities_mod
@@ -40,21 +40,31 @@ def prepared(tmp_path: Path):
     return p
 
 
+ALL_PAIRS = PairSampling(all_up_to=10, genuine_per_identity=1, impostors=1, seed=0)
+
+
 def test_prepared_split_has_the_splits_pairs_and_float_label_columns(prepared, tmp_path: Path):
     labels = pd.read_parquet(tmp_path / "labels" / "labels.parquet")
     val = prepared_split({"format": "prepared", "split": "val", "name": None}, prepared, labels,
-                         "demo")  # fmt: skip
+                         "demo", ALL_PAIRS)  # fmt: skip
     assert val.name == "demo_val" and val.rows.tolist() == [2, 3, 4, 5]
     assert (val.pairs.n_genuine, val.pairs.n_impostor) == (2, 4)
+    # more faces than all_up_to: every genuine pair (one per identity here) and 3 of 4 impostors
+    sampled = PairSampling(all_up_to=3, genuine_per_identity=1, impostors=3, seed=0)
+    val_sampled = prepared_split({"format": "prepared", "split": "val"}, prepared, labels, "demo",
+                                 sampled)  # fmt: skip
+    assert (val_sampled.pairs.n_genuine, val_sampled.pairs.n_impostor) == (2, 3)
     assert set(val.label_qualities) == {"crfiqa"}  # not quality, not the integer severity
     np.testing.assert_allclose(val.label_qualities["crfiqa"], np.linspace(0.1, 0.6, 6)[2:])
     assert val.source.n == 6 and val.faces(np.array([0])).shape == (1, 112, 112, 3)
     with pytest.raises(ValueError, match=r"eval\.benchmark\.split='test'"):
-        prepared_split({"format": "prepared", "split": "test"}, prepared, labels, "demo")
+        prepared_split({"format": "prepared", "split": "test"}, prepared, labels, "demo",
+                       ALL_PAIRS)  # fmt: skip
     spec = {"format": "prepared", "split": "all", "name": "x"}
     with pytest.raises(ValueError, match=r"named twice: \['x'\]"):
         load_eval_sets([spec, spec], prepared_dir=prepared.directory,
-                       labels_dir=tmp_path / "labels", data_name="demo", aligner=None)  # fmt: skip
+                       labels_dir=tmp_path / "labels", data_name="demo", aligner=None,
+                       pairs=ALL_PAIRS)  # fmt: skip
 
 
 def tiny_set(label_qualities: dict | None = None) -> EvalSet:

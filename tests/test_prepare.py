@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import skimage.data
 from PIL import Image
@@ -16,6 +17,7 @@ from fiqa.config import compose_config
 from fiqa.core.align import get_template
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.face_store import PreparedFaces
+from fiqa.data.folder import assign_splits
 from fiqa.stages import StageError
 from fiqa.stages.runner import run_stage
 
@@ -187,3 +189,20 @@ def test_write_prepared_writes_aligned_faces_through_the_stage_writers(tmp_path)
     assert sorted(p.name for p in (tmp_path / "p").glob("part-*")) == []  # parts merged
     with pytest.raises(FileExistsError, match="not overwriting"):
         write_prepared(tmp_path / "p", faces, ["a"] * 5)
+
+
+def test_val_split_is_identity_disjoint_seeded_and_capped_in_faces():
+    # 10 identities of 1..10 faces (55 faces): 30 % of them (3) held out
+    ids = pd.Series(np.repeat([f"id{k:02d}" for k in range(10)], np.arange(1, 11)))
+    split = assign_splits(ids, 0.3, seed=0)
+    held = set(ids[split == "val"])
+    assert len(held) == 3 and split.groupby(ids).nunique().eq(1).all()
+    assert split.tolist() == assign_splits(ids, 0.3, seed=0).tolist()
+    assert split.tolist() == assign_splits(ids, 0.3, seed=0, max_faces=55).tolist()
+    # a cap: some of the same identities, never more faces than the cap
+    n_held = int((split == "val").sum())
+    capped = assign_splits(ids, 0.3, seed=0, max_faces=n_held - 1)
+    assert set(ids[capped == "val"]) < held and (capped == "val").sum() <= n_held - 1
+    # a cap below the smallest identity still holds one out
+    one = assign_splits(ids, 0.3, seed=0, max_faces=0)
+    assert ids[one == "val"].nunique() == 1

@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from fiqa.config.defaults import datamodule_arguments, regressor_arguments
 from fiqa.config.validate import load_settings
 from fiqa.core.edc import edc_curve, pair_quality, pauc
-from fiqa.core.pairs import all_pairs, pair_scores
+from fiqa.core.pairs import PairSampling, pair_scores
 from fiqa.quality.model import QualityRegressor, head_parameter_names
 from fiqa.train.callbacks import UnfreezeBackbone, ValidationEDC
 from fiqa.train.datamodule import QualityDataModule
@@ -96,7 +96,15 @@ def test_unfreeze_at_epoch_trains_the_backbone_from_then_on(labelled, tmp_path: 
     assert model.backbone.training
 
 
-def test_validation_edc_logs_the_pauc_of_the_predictions(labelled, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "rule",
+    [PairSampling(all_up_to=10_000, genuine_per_identity=1, impostors=1, seed=0),  # all pairs
+     PairSampling(all_up_to=0, genuine_per_identity=2, impostors=60, seed=3)],  # a sample
+    ids=["all-pairs", "sampled"],
+)  # fmt: skip
+def test_validation_edc_logs_the_pauc_of_the_predictions(
+    labelled, tmp_path: Path, rule: PairSampling
+) -> None:
     data = labelled_data(labelled, batch_size=8)
     data.setup()
     val = data.val_dataframe()
@@ -106,7 +114,7 @@ def test_validation_edc_logs_the_pauc_of_the_predictions(labelled, tmp_path: Pat
     emb = centres[codes] + 1.5 * rng.standard_normal((len(val), 16))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     edc = ValidationEDC(val["sample_id"].to_numpy(), val["identity"].to_numpy(), emb,
-                        fmr=0.1, limits=(0.2, 0.3))  # fmt: skip
+                        fmr=0.1, limits=(0.2, 0.3), pairs=rule)  # fmt: skip
     model = tiny()
     fitted = trainer(tmp_path, enable_checkpointing=False, callbacks=[edc])
     fitted.fit(model, datamodule=data)
@@ -115,7 +123,8 @@ def test_validation_edc_logs_the_pauc_of_the_predictions(labelled, tmp_path: Pat
     batch = next(iter(torch.utils.data.DataLoader(data.val_dataloader().dataset, batch_size=64)))
     with torch.no_grad():
         q = model(batch["image"]).numpy()
-    pairs = all_pairs(val["identity"].to_numpy())
+    pairs = rule.pairs(val["identity"].to_numpy())
+    assert edc.pairs.a.tolist() == pairs.a.tolist()  # the callback compares the rule's pairs
     scores = pair_scores(emb, pairs)
     curve = edc_curve(scores[pairs.genuine], pair_quality(q[pairs.a], q[pairs.b])[pairs.genuine],
                       scores[~pairs.genuine], fmr=0.1)  # fmt: skip

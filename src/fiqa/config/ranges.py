@@ -70,6 +70,7 @@ RANGES: dict[str, Range] = {
     "prepare.pad_ratio": AT_LEAST_0,
     "prepare.num_workers": AT_LEAST_0,
     "prepare.val_fraction": FRACTION,
+    "prepare.val_max_faces": AT_LEAST_1,
     "prepare.shard_size": AT_LEAST_1,
     "prepare.max_image_pixels": AT_LEAST_1,
     "prepare.max_failure_rate": UNIT,
@@ -125,6 +126,9 @@ ELEMENT_RANGES: dict[str, Range] = {
     "model.loss_weights": AT_LEAST_0,
     "eval.extra_fmrs": UNIT_OPEN,
     "eval.discard_limits": SHARE,
+    "eval.pairs.all_up_to": AT_LEAST_0,
+    "eval.pairs.genuine_per_identity": AT_LEAST_1,
+    "eval.pairs.impostors": AT_LEAST_1,
 }
 
 _ABSENT = object()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, make_dataclass
 from typing import Any
 
+from fiqa.core.pairs import PairSampling
 from fiqa.data.preparation import PrepareSettings
 from fiqa.data.sources import DataSettings
 from fiqa.diffusion.settings import DDPMSettings
@@ -73,6 +74,7 @@ class EvalSettings:
     extra_fmrs: list[float]
     discard_limits: list[float]
     pair_quality: str
+    pairs: PairSampling  # pairs of a prepared split (and of train's validation EDC)
     # eval=insightface only: the folder of the .bin files (required there: `???`). A value
     # merged onto a default keeps the default when it is `???`, so the key has none in YAML.
     bin_root: str | None = None

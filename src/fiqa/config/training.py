@@ -36,4 +36,5 @@ def train_job(settings: Settings) -> TrainJob:
         validation_fr=next(iter(frs.values())),
         fmr=settings.eval.fmr,
         val_limit=settings.eval.discard_limits[0],
+        val_pairs=settings.eval.pairs,
     )

@@ -1,9 +1,11 @@
 """Comparison pairs of an identity-labelled sample set, and their cosine similarity scores.
 
-``identity_pairs`` is the one pair builder: every genuine pair ``i < j`` plus either every
-impostor pair (the default, ``all_pairs``: O(n^2) time and memory, about 17 bytes per pair, so
-10 k samples -> 50 M pairs -> ~850 MB; meant for small sets) or a seeded uniform sample of the
-impostor pairs that never builds an ``n x n`` matrix (large sets, identity-folder benchmarks).
+``identity_pairs`` is the one pair builder: every genuine pair ``i < j`` (or a seeded sample of
+at most ``genuine_per_identity`` of each identity) plus either every impostor pair (the default,
+``all_pairs``: O(n^2) time and memory, about 17 bytes per pair, so 10 k samples -> 50 M pairs ->
+~850 MB; meant for small sets) or a seeded uniform sample of the impostor pairs that never builds
+an ``n x n`` matrix (large sets, identity-folder benchmarks). ``PairSampling`` is the rule of a
+split of the prepared set: all pairs up to a size, a bounded sample above it.
 """
 
 from __future__ import annotations
@@ -83,23 +85,33 @@ def all_pairs(identities: ArrayLike) -> Pairs:
     return Pairs(a=a, b=b, genuine=codes[a] == codes[b])
 
 
-def identity_pairs(identities: ArrayLike, impostors: int | None = None, seed: int = 0) -> Pairs:
-    """Every genuine pair and all or ``impostors`` sampled impostor pairs, each with ``a < b``.
+def identity_pairs(
+    identities: ArrayLike,
+    impostors: int | None = None,
+    seed: int = 0,
+    genuine_per_identity: int | None = None,
+) -> Pairs:
+    """Every (or a capped sample of the) genuine pairs and all or ``impostors`` sampled impostor
+    pairs, each with ``a < b``.
 
     Args:
         identities: One identity label per sample (ints or strings), shape ``(n,)``, any order.
-        impostors: None: every impostor pair (``all_pairs``, row-major ``i < j`` order). A
-            number: that many impostor pairs drawn uniformly without replacement (all when
-            fewer exist), deterministic from ``seed``; the genuine pairs come first.
-        seed: Seed of the impostor sample.
+        impostors: None (with ``genuine_per_identity`` None): every pair (``all_pairs``,
+            row-major ``i < j`` order). A number: that many impostor pairs drawn uniformly
+            without replacement (all when fewer exist); the genuine pairs come first.
+        seed: Seed of the samples (impostors and capped genuine pairs).
+        genuine_per_identity: None: every genuine pair. A number: at most that many genuine
+            pairs of each identity, drawn uniformly without replacement from its
+            ``c (c - 1) / 2`` pairs (all of them when it has no more).
 
     Raises:
-        ValueError: If ``identities`` is not 1-D or ``impostors`` is negative.
+        ValueError: If ``identities`` is not 1-D or a count is negative.
     """
-    if impostors is None:
+    if impostors is None and genuine_per_identity is None:
         return all_pairs(identities)
-    if impostors < 0:
-        raise ValueError(f"impostors must be >= 0, got {impostors}")
+    for key, value in (("impostors", impostors), ("genuine_per_identity", genuine_per_identity)):
+        if value is not None and value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
     labels = np.asarray(identities)
     if labels.ndim != 1:
         raise ValueError(f"identities must be 1-D, got shape {labels.shape}")
@@ -108,19 +120,63 @@ def identity_pairs(identities: ArrayLike, impostors: int | None = None, seed: in
     grouped = codes[order]
     starts = np.concatenate(([0], np.flatnonzero(grouped[1:] != grouped[:-1]) + 1))
     counts = np.diff(np.concatenate((starts, [grouped.size])))
-    blocks = [np.triu_indices(int(count), k=1) for count in counts]
+    rng = np.random.default_rng(seed)
+    blocks = [_block_pairs(int(count), genuine_per_identity, rng) for count in counts]
     genuine_a = np.concatenate([a + start for (a, _), start in zip(blocks, starts, strict=True)]
                                or [np.zeros(0, np.int64)])  # fmt: skip
     genuine_b = np.concatenate([b + start for (_, b), start in zip(blocks, starts, strict=True)]
                                or [np.zeros(0, np.int64)])  # fmt: skip
     group_end = np.repeat(starts + counts, counts)
-    impostor_a, impostor_b = _sample_impostor_pairs(
-        group_end, int(impostors), np.random.default_rng(seed)
-    )
+    if impostors is None:  # every impostor pair: each sample with every later block
+        impostors = int(np.sum(group_end.size - group_end))
+    impostor_a, impostor_b = _sample_impostor_pairs(group_end, int(impostors), rng)
     a = order[np.concatenate([genuine_a, impostor_a]).astype(np.int64)]
     b = order[np.concatenate([genuine_b, impostor_b]).astype(np.int64)]
     genuine = np.arange(a.size) < genuine_a.size
     return Pairs(a=np.minimum(a, b), b=np.maximum(a, b), genuine=genuine)
+
+
+def _block_pairs(
+    count: int, cap: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``i < j`` pairs of ``count`` samples, or ``cap`` of them drawn uniformly (sorted)."""
+    total = count * (count - 1) // 2
+    if cap is None or total <= cap:
+        return np.triu_indices(count, k=1)
+    flat = np.sort(rng.choice(total, size=cap, replace=False)).astype(np.int64)
+    # Row i of the upper triangle holds count - 1 - i pairs and starts at row_start[i].
+    row_start = np.concatenate(([0], np.cumsum(np.arange(count - 1, 0, -1))))
+    rows = np.searchsorted(row_start, flat, side="right") - 1
+    return rows, rows + 1 + (flat - row_start[rows])
+
+
+@dataclass
+class PairSampling:
+    """The pairs of a split of the prepared set (the prepared-set benchmark, training's
+    validation EDC): all pairs of a split of at most ``all_up_to`` faces, else a bounded,
+    seeded sample that never builds an ``n x n`` matrix.
+
+    Attributes:
+        all_up_to: A split of at most this many faces compares all its pairs (10 k faces:
+            50 M pairs, ~0.85 GB).
+        genuine_per_identity: A larger split: at most this many genuine pairs of each identity
+            (uniform without replacement; all of an identity with fewer).
+        impostors: A larger split: this many impostor pairs, uniform over all cross-identity
+            pairs without replacement.
+        seed: Seed of both samples.
+    """
+
+    all_up_to: int
+    genuine_per_identity: int
+    impostors: int
+    seed: int
+
+    def pairs(self, identities: ArrayLike) -> Pairs:
+        """The pairs of samples labelled ``identities`` under this rule."""
+        labels = np.asarray(identities)
+        if labels.size <= self.all_up_to:
+            return all_pairs(labels)
+        return identity_pairs(labels, self.impostors, self.seed, self.genuine_per_identity)
 
 
 def _sample_impostor_pairs(

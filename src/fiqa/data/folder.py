@@ -107,18 +107,28 @@ def list_identity_folder(root: str | Path) -> pd.DataFrame:
     return table
 
 
-def assign_splits(identities: pd.Series, val_fraction: float, seed: int) -> pd.Series:
+def assign_splits(
+    identities: pd.Series, val_fraction: float, seed: int, max_faces: int | None = None
+) -> pd.Series:
     """Identity-disjoint train/val split, deterministic from ``seed``.
 
     ``round(val_fraction * n_identities)`` identities (at least one when there are two or more)
-    go to validation; the choice depends only on the sorted identity names and the seed.
+    go to validation, taken in a seeded order of the sorted identity names; with ``max_faces``,
+    that order stops before the held-out faces would exceed ``max_faces`` (still at least one
+    identity), so a dataset of millions holds out a validation split of bounded size.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"prepare.val_fraction must be in [0, 1), got {val_fraction}")
-    unique = np.array(sorted(identities.unique()))
+    unique, codes, counts = np.unique(identities.to_numpy(), return_inverse=True,
+                                      return_counts=True)  # fmt: skip
     n_val = round(val_fraction * len(unique))
     if val_fraction > 0 and len(unique) >= 2:
         n_val = min(max(n_val, 1), len(unique) - 1)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    val_ids = set(unique[order[:n_val]])
-    return identities.map(lambda ident: "val" if ident in val_ids else "train")
+    chosen = np.random.default_rng(seed).permutation(len(unique))[:n_val]
+    if max_faces is not None and n_val:
+        fits = int(np.searchsorted(np.cumsum(counts[chosen]), max_faces, side="right"))
+        chosen = chosen[: max(fits, 1)]
+    held_out = np.zeros(len(unique), bool)
+    held_out[chosen] = True
+    return pd.Series(np.where(held_out[codes], "val", "train"), index=identities.index,
+                     name=identities.name)  # fmt: skip

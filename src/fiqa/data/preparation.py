@@ -62,6 +62,8 @@ class PrepareSettings:
         templates: Extra templates ``{name: {size: [w, h], points: [[x, y] x 5]}}``.
         num_workers: Spawned worker processes reading and aligning images.
         val_fraction: Share of identities held out for validation (identity-disjoint).
+        val_max_faces: The held-out identities stop before their faces exceed this many (at
+            least one identity; None: no cap).
         shard_size: Aligned faces per shard file.
         max_image_pixels: Larger input images (width x height) fail as ``too_large``, refused
             from the header before decoding (decompression bombs).
@@ -77,6 +79,7 @@ class PrepareSettings:
     templates: dict[str, Any]
     num_workers: int
     val_fraction: float
+    val_max_faces: int | None
     shard_size: int
     max_image_pixels: int
     max_failure_rate: float
@@ -162,7 +165,8 @@ def prepare_faces(
     seconds = time.perf_counter() - start
     manifest, failures = assemble(work, n_shards, source.damaged)
     counts = _check(manifest, failures, len(table) + len(source.damaged or []), settings, work)
-    manifest["split"] = assign_splits(manifest["identity"], settings.val_fraction, settings.seed)
+    manifest["split"] = assign_splits(manifest["identity"], settings.val_fraction, settings.seed,
+                                       settings.val_max_faces)
     finish(work, n_shards, manifest, failures, counts)  # no timings: the same bytes every run
     replace_dir(work, out_dir)
     return counts | {

@@ -1,7 +1,7 @@
 """What ``evaluate`` measures on: aligned faces, their comparison pairs, and cached results.
 
-Two kinds: the prepared set's own split (``eval.benchmark.format=prepared``: all pairs of the
-selected faces, label-method qualities and embeddings reused from the label stage) and external
+Two kinds: the prepared set's own split (``eval.benchmark.format=prepared``: its pairs by
+``eval.pairs``, all of them up to a size, label-method qualities and embeddings reused from the label stage) and external
 verification benchmarks (``bin`` / ``pairs_txt`` / ``folder``, see ``fiqa.data.verification``):
 raw photos are detected and aligned like ``prepare`` does; a face that cannot be loaded or
 aligned is counted and its pairs are left out.
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from fiqa.core.artifacts import LABELS
 from fiqa.core.images import ImageReadError
-from fiqa.core.pairs import Pairs, all_pairs
+from fiqa.core.pairs import Pairs, PairSampling
 from fiqa.core.provenance import digest
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.face_pipeline import FaceAligner
@@ -91,6 +91,7 @@ def load_eval_sets(
     labels_dir: str | Path,
     data_name: str,
     aligner: Aligner,
+    pairs: PairSampling,
 ) -> list[EvalSet]:
     """The evaluation sets of the benchmark specs (``eval.benchmark`` + ``eval.benchmarks``).
 
@@ -102,6 +103,7 @@ def load_eval_sets(
             ones are skipped (a study: one labels folder per method, no table of all).
         data_name: Dataset name: the default name ``<data_name>_<split>`` of a prepared split.
         aligner: Builds the face aligner of raw benchmark photos (``prepare``'s settings).
+        pairs: The pairs of a prepared split (``eval.pairs``).
 
     Raises:
         ValueError: When two benchmarks get the same name (set ``name`` on one of them).
@@ -111,7 +113,7 @@ def load_eval_sets(
         log.info("evaluate: no labels table in %s: no label columns on the prepared set",
                  labels_dir)  # fmt: skip
     sets = [
-        prepared_split(spec, PreparedFaces(prepared_dir), labels, data_name)
+        prepared_split(spec, PreparedFaces(prepared_dir), labels, data_name, pairs)
         if spec["format"] == "prepared"
         else external_set(spec, aligner)
         for spec in specs
@@ -124,10 +126,14 @@ def load_eval_sets(
 
 
 def prepared_split(
-    spec: Mapping[str, Any], prepared: PreparedFaces, labels: pd.DataFrame | None, data_name: str
+    spec: Mapping[str, Any],
+    prepared: PreparedFaces,
+    labels: pd.DataFrame | None,
+    data_name: str,
+    pairs: PairSampling,
 ) -> EvalSet:
-    """One split of the prepared set: all its pairs, and the float columns of its labels (none
-    without ``labels``)."""
+    """One split of the prepared set: its pairs by the rule ``pairs``, and the float columns of
+    its labels (none without ``labels``)."""
     split = spec.get("split")
     if split not in SPLITS:
         raise ValueError(f"eval.benchmark.split={split!r}; choose one of {', '.join(SPLITS)}")
@@ -146,10 +152,17 @@ def prepared_split(
             if pd.api.types.is_float_dtype(labels[m])
         }
     detected = (manifest["detector"] == YuNetDetector.name).to_numpy()[rows]
+    name = spec.get("name") or f"{data_name}_{split}"
+    split_pairs = pairs.pairs(manifest["identity"].to_numpy()[rows])
+    if len(rows) > pairs.all_up_to:
+        log.info("%s: %d faces > eval.pairs.all_up_to=%d: %d genuine (<= %d per identity) and "
+                 "%d impostor pairs sampled (seed %d)", name, len(rows), pairs.all_up_to,
+                 split_pairs.n_genuine, pairs.genuine_per_identity, split_pairs.n_impostor,
+                 pairs.seed)  # fmt: skip
     return EvalSet(
-        name=spec.get("name") or f"{data_name}_{split}",
+        name=name,
         n=len(rows),
-        pairs=all_pairs(manifest["identity"].to_numpy()[rows]),
+        pairs=split_pairs,
         source=FaceSource.from_prepared(prepared),  # the label stage's cache entry
         rows=rows,
         label_qualities=qualities,

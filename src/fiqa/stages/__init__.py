@@ -66,7 +66,7 @@ STAGES: dict[str, Stage] = {
               deps=("prepared", "ddpm"), outs=("labels",)),
         Stage("train", ("model", "trainer", "train", "label.fr_models", "label.target",
                         "label.methods", "label.ediffiqa", "eval.fmr",
-                        "eval.discard_limits", "prepare.templates", *_EXTRACTION),
+                        "eval.discard_limits", "eval.pairs", "prepare.templates", *_EXTRACTION),
               deps=("prepared", "labels"), outs=("models",),
               metrics=(("metrics", TRAIN_METRICS),)),
         Stage("evaluate", ("data.name", "eval", "label.fr_models", "label.methods", "label.seed",

@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 
 from fiqa.core.edc import pauc, quality_curves
-from fiqa.core.pairs import all_pairs, pair_scores
+from fiqa.core.pairs import PairSampling, pair_scores
 from fiqa.quality.model import QualityRegressor
 from fiqa.quality.optim import param_groups
 
@@ -57,7 +57,8 @@ class UnfreezeBackbone(BaseFinetuning):
 class ValidationEDC(pl.Callback):
     """Normalised pAUC of the model's validation predictions on the validation pairs.
 
-    The pairs are all pairs of the validation faces; the comparison scores come from an FR
+    The pairs are those of the validation faces by the rule ``pairs`` (all of them on a small
+    split, a bounded seeded sample on a large one); the comparison scores come from an FR
     model's embeddings of those faces (the "teacher", computed once by the caller); quality of a
     pair = min of the two predictions; threshold fixed once at ``fmr`` (``fiqa.core.edc``).
     Logs ``val/pauc@<limit>`` for each limit.
@@ -68,6 +69,7 @@ class ValidationEDC(pl.Callback):
         embeddings: ``(n, D)`` unit FR embeddings of those faces.
         fmr: Target false match rate of the threshold.
         limits: Discard fractions of the pAUCs.
+        pairs: The pair rule (``eval.pairs``).
     """
 
     def __init__(
@@ -77,10 +79,11 @@ class ValidationEDC(pl.Callback):
         embeddings: np.ndarray,
         fmr: float,
         limits: tuple[float, ...],
+        pairs: PairSampling,
     ) -> None:
         super().__init__()
         self.rows = {int(s): i for i, s in enumerate(sample_ids)}
-        self.pairs = all_pairs(identities)
+        self.pairs = pairs.pairs(identities)
         if self.pairs.n_genuine == 0 or self.pairs.n_impostor == 0:
             raise ValueError("the validation split needs genuine and impostor pairs for its EDC")
         self.scores = pair_scores(embeddings, self.pairs)

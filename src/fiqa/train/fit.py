@@ -45,6 +45,7 @@ from fiqa.core.artifacts import (
 from fiqa.core.atomic import write_text_atomic
 from fiqa.core.containers import differences
 from fiqa.core.lineage import check_lineage
+from fiqa.core.pairs import PairSampling
 from fiqa.data.face_store import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry, Request, unit_rows
 from fiqa.quality.export import export_onnx
@@ -124,6 +125,7 @@ class TrainJob:
             ``label.fr_models``).
         fmr: FMR of the validation pAUC's threshold.
         val_limit: Discard limit of the validation pAUC.
+        val_pairs: The pairs of the validation pAUC (``eval.pairs``).
     """
 
     model: RegressorSettings | DistillSettings
@@ -137,6 +139,7 @@ class TrainJob:
     validation_fr: FREntry
     fmr: float
     val_limit: float
+    val_pairs: PairSampling
 
 
 def fit_quality_model(
@@ -215,6 +218,7 @@ def run_identity(job: TrainJob, hashes: dict[str, str]) -> dict[str, Any]:
         "validation_fr": asdict(job.validation_fr),
         "fmr": job.fmr,
         "val_limit": job.val_limit,
+        "val_pairs": asdict(job.val_pairs),
         "inputs": hashes,
         "labels": labels_used(job.labels_dir / LABELS_PROVENANCE),
     }
@@ -362,7 +366,7 @@ def validation_edc(
     rows = prepared.manifest.reset_index(drop=True).reset_index().set_index("sample_id")["index"]
     emb = unit_rows(embeddings, rows.loc[val["sample_id"]].to_numpy())
     return ValidationEDC(val["sample_id"].to_numpy(), val["identity"].to_numpy(), emb,
-                         fmr=job.fmr, limits=(job.val_limit,))  # fmt: skip
+                         fmr=job.fmr, limits=(job.val_limit,), pairs=job.val_pairs)  # fmt: skip
 
 
 def _callbacks(
