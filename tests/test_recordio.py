@@ -180,14 +180,14 @@ def test_bad_magic(tmp_path: Path) -> None:
 
 
 def test_write_ms1m_layout_and_index(tmp_path: Path, jpegs: list[bytes]) -> None:
-    labels = [1, 0, 1, 2, 0, 1]
-    write_ms1m(tmp_path, zip(labels, jpegs, strict=True))
+    labels = [1, 1, 1, 0, 0, 2]
+    assert write_ms1m(tmp_path, zip(labels, jpegs, strict=True)) == 6
     assert read_property(tmp_path / "property") == (3, 32, 32)
     reader = RecordIOReader(tmp_path / "train.rec")
     header, image = unpack_record(reader.read(0))
     assert header.label == (7.0, 10.0) and image == b""  # images 1..6, identities 7..9
     ranges = [unpack_record(reader.read(k))[0].label for k in (7, 8, 9)]
-    assert ranges == [(1.0, 4.0), (4.0, 6.0), (6.0, 7.0)]  # grouped, first-appearance order
+    assert ranges == [(1.0, 4.0), (4.0, 6.0), (6.0, 7.0)]  # in order of appearance
     _, first_image = unpack_record(reader.read(1))
     assert first_image == jpegs[0]
     index = ms1m_index(reader)
@@ -195,7 +195,10 @@ def test_write_ms1m_layout_and_index(tmp_path: Path, jpegs: list[bytes]) -> None
     assert index["identity"].tolist() == ["1", "1", "1", "0", "0", "2"]
     assert index["offset"].tolist() == [reader.offset(k) for k in range(1, 7)]
     assert index.attrs == {"damaged": [], "property_mismatch": None}
-    assert [unpack_record(reader.read(k))[1] for k in (1, 2, 3)] == [jpegs[0], jpegs[2], jpegs[5]]
+    assert [unpack_record(reader.read(k))[1] for k in (1, 2, 3)] == jpegs[:3]
+    with pytest.raises(ValueError, match="identity 1 appears again after other identities"):
+        write_ms1m(tmp_path / "mixed", zip([1, 0, 1], jpegs, strict=False))
+    assert not (tmp_path / "mixed" / "train.rec").exists()  # nothing half-written is published
 
 
 def test_ms1m_index_survives_a_damaged_range_record(tmp_path: Path, jpegs: list[bytes]) -> None:
@@ -210,7 +213,7 @@ def test_ms1m_index_survives_a_damaged_range_record(tmp_path: Path, jpegs: list[
 def test_property_mismatch_is_recorded(
     tmp_path: Path, jpegs: list[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
-    write_ms1m(tmp_path, zip([0, 1, 0], jpegs[:3], strict=True))
+    write_ms1m(tmp_path, zip([0, 0, 1], jpegs[:3], strict=True))
     write_property(tmp_path / "property", 5, 112, 112)
     with caplog.at_level(logging.WARNING):
         index = ms1m_index(RecordIOReader(tmp_path / "train.rec"))

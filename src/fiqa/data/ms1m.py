@@ -143,38 +143,57 @@ def write_ms1m(
     out_dir: str | os.PathLike[str],
     images: Iterable[tuple[int, bytes]],
     image_size: tuple[int, int] | None = None,
-) -> None:
+) -> int:
     """Write an insightface-style ``train.rec``/``train.idx``/``property`` into ``out_dir``.
 
-    Images are grouped by identity (identities in order of first appearance, images in input
-    order). insightface training expects labels 0..K-1; keys and labels must stay below 2**24
-    (they are stored as float32). ``image_size`` (h, w) defaults to the first image's size.
+    Streams: each record goes to disk as it arrives (memory does not grow with the images), so
+    each identity's images must come together; identities keep their order of appearance.
+    Record 0 (whose ``(a, b)`` are known only at the end) is written first with placeholder
+    values of the same size and rewritten in place. insightface training expects labels
+    0..K-1; keys and labels must stay below 2**24 (they are stored as float32). ``image_size``
+    (h, w) defaults to the first image's size.
+
+    Returns:
+        The number of images written.
+
+    Raises:
+        ValueError: With no images, or when an identity's images are not together (naming it).
     """
-    groups: dict[int, list[bytes]] = {}
-    for label, data in images:
-        groups.setdefault(int(label), []).append(bytes(data))
-    if not groups:
-        raise ValueError(f"write_ms1m({out_dir}): no images given")
-    if sorted(groups) != list(range(len(groups))):
-        log.warning(
-            "identity labels are not 0..%d; insightface training expects them", len(groups) - 1
-        )
     out = Path(out_dir)
-    a = 1 + sum(len(v) for v in groups.values())
+    placeholder = pack_record(RecordHeader(2, (0.0, 0.0)), b"")
+    ranges: list[tuple[int, int, int]] = []  # (label, first key, end key)
+    key, first = 1, None
     with RecordIOWriter(out / "train.rec", out / "train.idx") as writer:
-        writer.write(0, pack_record(RecordHeader(2, (a, a + len(groups))), b""))
-        key, ranges = 1, []
-        for rkey, (label, blobs) in enumerate(groups.items(), start=a):
-            start = key
-            for data in blobs:
-                writer.write(key, pack_record(RecordHeader(0, float(label), key), data))
-                key += 1
-            ranges.append((rkey, start, key))
-        for rkey, start, end in ranges:
+        writer.write(0, placeholder)
+        for label, data in images:
+            label = int(label)
+            if not ranges or ranges[-1][0] != label:
+                if ranges:
+                    ranges[-1] = (ranges[-1][0], ranges[-1][1], key)
+                ranges.append((label, key, -1))
+            if first is None:
+                first = bytes(data)
+            writer.write(key, pack_record(RecordHeader(0, float(label), key), data))
+            key += 1
+        if first is None:
+            raise ValueError(f"write_ms1m({out_dir}): no images given")
+        ranges[-1] = (ranges[-1][0], ranges[-1][1], key)
+        labels = [label for label, _, _ in ranges]
+        if len(set(labels)) != len(labels):
+            again = next(label for i, label in enumerate(labels) if label in labels[:i])
+            raise ValueError(
+                f"write_ms1m({out_dir}): identity {again} appears again after other identities; "
+                "give each identity's images together (sort them by identity)"
+            )
+        if sorted(labels) != list(range(len(labels))):
+            log.warning(
+                "identity labels are not 0..%d; insightface training expects them", len(labels) - 1
+            )
+        for rkey, (_, start, end) in enumerate(ranges, start=key):
             writer.write(rkey, pack_record(RecordHeader(2, (start, end), rkey), b""))
-    if image_size is None:
-        image_size = _image_size(next(iter(groups.values()))[0])
-    write_property(out / "property", len(groups), *image_size)
+        writer.rewrite(0, placeholder, pack_record(RecordHeader(2, (key, key + len(ranges))), b""))
+    write_property(out / "property", len(ranges), *(image_size or _image_size(first)))
+    return key - 1
 
 
 def _image_size(data: bytes) -> tuple[int, int]:
@@ -197,6 +216,7 @@ def export_prepared(prepared_dir: str | os.PathLike[str], out_dir: str | os.Path
     prepared = PreparedFaces(prepared_dir)
     manifest = prepared.manifest
     labels = {identity: k for k, identity in enumerate(sorted(manifest["identity"].unique()))}
+    manifest = manifest.iloc[np.argsort(manifest["identity"].map(labels).to_numpy(), kind="stable")]
     rows = zip(
         manifest["identity"], manifest["shard"], manifest["offset"], manifest["nbytes"], strict=True
     )

@@ -359,6 +359,16 @@ class RecordIOWriter:
         self._offset += len(framed)
         return self._offset - len(framed)
 
+    def rewrite(self, offset: int, old: bytes, payload: bytes) -> None:
+        """Replace the record ``old`` written at ``offset`` by ``payload`` of the same framed size
+        (a header whose values are known only once the rest is written)."""
+        framed = frame_record(payload)
+        if len(framed) != len(frame_record(old)):
+            raise ValueError(f"{self.rec_path}: a rewritten record must keep its size")
+        self._file.seek(offset)
+        self._file.write(framed)
+        self._file.seek(self._offset)
+
     def close(self) -> None:
         """Publish the ``.rec``, then write the ``.idx``."""
         self._stack.close()
