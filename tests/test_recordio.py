@@ -201,6 +201,24 @@ def test_write_ms1m_layout_and_index(tmp_path: Path, jpegs: list[bytes]) -> None
     assert not (tmp_path / "mixed" / "train.rec").exists()  # nothing half-written is published
 
 
+def test_ms1m_index_joins_an_identity_split_over_two_ranges_and_lists_overlaps_once(
+    tmp_path: Path, jpegs: list[bytes]
+) -> None:
+    # images 1..4 (identity 7, 7, 8, 7); ranges 5..7: [1, 3) -> 7, [3, 4) -> 8, [2, 5) overlaps
+    with RecordIOWriter(tmp_path / "train.rec") as writer:
+        writer.write(0, pack_record(RecordHeader(2, (5.0, 8.0)), b""))
+        for key, label in zip((1, 2, 3, 4), (7, 7, 8, 7), strict=True):
+            writer.write(key, pack_record(RecordHeader(0, float(label), key), jpegs[key]))
+        for rkey, (start, end) in zip((5, 6, 7), ((1, 3), (3, 4), (2, 5)), strict=True):
+            writer.write(rkey, pack_record(RecordHeader(2, (start, end), rkey), b""))
+    write_property(tmp_path / "property", 2, 32, 32)
+    index = ms1m_index(RecordIOReader(tmp_path / "train.rec"))
+    assert index["key"].tolist() == [1, 2, 3, 4]  # key 2 once, though two ranges claim it
+    assert index["identity"].tolist() == ["7", "7", "8", "7"]  # 7 in two ranges: one identity
+    assert index.attrs["damaged"] == [(7, "overlapping_range")]
+    assert index.attrs["property_mismatch"] is None  # 2 identities, as declared
+
+
 def test_ms1m_index_survives_a_damaged_range_record(tmp_path: Path, jpegs: list[bytes]) -> None:
     write_ms1m(tmp_path, zip([0, 0, 1, 1, 2, 2], jpegs, strict=True))
     rec = tmp_path / "train.rec"

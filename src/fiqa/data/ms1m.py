@@ -71,7 +71,9 @@ def ms1m_index(
     """One row per image record: ``key``, ``offset``, ``identity`` (the int label as str).
 
     Uses record 0's identity ranges when present (one read per identity plus its first image);
-    otherwise reads every record's label. Damaged records become ``attrs["damaged"]`` entries
+    otherwise reads every record's label. An identity whose images lie in two ranges (or two
+    files joined) is one identity: its label names it. A range claiming keys another range
+    already claimed is damage (``overlapping_range``); its images are listed once. Damaged records become ``attrs["damaged"]`` entries
     (key or offset, reason); a ``property`` file (default: next to the .rec) declaring another
     number of identities is logged and returned as ``attrs["property_mismatch"]``.
     """
@@ -99,8 +101,11 @@ def ms1m_index(
             except (RecordIOError, KeyError, TypeError, ValueError) as err:
                 damaged.append((rkey, getattr(err, "reason", "bad_range")))
                 continue
-            name = None
-            for key in range(max(start, 1), min(end, a)):
+            name, span = None, np.arange(max(start, 1), min(end, a))
+            if covered[span].any():  # a key range claimed twice: each image is listed once
+                damaged.append((rkey, "overlapping_range"))
+                span = span[~covered[span]]
+            for key in span.tolist():
                 name = name or label_key(key)  # the first readable image names the identity
                 if name is not None:
                     keys.append(key)
