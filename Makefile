@@ -9,7 +9,7 @@ export OPENCV_LOG_LEVEL := ERROR
 export MALLOC_MMAP_THRESHOLD_ := 4294967296
 export MALLOC_TRIM_THRESHOLD_ := 4294967296
 
-.PHONY: help setup demo check test test-full bench lint format params dvc-yaml
+.PHONY: help setup demo check test test-full test-gpu bench lint format params dvc-yaml
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ test: setup  ## run the test suite (fast and slow tests, no GPU)
 
 test-full: setup  ## every test, GPU ones included when a GPU is present
 	$(RUN) pytest -q
+
+test-gpu: setup  ## the GPU tier alone (tests/test_gpu.py; skipped without CUDA)
+	$(RUN) pytest -m gpu -q
 
 bench: setup  ## print the benchmark figures
 	$(RUN) python benchmarks/edc_speed.py
