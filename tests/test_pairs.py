@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fiqa.core.pairs import PairSampling, Pairs, all_pairs, identity_pairs, pair_scores
+from fiqa.core.pairs import Pairs, PairSampling, all_pairs, identity_pairs, pair_scores
 
 
 def test_all_pairs_counts_and_labels() -> None:
@@ -96,7 +96,10 @@ def test_pair_sampling_is_all_pairs_up_to_its_threshold_and_bounded_above() -> N
     small = np.array([0, 0, 1, 1, 2, 2])  # 6 faces: all 15 pairs
     reference = all_pairs(small)
     got = rule.pairs(small)
-    assert got.a.tolist() == reference.a.tolist() and got.genuine.tolist() == reference.genuine.tolist()
+    assert (
+        got.a.tolist() == reference.a.tolist()
+        and got.genuine.tolist() == reference.genuine.tolist()
+    )
     large = np.array([0, 0, 0, 1, 1, 2, 2])  # 7 faces: 1 genuine per identity + 4 impostors
     sampled = rule.pairs(large)
     assert (sampled.n_genuine, sampled.n_impostor) == (3, 4)

@@ -165,8 +165,9 @@ def prepare_faces(
     seconds = time.perf_counter() - start
     manifest, failures = assemble(work, n_shards, source.damaged)
     counts = _check(manifest, failures, len(table) + len(source.damaged or []), settings, work)
-    manifest["split"] = assign_splits(manifest["identity"], settings.val_fraction, settings.seed,
-                                       settings.val_max_faces)
+    manifest["split"] = assign_splits(
+        manifest["identity"], settings.val_fraction, settings.seed, settings.val_max_faces
+    )
     finish(work, n_shards, manifest, failures, counts)  # no timings: the same bytes every run
     replace_dir(work, out_dir)
     return counts | {

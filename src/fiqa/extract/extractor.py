@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from fiqa.core.containers import plain_container
+from fiqa.extract.cache import CacheEntry
 from fiqa.extract.faces import FaceSource
-from fiqa.extract.predict import extract, is_cached
+from fiqa.extract.predict import cache_entry, extract
 from fiqa.extract.products import Request
 from fiqa.fr import FRModel, load_fr_model
 
@@ -108,11 +109,16 @@ class Extractor:
             self._models[key] = load_fr_model(fr.model_config())
         return self._models[key]
 
+    def cache_entry(self, fr: FREntry, source: FaceSource) -> CacheEntry:
+        """Where ``outputs`` of the entry's model on ``source`` are cached: ``key.json`` and one
+        ``<product>.npy`` per product (``embedding.npy``: (n, D) float16 unit rows)."""
+        return cache_entry(self.model(fr), source, cache_root=self.cache_root, flip=fr.flip,
+                           precision=self.settings.precision)  # fmt: skip
+
     def cached(self, fr: FREntry, source: FaceSource, request: Request | None = None) -> bool:
         """Whether ``outputs`` of these arguments are all in the cache (no FR pass)."""
-        return is_cached(self.model(fr), source, request, cache_root=self.cache_root,
-                         flip=fr.flip, batch_size=fr.batch_size,
-                         precision=self.settings.precision)  # fmt: skip
+        stems = (request or Request()).stems(fr.batch_size)
+        return not self.cache_entry(fr, source).missing(list(stems.values()))
 
     def outputs(
         self, fr: FREntry, source: FaceSource, request: Request | None = None

@@ -223,24 +223,10 @@ def _fill(entry: CacheEntry, model: FRModel, source: FaceSource, request: Reques
         log.debug("rank %d: extraction done", rank)
 
 
-def is_cached(
-    model: FRModel,
-    source: FaceSource,
-    request: Request | None = None,
-    *,
-    cache_root: str | Path,
-    flip: bool,
-    batch_size: int,
-    precision: str,
-) -> bool:
-    """Whether ``extract`` with these arguments reads every output from the cache."""
-    entry = _cache_entry(cache_root, source, model, flip, precision)
-    return not entry.missing(list((request or Request()).stems(batch_size).values()))
-
-
-def _cache_entry(
-    cache_root: str | Path, source: FaceSource, model: FRModel, flip: bool, precision: str
+def cache_entry(
+    model: FRModel, source: FaceSource, *, cache_root: str | Path, flip: bool, precision: str
 ) -> CacheEntry:
+    """The cache entry ``extract`` reads and fills for these arguments."""
     return CacheEntry(cache_root, entry_key(source, model, flip, precision))
 
 
@@ -285,7 +271,13 @@ def extract(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if request.white_box is not None:
         model.require_white_box(request.white_box)
-    entry = _cache_entry(cache_root, source, model, flip, str(options.get("precision", "32-true")))
+    entry = cache_entry(
+        model,
+        source,
+        cache_root=cache_root,
+        flip=flip,
+        precision=str(options.get("precision", "32-true")),
+    )
     stems = request.stems(batch_size)
     layouts = request.layouts(batch_size)
     if not entry.missing(list(stems.values())):
