@@ -206,6 +206,10 @@ def measure(rows: int, args: argparse.Namespace, pool: list[np.ndarray]) -> dict
     child("label", stage("label", root, *LABEL))
     loader = [sys.executable, __file__, "loader", str(root), str(args.workers)]
     child("loader", loader + ([str(args.loader_faces)] if args.loader_faces else []))
+    epoch = json.loads((root / "logs" / "loader.log").read_text().strip().splitlines()[-1])
+    figures["loader"].update(epoch)
+    print(f"            {epoch['faces']:,} training faces in {epoch['seconds']:.1f} s after start-up: "
+          f"{epoch['faces'] / epoch['seconds']:.0f} faces/s", flush=True)  # fmt: skip
     child("evaluate", stage("evaluate", root, *LABEL, "eval.fr_models=[sface]",
                             "eval.methods=[faceqnet,crfiqa,sddfiqa,sharpness]"))  # fmt: skip
     summary = json.loads((root / "data" / "prepared" / "summary.json").read_text())
