@@ -30,7 +30,8 @@ Prints one row per stage and size (wall s, peak RSS, faces/s) and, for the first
 the growth of each: time ratio divided by the size ratio (1.0 = linear) and the RSS ratio.
 Everything must fit this machine's memory and grow at most linearly.
 
-    python benchmarks/scale.py --rows 100000 1000000 --identities 85742 --work /data/scale
+    python benchmarks/scale.py --rows 100000 1000000 --identities 85742 --work /data/scale \
+        --out benchmarks/results/scale.json
     python benchmarks/scale.py --rows 20000 --identities 2000      # a quick look (~2 min)
 
 Disk: about 2 x 4.4 KB per face (RecordIO + prepared shards) plus 1 KB of embeddings, per size.
@@ -54,7 +55,7 @@ import numpy as np
 import skimage.data
 
 from fiqa.core.align import align_face
-from fiqa.core.atomic import atomic_path
+from fiqa.core.atomic import atomic_path, write_json_atomic
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.ms1m import write_ms1m
 
@@ -191,7 +192,7 @@ def measure(rows: int, args: argparse.Namespace, pool: list[np.ndarray]) -> dict
     start = time.perf_counter()
     write_ms1m(root / "raw", face_records(rows, args.identities, pool, args.seed))
     rec_gb = (root / "raw" / "train.rec").stat().st_size / 1e9
-    figures["build"] = {"seconds": time.perf_counter() - start, "rss_mb": float("nan")}
+    figures["build"] = {"seconds": time.perf_counter() - start, "rss_mb": None}  # in-process
     print(f"  build     {rows:,} faces, {rec_gb:.2f} GB RecordIO in "
           f"{figures['build']['seconds']:.0f} s", flush=True)  # fmt: skip
 
@@ -242,6 +243,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep each size's folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures (JSON)")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     temporary = args.work is None
@@ -261,9 +263,15 @@ def main() -> None:
               "ratio (1.0 = linear), peak RSS ratio")  # fmt: skip
         for name in results[large]:
             t = results[large][name]["seconds"] / results[small][name]["seconds"] / (large / small)
-            rss = results[large][name]["rss_mb"] / results[small][name]["rss_mb"]
-            print(f"  {name:<9} time {t:5.2f}   RSS {rss:5.2f}")
-    print(json.dumps({str(k): v for k, v in results.items()}))
+            peaks = results[large][name]["rss_mb"], results[small][name]["rss_mb"]
+            rss = f"{peaks[0] / peaks[1]:5.2f}" if peaks[0] else "    -"
+            print(f"  {name:<9} time {t:5.2f}   RSS {rss}")
+    record = {"machine": {"cpus": os.cpu_count(), "workers": args.workers},
+              "identities": args.identities, "base_faces": origin, "embeddings": "simulated",
+              "sizes": {str(k): v for k, v in results.items()}}  # fmt: skip
+    print(json.dumps(record))
+    if args.out is not None:
+        write_json_atomic(args.out, record)
 
 
 if __name__ == "__main__":
