@@ -208,7 +208,7 @@ def measure(rows: int, args: argparse.Namespace, pool: list[np.ndarray]) -> dict
     loader = [sys.executable, __file__, "loader", str(root), str(args.workers)]
     child("loader", loader + ([str(args.loader_faces)] if args.loader_faces else []))
     epoch = json.loads((root / "logs" / "loader.log").read_text().strip().splitlines()[-1])
-    figures["loader"].update(epoch)
+    figures["loader"].update(epoch_faces=epoch["faces"], epoch_seconds=epoch["seconds"])
     print(f"            {epoch['faces']:,} training faces in {epoch['seconds']:.1f} s after start-up: "
           f"{epoch['faces'] / epoch['seconds']:.0f} faces/s", flush=True)  # fmt: skip
     child("evaluate", stage("evaluate", root, *LABEL, "eval.fr_models=[sface]",
@@ -260,9 +260,13 @@ def main() -> None:
     small, large = min(results), max(results)
     if small != large:
         print(f"growth {small:,} -> {large:,} rows ({large / small:.1f}x): time ratio / size "
-              "ratio (1.0 = linear), peak RSS ratio")  # fmt: skip
+              "ratio (1.0 = linear; loader: seconds per training face), peak RSS ratio")  # fmt: skip
         for name in results[large]:
             t = results[large][name]["seconds"] / results[small][name]["seconds"] / (large / small)
+            if name == "loader":  # its epochs differ in faces (unlabelled faces are left out)
+                t = (
+                    results[large][name]["epoch_seconds"] / results[large][name]["epoch_faces"]
+                ) / (results[small][name]["epoch_seconds"] / results[small][name]["epoch_faces"])
             peaks = results[large][name]["rss_mb"], results[small][name]["rss_mb"]
             rss = f"{peaks[0] / peaks[1]:5.2f}" if peaks[0] else "    -"
             print(f"  {name:<9} time {t:5.2f}   RSS {rss}")
