@@ -209,7 +209,7 @@ def measure(rows: int, args: argparse.Namespace, pool: list[np.ndarray]) -> dict
     child("loader", loader + ([str(args.loader_faces)] if args.loader_faces else []))
     epoch = json.loads((root / "logs" / "loader.log").read_text().strip().splitlines()[-1])
     figures["loader"].update(epoch_faces=epoch["faces"], epoch_seconds=epoch["seconds"])
-    print(f"            {epoch['faces']:,} training faces in {epoch['seconds']:.1f} s after start-up: "
+    print(f"{'':12}{epoch['faces']:,} training faces in {epoch['seconds']:.1f} s after start-up: "
           f"{epoch['faces'] / epoch['seconds']:.0f} faces/s", flush=True)  # fmt: skip
     child("evaluate", stage("evaluate", root, *LABEL, "eval.fr_models=[sface]",
                             "eval.methods=[faceqnet,crfiqa,sddfiqa,sharpness]"))  # fmt: skip
@@ -260,7 +260,7 @@ def main() -> None:
     small, large = min(results), max(results)
     if small != large:
         print(f"growth {small:,} -> {large:,} rows ({large / small:.1f}x): time ratio / size "
-              "ratio (1.0 = linear; loader: seconds per training face), peak RSS ratio")  # fmt: skip
+              "ratio (1.0 = linear; loader: seconds per face), peak RSS ratio")  # fmt: skip
         for name in results[large]:
             t = results[large][name]["seconds"] / results[small][name]["seconds"] / (large / small)
             if name == "loader":  # its epochs differ in faces (unlabelled faces are left out)

@@ -149,8 +149,10 @@ class PreparedFaces:
         """
         data = os.pread(self._shard(shard), int(nbytes), int(offset))
         if len(data) != int(nbytes):
-            raise ValueError(f"{self.directory / shard}: {nbytes} bytes at offset {offset} "
-                             f"expected, the file ends after {len(data)}; re-run prepare")  # fmt: skip
+            raise ValueError(
+                f"{self.directory / shard}: {nbytes} bytes at offset {offset} expected, the file "
+                f"ends after {len(data)}; re-run prepare"
+            )
         return data
 
     def face_at(self, shard: str, offset: int, nbytes: int) -> np.ndarray:

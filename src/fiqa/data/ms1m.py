@@ -73,9 +73,10 @@ def ms1m_index(
     Uses record 0's identity ranges when present (one read per identity plus its first image);
     otherwise reads every record's label. An identity whose images lie in two ranges (or two
     files joined) is one identity: its label names it. A range claiming keys another range
-    already claimed is damage (``overlapping_range``); its images are listed once. Damaged records become ``attrs["damaged"]`` entries
-    (key or offset, reason); a ``property`` file (default: next to the .rec) declaring another
-    number of identities is logged and returned as ``attrs["property_mismatch"]``.
+    already claimed is damage (``overlapping_range``); its images are listed once. Damaged
+    records become ``attrs["damaged"]`` entries (key or offset, reason); a ``property`` file
+    (default: next to the .rec) declaring another number of identities is logged and returned
+    as ``attrs["property_mismatch"]``.
     """
     damaged = list(reader.damaged)
     keys: list[int] = []

@@ -1,10 +1,10 @@
 """What ``evaluate`` measures on: aligned faces, their comparison pairs, and cached results.
 
 Two kinds: the prepared set's own split (``eval.benchmark.format=prepared``: its pairs by
-``eval.pairs``, all of them up to a size, label-method qualities and embeddings reused from the label stage) and external
-verification benchmarks (``bin`` / ``pairs_txt`` / ``folder``, see ``fiqa.data.verification``):
-raw photos are detected and aligned like ``prepare`` does; a face that cannot be loaded or
-aligned is counted and its pairs are left out.
+``eval.pairs``, all of them up to a size; label-method qualities and embeddings reused from the
+label stage) and external verification benchmarks (``bin`` / ``pairs_txt`` / ``folder``, see
+``fiqa.data.verification``): raw photos are detected and aligned like ``prepare`` does; a face
+that cannot be loaded or aligned is counted and its pairs are left out.
 """
 
 from __future__ import annotations
