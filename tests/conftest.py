@@ -66,3 +66,26 @@ def demo_config(root: Path, small_demo: Path, *overrides: str):
 
     return compose_config([f"paths.root={root}", f"data.root={small_demo / 'raw'}",
                            "logger=none", *overrides])  # fmt: skip
+
+
+def ddpm_overfit_losses(module, x0, steps: int = 60, bf16: bool = False) -> tuple[float, float]:
+    """A DDPM module's loss on ``x0`` (fixed noise draw) before and after ``steps`` Adam steps
+    fitting that one batch, on ``x0``'s device (``bf16``: under bf16 autocast there)."""
+    import torch
+
+    fork = [torch.cuda.current_device()] if x0.is_cuda else []
+
+    def fixed_loss() -> float:
+        with torch.no_grad(), torch.random.fork_rng(devices=fork):
+            torch.manual_seed(123)
+            return float(module.loss(x0))
+
+    before = fixed_loss()
+    optimiser = torch.optim.Adam(module.parameters(), lr=2e-3)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = module.loss(x0)
+        loss.backward()
+        optimiser.step()
+    return before, fixed_loss()

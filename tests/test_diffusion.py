@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import demo_config
+from conftest import ddpm_overfit_losses, demo_config
 from fiqa.diffusion.model import FaceDDPM, build_scheduler, build_unet, ddpm_digest, load_ddpm
 from fiqa.diffusion.module import DDPMModule
 from fiqa.diffusion.sampling import ddim_reconstruct, from_ddpm, q_sample, to_ddpm
@@ -143,19 +143,8 @@ def test_ddpm_loss_falls_when_overfitting_a_small_batch():
     torch.manual_seed(0)
     module = DDPMModule.of(TINY, PAPER_SCHEDULE, train_t_max=100, lr=2e-3)
     x0 = torch.rand(8, 3, 16, 16) * 2 - 1
-
-    def fixed_loss() -> float:
-        with torch.no_grad(), torch.random.fork_rng():
-            torch.manual_seed(123)
-            return float(module.loss(x0))
-
-    before = fixed_loss()
-    optimiser = torch.optim.Adam(module.parameters(), lr=2e-3)
-    for _ in range(60):
-        optimiser.zero_grad()
-        module.loss(x0).backward()
-        optimiser.step()
-    assert fixed_loss() < 0.2 * before
+    before, after = ddpm_overfit_losses(module, x0)
+    assert after < 0.2 * before
 
 
 # ---- the ddpm stage on the small demo ------------------------------------------------------

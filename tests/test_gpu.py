@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch.utils.data import DataLoader
 
-from conftest import demo_config
+from conftest import ddpm_overfit_losses, demo_config
 from fiqa.config.defaults import regressor_arguments
 from fiqa.data.face_store import PreparedFaces
 from fiqa.diffusion.module import DDPMModule
@@ -234,21 +234,8 @@ def test_ddpm_overfits_a_batch_on_cuda_in_bf16() -> None:
     torch.manual_seed(0)
     module = DDPMModule.of(TINY_UNET, PAPER_SCHEDULE, train_t_max=100, lr=2e-3).cuda()
     x0 = torch.rand(8, 3, 16, 16, device="cuda") * 2 - 1
-
-    def fixed_loss() -> float:
-        with torch.no_grad(), torch.random.fork_rng(devices=[torch.cuda.current_device()]):
-            torch.manual_seed(123)
-            return float(module.loss(x0))
-
-    before = fixed_loss()
-    optimiser = torch.optim.Adam(module.parameters(), lr=2e-3)
-    for _ in range(60):
-        optimiser.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = module.loss(x0)
-        loss.backward()
-        optimiser.step()
-    assert math.isfinite(before) and fixed_loss() < 0.2 * before
+    before, after = ddpm_overfit_losses(module, x0, bf16=True)
+    assert math.isfinite(before) and after < 0.2 * before
 
 
 def test_ddpm_stage_and_diffiqa_labels_on_cuda(

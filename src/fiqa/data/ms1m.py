@@ -154,7 +154,7 @@ def write_ms1m(
 
     Streams: each record goes to disk as it arrives (memory does not grow with the images), so
     each identity's images must come together; identities keep their order of appearance.
-    Record 0 (whose ``(a, b)`` are known only at the end) is written first with placeholder
+    Record 0 (whose ``(a, b)`` are known only at the end) is written first with provisional
     values of the same size and rewritten in place. insightface training expects labels
     0..K-1; keys and labels must stay below 2**24 (they are stored as float32). ``image_size``
     (h, w) defaults to the first image's size.
@@ -166,11 +166,11 @@ def write_ms1m(
         ValueError: With no images, or when an identity's images are not together (naming it).
     """
     out = Path(out_dir)
-    placeholder = pack_record(RecordHeader(2, (0.0, 0.0)), b"")
+    provisional = pack_record(RecordHeader(2, (0.0, 0.0)), b"")
     ranges: list[tuple[int, int, int]] = []  # (label, first key, end key)
     key, first = 1, None
     with RecordIOWriter(out / "train.rec", out / "train.idx") as writer:
-        writer.write(0, placeholder)
+        writer.write(0, provisional)
         for label, data in images:
             label = int(label)
             if not ranges or ranges[-1][0] != label:
@@ -197,7 +197,7 @@ def write_ms1m(
             )
         for rkey, (_, start, end) in enumerate(ranges, start=key):
             writer.write(rkey, pack_record(RecordHeader(2, (start, end), rkey), b""))
-        writer.rewrite(0, placeholder, pack_record(RecordHeader(2, (key, key + len(ranges))), b""))
+        writer.rewrite(0, provisional, pack_record(RecordHeader(2, (key, key + len(ranges))), b""))
     write_property(out / "property", len(ranges), *(image_size or _image_size(first)))
     return key - 1
 
