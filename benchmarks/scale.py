@@ -33,6 +33,7 @@ Everything must fit this machine's memory and grow at most linearly.
     python benchmarks/scale.py --rows 100000 1000000 --identities 85742 --work /data/scale \
         --out benchmarks/results/scale.json
     python benchmarks/scale.py --rows 20000 --identities 2000      # a quick look (~2 min)
+    python benchmarks/scale.py growth a.json b.json   # growth across runs of one machine
 
 Disk: about 2 x 4.4 KB per face (RecordIO + prepared shards) plus 1 KB of embeddings, per size.
 """
@@ -220,10 +221,32 @@ def measure(rows: int, args: argparse.Namespace, pool: list[np.ndarray]) -> dict
     return figures
 
 
+def print_growth(results: dict[int, dict[str, dict]]) -> None:
+    """Each stage's growth from the smallest to the largest size of ``results``."""
+    small, large = min(results), max(results)
+    if small == large:
+        return
+    print(f"growth {small:,} -> {large:,} rows ({large / small:.1f}x): time ratio / size "
+          "ratio (1.0 = linear; loader: seconds per face), peak RSS ratio")  # fmt: skip
+    for name in results[large]:
+        t = results[large][name]["seconds"] / results[small][name]["seconds"] / (large / small)
+        if name == "loader":  # its epochs differ in faces (unlabelled faces are left out)
+            t = (results[large][name]["epoch_seconds"] / results[large][name]["epoch_faces"]) / (
+                results[small][name]["epoch_seconds"] / results[small][name]["epoch_faces"]
+            )
+        peaks = results[large][name]["rss_mb"], results[small][name]["rss_mb"]
+        rss = f"{peaks[0] / peaks[1]:5.2f}" if peaks[0] else "    -"
+        print(f"  {name:<9} time {t:5.2f}   RSS {rss}")
+
+
 def main() -> None:
     """Run the sizes and print the per-stage table and the growth."""
     if len(sys.argv) > 1 and sys.argv[1] == "embed":  # a child of `measure`
         simulate_embeddings(Path(sys.argv[2]), int(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "growth":  # growth across earlier --out files
+        sizes = (json.loads(Path(f).read_text())["sizes"] for f in sys.argv[2:])
+        print_growth({int(rows): v for files in sizes for rows, v in files.items()})
         return
     if len(sys.argv) > 1 and sys.argv[1] == "loader":
         limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
@@ -257,19 +280,7 @@ def main() -> None:
         results[rows] = measure(rows, args, pool)
     if temporary:
         shutil.rmtree(args.work, ignore_errors=True)
-    small, large = min(results), max(results)
-    if small != large:
-        print(f"growth {small:,} -> {large:,} rows ({large / small:.1f}x): time ratio / size "
-              "ratio (1.0 = linear; loader: seconds per face), peak RSS ratio")  # fmt: skip
-        for name in results[large]:
-            t = results[large][name]["seconds"] / results[small][name]["seconds"] / (large / small)
-            if name == "loader":  # its epochs differ in faces (unlabelled faces are left out)
-                t = (
-                    results[large][name]["epoch_seconds"] / results[large][name]["epoch_faces"]
-                ) / (results[small][name]["epoch_seconds"] / results[small][name]["epoch_faces"])
-            peaks = results[large][name]["rss_mb"], results[small][name]["rss_mb"]
-            rss = f"{peaks[0] / peaks[1]:5.2f}" if peaks[0] else "    -"
-            print(f"  {name:<9} time {t:5.2f}   RSS {rss}")
+    print_growth(results)
     record = {"machine": {"cpus": os.cpu_count(), "workers": args.workers},
               "identities": args.identities, "base_faces": origin, "embeddings": "simulated",
               "sizes": {str(k): v for k, v in results.items()}}  # fmt: skip
