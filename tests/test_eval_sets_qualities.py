@@ -64,7 +64,7 @@ def test_prepared_split_has_the_splits_pairs_and_float_label_columns(prepared, t
     with pytest.raises(ValueError, match=r"named twice: \['x'\]"):
         load_eval_sets([spec, spec], prepared_dir=prepared.directory,
                        labels_dir=tmp_path / "labels", data_name="demo", aligner=None,
-                       pairs=ALL_PAIRS)  # fmt: skip
+                       pairs=ALL_PAIRS, cache_dir=tmp_path / "cache")  # fmt: skip
 
 
 def tiny_set(label_qualities: dict | None = None) -> EvalSet:

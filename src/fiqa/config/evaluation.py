@@ -57,7 +57,8 @@ def eval_sets(settings: Settings) -> list[EvalSet]:
     paths = settings.paths
     return load_eval_sets(benchmark_specs(settings), prepared_dir=paths.prepared,
                           labels_dir=paths.labels, data_name=settings.data.name,
-                          aligner=settings.prepare.aligner, pairs=settings.eval.pairs)  # fmt: skip
+                          aligner=settings.prepare.aligner, pairs=settings.eval.pairs,
+                          cache_dir=paths.cache)  # fmt: skip
 
 
 def quality_sources(settings: Settings, runner: Extractor) -> QualitySources:

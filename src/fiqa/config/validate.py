@@ -26,7 +26,7 @@ from fiqa.tracking import LOGGER_BACKENDS
 LABEL_COLUMNS = (*METHODS, *map(corrected_column, METHODS))  # a method or its corrected labels
 CHOICES: dict[str, tuple[Any, ...]] = {
     "logger.backend": LOGGER_BACKENDS,
-    "eval.benchmark.format": ("prepared", *BENCHMARK_FORMATS),
+    "eval.benchmark.format": ("prepared", "ijb", *BENCHMARK_FORMATS),
     "label.target": LABEL_COLUMNS,
 }
 LIST_CHOICES: dict[str, tuple[Any, ...]] = {"label.compute": LABEL_COLUMNS}

@@ -8,15 +8,16 @@ once from all impostors), and pAUC at each discard limit.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from fiqa.core.edc import EDCCurve, oracle_curve, pauc, quality_curves, random_baseline
 from fiqa.core.pairs import pair_scores
+from fiqa.core.templates import percentile_weights, tar_at_far, template_features, template_quality
 from fiqa.eval.qualities import MethodQuality, QualitySources, method_qualities
 from fiqa.eval.report import BASELINE, metric_key
-from fiqa.eval.sets import EvalSet
+from fiqa.eval.sets import EvalSet, TemplateSetup
 from fiqa.extract import Extractor, FREntry, unit_rows
 
 
@@ -94,10 +95,15 @@ def evaluate_matrix(
             raise ValueError(f"eval.methods={sources.methods} leaves no method on {data.name}")
         matrix.dropped[data.name] = data.n_dropped
         matrix.results[data.name] = {}
+        setup = data.templates
+        pair_q = qualities if setup is None else template_qualities(qualities, setup)
         for fr_name, fr in fr_models.items():
             embeddings = set_embeddings(data, fr, extractor)
-            scores = pair_scores(embeddings, data.pairs)
-            curves = cell_curves(qualities, data, scores, fmrs, how)
+            if setup is None:
+                scores = pair_scores(embeddings, data.pairs)
+            else:
+                scores = pair_scores(template_features(embeddings, setup.templates), data.pairs)
+            curves = cell_curves(pair_q, data, scores, fmrs, how)
             metrics = {}
             for method, per_fmr in curves.items():
                 metrics[method] = curve_metrics(per_fmr, limits, fmrs[0])
@@ -106,6 +112,8 @@ def evaluate_matrix(
                     metrics[method]["kind"] = qualities[method].kind
                 else:
                     metrics[method]["kind"] = BASELINE
+            if setup is not None:
+                template_tars(metrics, qualities, data, setup, embeddings, scores)
             matrix.results[data.name][fr_name] = metrics
             matrix.cells.append(Cell(data.name, fr_name, curves, metrics))
     return matrix
@@ -119,6 +127,38 @@ def set_embeddings(data: EvalSet, fr: FREntry, extractor: Extractor) -> np.ndarr
         return unit_rows(extractor.outputs(fr, data.source)["embedding"], data.rows)
     own = extractor.outputs(fr, data.own_source())["embedding"]
     return unit_rows(own, np.arange(len(data.rows)))
+
+
+def template_qualities(
+    qualities: Mapping[str, MethodQuality], setup: TemplateSetup
+) -> dict[str, MethodQuality]:
+    """Each method's quality per template (``setup.quality`` over its images')."""
+    return {name: replace(q, values=template_quality(q.values, setup.templates, setup.quality))
+            for name, q in qualities.items()}  # fmt: skip
+
+
+def template_tars(
+    metrics: dict[str, dict],
+    qualities: Mapping[str, MethodQuality],
+    data: EvalSet,
+    setup: TemplateSetup,
+    embeddings: np.ndarray,
+    scores: np.ndarray,
+) -> None:
+    """Add ``tar@far=<x>`` (plain templates, every row) and ``tar_qaware@far=<x>`` (templates
+    whose images are weighted by the method's quality percentile) to ``metrics``."""
+    genuine = data.pairs.genuine
+    plain = tar_at_far(scores[genuine], scores[~genuine], setup.fars)
+    for method, row in metrics.items():
+        row.update({f"tar@far={far:g}": tar for far, tar in plain.items()})
+        if method not in qualities:
+            continue
+        kept = setup.templates.template >= 0
+        weights = np.zeros(len(kept))
+        weights[kept] = percentile_weights(qualities[method].values[kept])
+        aware = pair_scores(template_features(embeddings, setup.templates, weights), data.pairs)
+        tars = tar_at_far(aware[genuine], aware[~genuine], setup.fars)
+        row.update({f"tar_qaware@far={far:g}": tar for far, tar in tars.items()})
 
 
 def cell_curves(

@@ -1,10 +1,12 @@
 """What ``evaluate`` measures on: aligned faces, their comparison pairs, and cached results.
 
-Two kinds: the prepared set's own split (``eval.benchmark.format=prepared``: its pairs by
+Three kinds: the prepared set's own split (``eval.benchmark.format=prepared``: its pairs by
 ``eval.pairs``, all of them up to a size; label-method qualities and embeddings reused from the
 label stage) and external verification benchmarks (``bin`` / ``pairs_txt`` / ``folder``, see
 ``fiqa.data.verification``): raw photos are detected and aligned like ``prepare`` does; a face
-that cannot be loaded or aligned is counted and its pairs are left out.
+that cannot be loaded or aligned is counted and its pairs are left out; and IJB-B/C
+(``eval.benchmark.format=ijb``, ``fiqa.data.ijb``), whose pairs are between templates of several
+images (``fiqa.core.templates``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from fiqa.core.artifacts import LABELS
 from fiqa.core.images import ImageReadError
 from fiqa.core.pairs import Pairs, PairSampling
 from fiqa.core.provenance import digest
+from fiqa.core.templates import TEMPLATE_QUALITY, Templates
 from fiqa.data.detect import YuNetDetector
 from fiqa.data.face_pipeline import FaceAligner
 from fiqa.data.face_store import PreparedFaces
+from fiqa.data.ijb import aligned_faces, load_ijb
 from fiqa.data.verification import load_benchmark
 from fiqa.extract import FaceSource
 from fiqa.label.table import read_labels
@@ -36,9 +40,22 @@ log = logging.getLogger(__name__)
 SPLITS = ("val", "train", "all")
 
 
+@dataclass(frozen=True)
+class TemplateSetup:
+    """How a template benchmark compares: the images' templates, the rule of a template's
+    quality from its images' (``min`` / ``mean`` / ``max``) and the FARs of its TAR."""
+
+    templates: Templates
+    quality: str
+    fars: tuple[float, ...]
+
+
 @dataclass
 class EvalSet:
-    """Faces (by row), their pairs, and what earlier stages already computed for them."""
+    """Faces (by row), their pairs, and what earlier stages already computed for them.
+
+    With ``templates`` set (IJB), the pairs index templates, not faces.
+    """
 
     name: str
     n: int
@@ -50,6 +67,7 @@ class EvalSet:
     # YuNet's confidence on each face's source photo where it was detected there (NaN where
     # the face came aligned or with given landmarks): the detector-confidence baseline.
     det_scores: np.ndarray | None = None
+    templates: TemplateSetup | None = None
 
     def faces(self, rows: np.ndarray) -> np.ndarray:
         """uint8 aligned RGB faces of rows ``rows`` of this set."""
@@ -92,6 +110,7 @@ def load_eval_sets(
     data_name: str,
     aligner: Aligner,
     pairs: PairSampling,
+    cache_dir: str | Path,
 ) -> list[EvalSet]:
     """The evaluation sets of the benchmark specs (``eval.benchmark`` + ``eval.benchmarks``).
 
@@ -104,6 +123,7 @@ def load_eval_sets(
         data_name: Dataset name: the default name ``<data_name>_<split>`` of a prepared split.
         aligner: Builds the face aligner of raw benchmark photos (``prepare``'s settings).
         pairs: The pairs of a prepared split (``eval.pairs``).
+        cache_dir: Where an IJB benchmark's aligned faces are cached (``paths.cache``).
 
     Raises:
         ValueError: When two benchmarks get the same name (set ``name`` on one of them).
@@ -115,6 +135,8 @@ def load_eval_sets(
     sets = [
         prepared_split(spec, PreparedFaces(prepared_dir), labels, data_name, pairs)
         if spec["format"] == "prepared"
+        else ijb_set(spec, aligner, cache_dir)
+        if spec["format"] == "ijb"
         else external_set(spec, aligner)
         for spec in specs
     ]
@@ -209,3 +231,30 @@ def external_set(spec: Mapping[str, Any], aligner: Aligner) -> EvalSet:
     )
     return EvalSet(bench.name, n, pairs, source, np.arange(n), n_dropped=int((~ok).sum()),
                    det_scores=det_scores)  # fmt: skip
+
+
+def ijb_set(spec: Mapping[str, Any], aligner: Aligner, cache_dir: str | Path) -> EvalSet:
+    """An IJB-B/C release (``fiqa.data.ijb``): faces aligned with the given landmarks, template
+    pairs; the detector baseline is the release's detector score."""
+    if spec["template_quality"] not in TEMPLATE_QUALITY:
+        raise ValueError(f"eval.benchmark.template_quality={spec['template_quality']!r}; choose "
+                         f"one of {', '.join(TEMPLATE_QUALITY)}")  # fmt: skip
+    protocol = load_ijb(spec["root"], spec["variant"], spec.get("name"))
+    align = aligner(False)
+    faces, ok, key, reasons = aligned_faces(protocol, align, cache_dir)
+    n = len(protocol.images)
+    t = protocol.templates
+    templates = Templates(np.where(ok, t.template, -1), t.media, t.n_templates)
+    used = templates.used()
+    keep = used[protocol.pairs.a] & used[protocol.pairs.b]
+    if reasons or not keep.all():
+        log.warning("%s: %d of %d images unusable %s; %d of %d template pairs left out",
+                    protocol.name, int((~ok).sum()), n, reasons, int((~keep).sum()),
+                    len(keep))  # fmt: skip
+    pairs = Pairs(protocol.pairs.a[keep], protocol.pairs.b[keep], protocol.pairs.genuine[keep])
+    source = FaceSource(name=protocol.name, n=n, template=align.template, fingerprint=key,
+                        faces=faces, picklable=True)  # fmt: skip
+    setup = TemplateSetup(templates, spec["template_quality"],
+                          tuple(float(f) for f in spec["fars"]))  # fmt: skip
+    return EvalSet(protocol.name, n, pairs, source, np.arange(n), n_dropped=int((~ok).sum()),
+                   det_scores=protocol.det_scores, templates=setup)  # fmt: skip
