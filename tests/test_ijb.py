@@ -148,6 +148,10 @@ def test_evaluate_on_ijb_equals_a_hand_computation(lfw_release, tmp_path: Path):
                 hand_tar((aware @ aware.T)[upper], genuine, far)
             )
     assert cell["detector"]["tar_qaware@far=0.02"] < 1  # the hand check above is not vacuous
+    # operating points over the 16 templates' qualities (min over their images): 10 % = 1.6
+    # templates -> the one lowest is discarded, the threshold is the second lowest
+    template_q = np.sort([sharpness[rows].min() for rows in members])
+    assert cell["sharpness"]["op@discard=0.1/threshold"] == pytest.approx(template_q[1])
     assert np.isnan(cell["sharpness"]["tar@far=0.005"])  # 112 impostor pairs cannot show it
     assert "tar_qaware@far=0.1" not in cell["oracle"]
     # the blurred frames are the least sharp

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fiqa.core.pairs import Pairs, pair_scores
 from fiqa.core.templates import (
     Templates,
     percentile_weights,
     tar_at_far,
     template_features,
+    template_pair_scores,
     template_quality,
 )
 
@@ -91,3 +93,13 @@ def test_templates_reject_bad_indices():
         Templates([0, 2], [0, 1], 2)
     with pytest.raises(ValueError, match="equal 1-D shapes"):
         Templates([0, 1], [0], 2)
+
+
+def test_template_pair_scores_equal_row_gathers(monkeypatch):
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(50, 16))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    pairs = Pairs(rng.integers(0, 50, 400), rng.integers(0, 50, 400), rng.random(400) < 0.1)
+    monkeypatch.setattr("fiqa.core.templates.BLOCK", 8)  # several blocks, some without pairs
+    np.testing.assert_allclose(template_pair_scores(feats, pairs), pair_scores(feats, pairs),
+                               atol=1e-12)  # fmt: skip

@@ -5,6 +5,7 @@ fiqa study [hydra overrides...]     every label method's regressor, evaluated bl
   (-v / --verbose: a config or stage error with its full traceback, as HYDRA_FULL_ERROR=1)
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
 fiqa report metrics/eval.json [other/eval.json ...] --out outputs/compare   (or --dvc, --wandb)
+fiqa thresholds metrics/eval.json [--method model]       a method's quality thresholds (operating points)
 fiqa demo-data --out data/raw
 fiqa dvc-yaml [--check]                                  write dvc.yaml from the stages' code
 """
@@ -209,6 +210,31 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+def _thresholds(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fiqa thresholds",
+        description="Print a method's operating points from an eval.json: the quality threshold "
+        "that discards each share of the faces and the FNMR it leaves, and the lowest one that "
+        "reaches the target FNMR (eval.discard_shares, eval.target_fnmr).",
+    )
+    parser.add_argument("eval_json", type=Path, help="metrics/eval.json of an evaluate run")
+    parser.add_argument("--method", default="model", help="an eval.methods row (default: model)")
+    args = parser.parse_args(argv)
+    import json
+
+    from fiqa.eval.report import thresholds_text
+
+    if not args.eval_json.is_file():
+        raise FileNotFoundError(f"{args.eval_json} not found (run `fiqa evaluate` first)")
+    try:
+        text = thresholds_text(json.loads(args.eval_json.read_text()), args.method)
+    except (ValueError, KeyError) as err:  # not an eval.json, or no such method in it
+        sys.stderr.write(f"fiqa thresholds: {args.eval_json}: {err}\n")
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
 def _demo_data(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="fiqa demo-data", description="Build the embedded demo dataset (no network)."
@@ -239,7 +265,8 @@ def _dvc_yaml(argv: list[str]) -> int:
     return dvc_yaml(argv)
 
 
-TOOLS = {"score": _score, "report": _report, "demo-data": _demo_data, "dvc-yaml": _dvc_yaml}
+TOOLS = {"score": _score, "report": _report, "thresholds": _thresholds, "demo-data": _demo_data,
+         "dvc-yaml": _dvc_yaml}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

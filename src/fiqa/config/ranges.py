@@ -117,6 +117,7 @@ RANGES: dict[str, Range] = {
     "model.lr_gamma": POSITIVE,
     "model.max_epochs": AT_LEAST_1,
     "eval.fmr": UNIT_OPEN,
+    "eval.target_fnmr": UNIT_OPEN,
 }
 ELEMENT_RANGES: dict[str, Range] = {
     "label.methods.huo.weights": AT_LEAST_0,
@@ -126,6 +127,7 @@ ELEMENT_RANGES: dict[str, Range] = {
     "model.loss_weights": AT_LEAST_0,
     "eval.extra_fmrs": UNIT_OPEN,
     "eval.discard_limits": SHARE,
+    "eval.discard_shares": SHARE,
     "eval.pairs.all_up_to": AT_LEAST_0,
     "eval.pairs.genuine_per_identity": AT_LEAST_1,
     "eval.pairs.impostors": AT_LEAST_1,

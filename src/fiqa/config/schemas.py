@@ -75,6 +75,8 @@ class EvalSettings:
     discard_limits: list[float]
     pair_quality: str
     pairs: PairSampling  # pairs of a prepared split (and of train's validation EDC)
+    discard_shares: list[float]  # operating points: the quality threshold discarding each share
+    target_fnmr: float  # ... and the lowest quality threshold reaching this FNMR
     # eval=insightface only: the folder of the .bin files (required there: `???`). A value
     # merged onto a default keeps the default when it is `???`, so the key has none in YAML.
     bin_root: str | None = None

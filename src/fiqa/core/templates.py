@@ -31,9 +31,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fiqa.core.edc import fmr_thresholds
+from fiqa.core.pairs import Pairs
 
 TEMPLATE_QUALITY = ("min", "mean", "max")
 CHUNK = 65_536  # images summed at a time (bounds the float64 copy to CHUNK x d)
+BLOCK = 1024  # templates per block of the similarity matrix (bounds it to BLOCK x n_templates)
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +118,27 @@ def template_features(
         out[owner[first]] += np.add.reduceat(weighted, first, axis=0)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0).astype(np.float32)
+
+
+def template_pair_scores(features: ArrayLike, pairs: Pairs) -> NDArray[np.float64]:
+    """Cosine score of each template pair (``pairs`` index rows of unit ``features``).
+
+    Read off blocks of the templates' similarity matrix (``BLOCK`` rows at a time, one BLAS
+    product each) instead of gathering two feature rows per pair: IJB-C has 23 k templates and
+    15.7 M pairs, so the blocks cost one ``T x T x d`` product while the gathers would move
+    ``2 x 15.7 M x d`` floats through memory.
+    """
+    feats = np.asarray(features, dtype=np.float64)
+    order = np.argsort(pairs.a, kind="stable")
+    first = pairs.a[order]
+    scores = np.empty(len(pairs))
+    for lo in range(0, len(feats), BLOCK):
+        start, stop = np.searchsorted(first, [lo, lo + BLOCK])
+        if start == stop:
+            continue
+        at = order[start:stop]
+        scores[at] = (feats[lo : lo + BLOCK] @ feats.T)[pairs.a[at] - lo, pairs.b[at]]
+    return scores
 
 
 def template_quality(values: ArrayLike, templates: Templates, rule: str = "min") -> NDArray:

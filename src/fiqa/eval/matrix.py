@@ -12,9 +12,23 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fiqa.core.edc import EDCCurve, oracle_curve, pauc, quality_curves, random_baseline
+from fiqa.core.edc import (
+    EDCCurve,
+    oracle_curve,
+    pair_quality,
+    pauc,
+    quality_curves,
+    random_baseline,
+)
+from fiqa.core.operating import operating_points
 from fiqa.core.pairs import pair_scores
-from fiqa.core.templates import percentile_weights, tar_at_far, template_features, template_quality
+from fiqa.core.templates import (
+    percentile_weights,
+    tar_at_far,
+    template_features,
+    template_pair_scores,
+    template_quality,
+)
 from fiqa.eval.qualities import MethodQuality, QualitySources, method_qualities
 from fiqa.eval.report import BASELINE, metric_key
 from fiqa.eval.sets import EvalSet, TemplateSetup
@@ -75,8 +89,11 @@ def evaluate_matrix(
     fmrs: Sequence[float],
     limits: Sequence[float],
     how: str = "min",
+    discard_shares: Sequence[float] = (0.05, 0.1, 0.2),
+    target_fnmr: float = 0.01,
 ) -> Matrix:
-    """The matrix of ``sets`` x ``fr_models`` x the methods of ``sources`` (+ baselines).
+    """The matrix of ``sets`` x ``fr_models`` x the methods of ``sources`` (+ baselines), with
+    each method's operating points (``fiqa.core.operating``) at the primary FMR.
 
     Raises:
         ValueError: A set without both genuine and impostor pairs, an unknown method, or no
@@ -102,7 +119,8 @@ def evaluate_matrix(
             if setup is None:
                 scores = pair_scores(embeddings, data.pairs)
             else:
-                scores = pair_scores(template_features(embeddings, setup.templates), data.pairs)
+                features = template_features(embeddings, setup.templates)
+                scores = template_pair_scores(features, data.pairs)
             curves = cell_curves(pair_q, data, scores, fmrs, how)
             metrics = {}
             for method, per_fmr in curves.items():
@@ -110,6 +128,9 @@ def evaluate_matrix(
                 if method in qualities:
                     metrics[method]["same_model"] = fr_name in qualities[method].fr_models
                     metrics[method]["kind"] = qualities[method].kind
+                    metrics[method] |= method_operating_points(
+                        pair_q[method].values, data, scores, per_fmr[fmrs[0]].threshold, how,
+                        discard_shares, target_fnmr)  # fmt: skip
                 else:
                     metrics[method]["kind"] = BASELINE
             if setup is not None:
@@ -127,6 +148,22 @@ def set_embeddings(data: EvalSet, fr: FREntry, extractor: Extractor) -> np.ndarr
         return unit_rows(extractor.outputs(fr, data.source)["embedding"], data.rows)
     own = extractor.outputs(fr, data.own_source())["embedding"]
     return unit_rows(own, np.arange(len(data.rows)))
+
+
+def method_operating_points(
+    values: np.ndarray,
+    data: EvalSet,
+    scores: np.ndarray,
+    threshold: float,
+    how: str,
+    shares: Sequence[float],
+    target_fnmr: float,
+) -> dict[str, float]:
+    """One method's operating points on one cell: ``values`` per face (template on IJB)."""
+    genuine = data.pairs.genuine
+    a, b = data.pairs.a[genuine], data.pairs.b[genuine]
+    pq = pair_quality(values[a], values[b], how)
+    return operating_points(values, scores[genuine], pq, threshold, shares, target_fnmr)
 
 
 def template_qualities(
@@ -156,7 +193,8 @@ def template_tars(
         kept = setup.templates.template >= 0
         weights = np.zeros(len(kept))
         weights[kept] = percentile_weights(qualities[method].values[kept])
-        aware = pair_scores(template_features(embeddings, setup.templates, weights), data.pairs)
+        features = template_features(embeddings, setup.templates, weights)
+        aware = template_pair_scores(features, data.pairs)
         tars = tar_at_far(aware[genuine], aware[~genuine], setup.fars)
         row.update({f"tar_qaware@far={far:g}": tar for far, tar in tars.items()})
 

@@ -273,6 +273,34 @@ def _sections(
     return sections
 
 
+CELL_SECTIONS = (  # (heading, note, metric prefix) of the per-cell tables of one run
+    ("Operating points", "The quality threshold below which a share of the faces (templates "
+     "on IJB) falls (`op@discard=<share>/threshold`) and the FNMR of the genuine pairs it keeps "
+     "at the fixed comparison threshold; the lowest threshold whose kept pairs reach the target "
+     "FNMR (`op@fnmr=<f>/threshold`) and the share of faces it discards.", "op@"),
+    ("Template verification (TAR at FAR)", "`tar`: plain templates (per media the mean unit "
+     "embedding, summed); `tar_qaware`: each image weighted by the method's quality percentile "
+     "inside its media. n/a: too few impostor pairs to show that FAR.", "tar"),
+)  # fmt: skip
+
+
+def cell_tables(results: dict, prefix: str) -> list[Table]:
+    """Per (benchmark, FR model): the metrics starting with ``prefix`` as columns, one row per
+    method that has them (``Table.fr_model`` = ``<benchmark>, <fr model>``); none without."""
+    tables = []
+    for bench, per_fr in results.items():
+        for fr_model, per_method in per_fr.items():
+            columns = list(dict.fromkeys(k for e in per_method.values() for k in e
+                                         if k.startswith(prefix)))  # fmt: skip
+            rows = [Row(method, row_kind(method, entry),
+                        [(_text(_value(entry, c)), False) for c in columns])
+                    for method, entry in per_method.items()
+                    if any(c in entry for c in columns)]  # fmt: skip
+            if rows:
+                tables.append(Table(f"{bench}, {fr_model}", columns, rows))
+    return tables
+
+
 def _has_same_model(sources: Sequence[tuple[str, dict]]) -> bool:
     return any(
         entry.get("same_model")
@@ -295,7 +323,8 @@ def _documents(
     limits: Sequence[float] | None,
     figures: Sequence[str] = (),
 ) -> tuple[str, str]:
-    """The markdown and HTML documents, built from the same tables."""
+    """The markdown and HTML documents, built from the same tables (one run: with its
+    operating points and template TARs)."""
     notes = [INTRO] + ([LEGEND] if _has_same_model(sources) else [])
     md = [f"# {title}", "", *[line for note in notes for line in (note, "")]]
     page = [
@@ -313,6 +342,14 @@ def _documents(
                 line = f"Best blind method (mean): `{best[0]}` {best[1]}."
                 md += [line, ""]
                 page.append(f"<p>{_inline_markdown_to_html(line)}</p>")
+    for heading, note, prefix in CELL_SECTIONS if len(sources) == 1 else ():
+        tables = cell_tables(sources[0][1], prefix)
+        if tables:
+            md += [f"## {heading}", "", note, ""]
+            page += [f"<h2>{html.escape(heading)}</h2>", f"<p>{_inline_markdown_to_html(note)}</p>"]
+        for table in tables:
+            md += [f"### {table.fr_model}", "", table_markdown(table), ""]
+            page.append(f"<h3>{html.escape(table.fr_model)}</h3>{table_html(table)}")
     if figures:
         md += ["## EDC curves", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
         page.append("<h2>EDC curves</h2>")
@@ -388,3 +425,41 @@ def write_comparison_of(sources: list[tuple[str, dict]], out_stem: Path) -> tupl
     write_text_atomic(md_path, md)
     write_text_atomic(html_path, page)
     return md_path, html_path
+
+
+_OP_KEY = re.compile(rf"^op@(?P<kind>discard|fnmr)=(?P<at>{_NUMBER})/(?P<what>\w+)$")
+
+
+def thresholds_text(results: dict, method: str) -> str:
+    """``method``'s operating points in every (benchmark, FR model) of an eval.json, as text.
+
+    Raises:
+        ValueError: When no cell has operating points of ``method`` (the message lists the
+            methods that have them).
+    """
+    lines, known = [], set()
+    for bench, per_fr in results.items():
+        for fr_model, per_method in per_fr.items():
+            known |= {m for m, e in per_method.items() if any(_OP_KEY.match(k) for k in e)}
+            entry = per_method.get(method, {})
+            points: dict[tuple[str, str], dict[str, float]] = {}
+            for key, value in entry.items():
+                if match := _OP_KEY.match(key):
+                    points.setdefault((match["kind"], match["at"]), {})[match["what"]] = value
+            if not points:
+                continue
+            lines.append(f"{method} on {bench} with {fr_model} (comparison threshold "
+                         f"{entry['threshold']:.4f} at FMR {entry['fmr']:g}):")  # fmt: skip
+            for (kind, at), p in points.items():
+                if kind == "discard":
+                    lines.append(f"  discard {float(at):>6.1%}: quality < {p['threshold']:.4f}"
+                                 f"  -> FNMR {p['fnmr']:.4f}")  # fmt: skip
+                elif math.isnan(p["threshold"]):
+                    lines.append(f"  FNMR <= {at}: not reached by any quality threshold")
+                else:
+                    lines.append(f"  FNMR <= {at}: quality < {p['threshold']:.4f} (discards "
+                                 f"{p['discarded']:.1%})")  # fmt: skip
+    if not lines:
+        raise ValueError(f"no operating points of {method!r} in this eval.json; methods with "
+                         f"them: {', '.join(sorted(known)) or 'none (an older eval.json?)'}")  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -58,7 +58,8 @@ def run(settings: Settings) -> dict[str, float]:
     with tracked_run(settings, "evaluate") as tracking:
         try:
             matrix = evaluate_matrix(sets, frs, quality_sources(settings, runner), runner,
-                                     e.fmrs, e.discard_limits, e.pair_quality)  # fmt: skip
+                                     e.fmrs, e.discard_limits, e.pair_quality, e.discard_shares,
+                                     e.target_fnmr)  # fmt: skip
         except ValueError as err:
             raise StageError(str(err)) from err
         write_matrix(matrix, paths.metrics, paths.plots, paths.reports, tracking.wandb)
