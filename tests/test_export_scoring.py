@@ -22,6 +22,7 @@ from fiqa.config.defaults import regressor_arguments
 from fiqa.config.typed import typed
 from fiqa.data.preparation import PrepareSettings
 from fiqa.quality import export as export_mod
+from fiqa.quality.calibration import Calibration
 from fiqa.quality.export import ExportMismatchError, export_onnx
 from fiqa.quality.model import QualityRegressor
 from fiqa.quality.scoring import NOT_ALIGNED, QualityScorer
@@ -60,6 +61,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[QualityRegressor,
         enable_model_summary=False,
     )
     trainer.fit(model, train_dataloaders=DataLoader(samples, batch_size=4))
+    model.eval()
+    with torch.no_grad():  # as the train stage: the calibration of its scores of some faces
+        raw = model(torch.from_numpy(random_faces(64, 2)).permute(0, 3, 1, 2).float())
+    model.calibration = Calibration.fit(raw.numpy()).to_dict()
     ckpt = root / "model.ckpt"
     trainer.save_checkpoint(ckpt)
     model.eval()
@@ -138,6 +143,23 @@ def test_scorer_ckpt_and_onnx_agree(trained: tuple[QualityRegressor, Path, Path]
     np.testing.assert_allclose(from_ckpt, direct, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match=r"faces are \(100, 112\), the model takes \(112, 112\)"):
         QualityScorer.from_path(onnx_path).score(faces[:, :100])
+
+
+def test_calibration_survives_onnx_export(trained: tuple[QualityRegressor, Path, Path]) -> None:
+    model, ckpt, onnx_path = trained
+    scorers = [QualityScorer.from_path(path) for path in (ckpt, onnx_path)]
+    assert (
+        scorers[0].calibration == scorers[1].calibration == Calibration.from_dict(model.calibration)
+    )
+    faces = random_faces(200, 3)
+    table = pd.DataFrame({"quality": scorers[1].score(faces)})
+    scaled = [s.with_scale(pd.DataFrame({"quality": s.score(faces)})) for s in scorers]
+    # raw scores agree to 1e-4, so the integers agree up to a rounding edge
+    assert np.abs(scaled[0]["quality_0_100"] - scaled[1]["quality_0_100"]).max() <= 1
+    by_0_100 = scorers[1].with_scale(table, "0-100")
+    assert list(by_0_100.columns) == ["quality_raw", "quality"]
+    order = np.argsort(by_0_100["quality_raw"].to_numpy())
+    assert (np.diff(by_0_100["quality"].to_numpy()[order]) >= 0).all()  # the raw ranking kept
 
 
 def test_score_files_records_failures(

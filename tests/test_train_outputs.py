@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -105,6 +106,29 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     root = labelled_root(tmp_path_factory.mktemp("reference"))
     train(root, "train.seed=1")
     return root, digests(root)
+
+
+def test_trained_model_carries_its_0_100_calibration(
+    reference: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Fitted on the training faces: they come out uniform on 0-100; ckpt and ONNX agree."""
+    from fiqa.cli.main import main
+    from fiqa.quality.scoring import QualityScorer
+
+    root = reference[0]
+    ckpt, onnx_file = root / "models" / "quality.ckpt", root / "models" / "quality.onnx"
+    scorers = [QualityScorer.from_path(path) for path in (ckpt, onnx_file)]
+    assert scorers[0].calibration == scorers[1].calibration
+    train_faces = json.loads((root / "metrics" / "train.json").read_text())
+    assert scorers[0].calibration.n_faces == train_faces["train/calibration_faces"] > 0
+    out = tmp_path / "scores.csv"
+    prepared = str(root / "data" / "prepared")
+    assert main(["score", "--checkpoint", str(onnx_file), "--prepared", prepared,
+                 "--scale", "0-100", "--out", str(out)]) == 0  # fmt: skip
+    table = pd.read_csv(out)
+    scores = table.loc[table["split"] == "train", "quality"]
+    assert scores.between(0, 100).all() and (scores == scores.round()).all()
+    assert abs(scores.median() - 50) <= 10  # the training percentile: uniform over 0-100
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 fiqa prepare|ddpm|label|train|evaluate [hydra overrides...]   e.g. fiqa label label=serfiq
 fiqa study [hydra overrides...]     every label method's regressor, evaluated blind (conf/study/)
   (-v / --verbose: a config or stage error with its full traceback, as HYDRA_FULL_ERROR=1)
-fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--prepared DIR]
+fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--scale 0-100]
 fiqa report metrics/eval.json [other/eval.json ...] --out outputs/compare   (or --dvc, --wandb)
 fiqa thresholds metrics/eval.json [--method model]       a method's quality thresholds (operating points)
 fiqa demo-data --out data/raw
@@ -57,6 +57,10 @@ def _score(argv: list[str]) -> int:
     parser.add_argument("--mode", default="auto", choices=["auto", "aligned", "raw"],
                         help="aligned faces, raw photos, or auto: aligned when the image has "
                         "the model's input size")  # fmt: skip
+    parser.add_argument("--scale", default="raw", choices=["raw", "0-100"],
+                        help="raw: `quality` is the model's output, `quality_0_100` its "
+                        "calibrated score (when the model has one); 0-100: `quality` is the "
+                        "calibrated integer (the training percentile), `quality_raw` the raw")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--template", help="external ONNX model: its alignment template")
@@ -82,6 +86,7 @@ def _score(argv: list[str]) -> int:
             args.checkpoint, device=args.device,
             onnx_options={k: v for k, v in options.items() if v is not None},
         )  # fmt: skip
+        scorer.check_scale(args.scale)  # before any face is scored
     except (FileNotFoundError, QualityModelError) as err:
         return _score_error(str(err))
     if args.prepared:
@@ -90,6 +95,7 @@ def _score(argv: list[str]) -> int:
         aligner = None if args.mode == "aligned" else _aligner(scorer.template)
         table = scorer.score_files(paths, batch_size=args.batch_size, mode=args.mode,
                                    aligner=aligner)  # fmt: skip
+    table = scorer.with_scale(table, args.scale)
     out = Path(args.out)
     with atomic_path(out) as tmp:
         if out.suffix == ".parquet":

@@ -84,6 +84,7 @@ RANGES: dict[str, Range] = {
     "train.batch_size": AT_LEAST_1,
     "train.num_workers": AT_LEAST_0,
     "train.onnx_max_abs_diff": POSITIVE,
+    "train.calibration_faces": AT_LEAST_1,
     "train.early_stopping_patience": AT_LEAST_1,
     "train.checkpoint_every_n_steps": AT_LEAST_1,
     "label.ediffiqa.eps": AT_LEAST_0,

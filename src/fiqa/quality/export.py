@@ -3,7 +3,7 @@
 The exported graph takes ``faces``: float32 ``(N, 3, H, W)`` RGB in 0..255, aligned to the
 backbone's template (ArcFace 112x112 for most FR backbones), and returns ``quality``: ``(N,)``,
 with a dynamic batch axis. The metadata records the template and size (``fiqa.template``,
-``fiqa.input_size``) for ``fiqa score``. The file is self-contained (weights inside, no external
+``fiqa.input_size``) for ``fiqa score``, and the 0-100 calibration (``fiqa.calibration``). The file is self-contained (weights inside, no external
 data) and written atomically.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fiqa.core.atomic import atomic_path
+from fiqa.quality.calibration import ONNX_KEY as CALIBRATION_ONNX_KEY
 from fiqa.quality.model import QualityRegressor
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def _add_metadata(tmp: Path, model: QualityRegressor) -> None:
         ("fiqa.input_size", json.dumps(list(model.input_size))),
         ("fiqa.hparams", json.dumps(dict(model.hparams), default=str, sort_keys=True)),
         ("fiqa.target_scaling", json.dumps(model.target_scaling)),
+        *([(CALIBRATION_ONNX_KEY, json.dumps(model.calibration))] if model.calibration else []),
     ):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

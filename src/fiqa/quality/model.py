@@ -25,6 +25,7 @@ from torch import nn
 
 from fiqa.core.containers import plain_container
 from fiqa.fr import FRModelInfo, load_fr_model
+from fiqa.quality.calibration import CHECKPOINT_KEY as CALIBRATION_KEY
 from fiqa.quality.metrics import mean_absolute_error, pearson, spearman
 from fiqa.quality.optim import SCHEDULERS, param_groups, with_schedule
 
@@ -169,6 +170,9 @@ class QualityRegressor(pl.LightningModule):
         # How labels became the targets it predicts (fiqa.quality.targets), set by the training
         # chain and kept in the checkpoint.
         self.target_scaling: dict[str, Any] | None = None
+        # Raw output -> 0-100 (fiqa.quality.calibration), fitted after training on the best
+        # model and kept in the checkpoint; None before (and in older checkpoints).
+        self.calibration: dict[str, Any] | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -288,12 +292,14 @@ class QualityRegressor(pl.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(preds))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the target scaling with the weights."""
+        """Keep the target scaling and the calibration with the weights."""
         checkpoint[TARGET_SCALING_KEY] = self.target_scaling
+        checkpoint[CALIBRATION_KEY] = self.calibration
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the target scaling (None for checkpoints written before it existed)."""
+        """Restore the target scaling and calibration (None in checkpoints from before)."""
         self.target_scaling = checkpoint.get(TARGET_SCALING_KEY)
+        self.calibration = checkpoint.get(CALIBRATION_KEY)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Quality of a batch (for ``Trainer.predict``)."""

@@ -24,6 +24,8 @@ import torch
 
 from fiqa.core.align import retarget_faces
 from fiqa.data.face_pipeline import FaceAligner
+from fiqa.quality.calibration import ONNX_KEY as CALIBRATION_ONNX_KEY
+from fiqa.quality.calibration import Calibration
 from fiqa.quality.model_files import (
     QualityModelError,
     check_checkpoint,
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 NOT_ALIGNED = "not_aligned"  # aligned mode: the image is not the model's input size
 SCORE_COLUMNS = ["path", "quality", "failure"]
+SCALES = ("raw", "0-100")  # fiqa score --scale
 MODES = ("auto", "aligned", "raw")
 # Input convention of an external ONNX quality model (fiqa's own graphs record theirs).
 ONNX_DEFAULTS = {"template": "arcface_112", "colour": "RGB", "mean": 0.0, "std": 1.0}
@@ -53,9 +56,32 @@ class QualityScorer:
     """
 
     def __init__(self, predict: Predict, source: str, template: str = "arcface_112",
-                 input_size: tuple[int, int] = (112, 112)) -> None:  # fmt: skip
+                 input_size: tuple[int, int] = (112, 112),
+                 calibration: Calibration | None = None) -> None:  # fmt: skip
         self._predict = predict
         self.source, self.template, self.input_size = source, template, tuple(input_size)
+        self.calibration = calibration
+
+    def check_scale(self, scale: str) -> None:
+        """Raise ``QualityModelError`` when ``scale`` is ``0-100`` and the model has no
+        calibration (``ValueError`` for an unknown scale)."""
+        if scale not in SCALES:
+            raise ValueError(f"scale={scale!r}; choose one of {', '.join(SCALES)}")
+        if scale == "0-100" and self.calibration is None:
+            raise QualityModelError(f"{self.source} has no 0-100 calibration (a model trained "
+                                    "before fiqa stored one, or not trained by fiqa)")  # fmt: skip
+
+    def with_scale(self, table: pd.DataFrame, scale: str = "raw") -> pd.DataFrame:
+        """``table`` with the calibrated ``quality_0_100`` column beside the raw ``quality``
+        (when the model has a calibration); ``scale="0-100"`` puts the calibrated score in
+        ``quality`` and the raw one in ``quality_raw`` (``check_scale``'s errors)."""
+        self.check_scale(scale)
+        if self.calibration is None:
+            return table
+        calibrated = self.calibration(table["quality"].to_numpy())
+        if scale == "raw":
+            return table.assign(quality_0_100=calibrated)
+        return table.rename(columns={"quality": "quality_raw"}).assign(quality=calibrated)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], device: str = "cpu",
@@ -81,10 +107,11 @@ class QualityScorer:
         if path.suffix == ".ckpt":
             model = _load_checkpoint(path, device)
             return cls(_torch_predictor(model), f"{path} (torch, {device})", model.template,
-                       model.input_size)  # fmt: skip
+                       model.input_size, Calibration.from_dict(model.calibration))  # fmt: skip
         if path.suffix == ".onnx":
-            predict, template, size = _onnx_predictor(path, device, onnx_options or {})
-            return cls(predict, f"{path} (onnxruntime, {device})", template, size)
+            predict, template, size, calibration = _onnx_predictor(path, device,
+                                                                   onnx_options or {})  # fmt: skip
+            return cls(predict, f"{path} (onnxruntime, {device})", template, size, calibration)
         raise ValueError(f"{path}: unknown quality model format; expected a .ckpt or .onnx file")
 
     def score(self, faces: np.ndarray, batch_size: int = 64,
@@ -226,9 +253,11 @@ def _torch_predictor(model: torch.nn.Module) -> Predict:
 
 
 def _onnx_predictor(path: Path, device: str,
-                    options: Mapping[str, Any]) -> tuple[Predict, str, tuple[int, int]]:  # fmt: skip
-    """onnxruntime backend: fiqa's graphs carry their template in the metadata; other graphs
-    take ``options`` (ONNX_DEFAULTS) and their first input's (static) size."""
+                    options: Mapping[str, Any]
+                    ) -> tuple[Predict, str, tuple[int, int], Calibration | None]:  # fmt: skip
+    """onnxruntime backend: fiqa's graphs carry their template and calibration in the
+    metadata; other graphs take ``options`` (ONNX_DEFAULTS) and their first input's (static)
+    size."""
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
@@ -264,4 +293,5 @@ def _onnx_predictor(path: Path, device: str,
         (out,) = session.run([output], {graph_input.name: batch})
         return np.asarray(out, np.float32).reshape(len(faces), -1)[:, 0]
 
-    return predict, str(opts["template"]), (int(size[0]), int(size[1]))
+    calibration = Calibration.from_json(meta.get(CALIBRATION_ONNX_KEY))
+    return predict, str(opts["template"]), (int(size[0]), int(size[1])), calibration

@@ -325,7 +325,18 @@ class QualityDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Validation split in manifest order, no augmentation."""
-        table = self._split("val")  # sets up the module first
+        return self._plain_loader(self._split("val"))  # sets up the module first
+
+    def calibration_dataloader(self, max_faces: int) -> DataLoader:
+        """At most ``max_faces`` training faces (a sample seeded by ``seed``, in manifest
+        order), no augmentation: what the calibration is fitted on."""
+        table = self._split("train")
+        if len(table) > max_faces:
+            rows = np.random.default_rng(self.seed).choice(len(table), max_faces, replace=False)
+            table = table.iloc[np.sort(rows)].reset_index(drop=True)
+        return self._plain_loader(table)
+
+    def _plain_loader(self, table: pd.DataFrame) -> DataLoader:
         if self.features is not None:
             return self._loader(LabelledFeatures(table, self.features, flip=False), None)
         return self._loader(LabelledFaces(self.prepared, table, None, self.retarget), None)

@@ -42,12 +42,14 @@ from fiqa.core.artifacts import (
     QUALITY_ONNX,
     STUDENT,
 )
-from fiqa.core.atomic import write_text_atomic
+from fiqa.core.atomic import atomic_path, write_text_atomic
 from fiqa.core.containers import differences
 from fiqa.core.lineage import check_lineage
 from fiqa.core.pairs import PairSampling
 from fiqa.data.face_store import PreparedFaces
 from fiqa.extract import Extractor, FaceSource, FREntry, Request, unit_rows
+from fiqa.quality.calibration import CHECKPOINT_KEY as CALIBRATION_KEY
+from fiqa.quality.calibration import Calibration
 from fiqa.quality.export import export_onnx
 from fiqa.quality.model import QualityRegressor
 from fiqa.quality.trunk import shares_frozen_part
@@ -274,6 +276,9 @@ def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
         raise TrainingError(f"no checkpoint was saved (is {MONITOR!r} logged?)")
     best_model = QualityRegressor.load_from_checkpoint(best.best_model_path, map_location="cpu",
                                                        pretrained=False)  # fmt: skip
+    calibration = fit_calibration(best_model, datamodule, s.calibration_faces)
+    best_model.calibration = calibration.to_dict()
+    store_calibration(Path(best.best_model_path), best_model.calibration)
     export = export_onnx(best_model, job.models_dir / QUALITY_ONNX, atol=s.onnx_max_abs_diff)
     costs = cost_report(job, best_model, distilled, extractor)
     summary = {
@@ -282,6 +287,7 @@ def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
         "train/global_step": float(trainer.global_step),
         "train/resumed": float(resume is not None),
         "train/onnx_max_abs_diff": float(export["max_abs_diff"]),
+        "train/calibration_faces": float(calibration.n_faces),
         **against_constant(best_model, datamodule),
         **{k: v for k, v in metrics.items() if k.startswith("val/")},
         **costs,
@@ -293,6 +299,33 @@ def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
         )
         log_to_wandb(logger, summary, costs, best_model, datamodule)
     return summary
+
+
+def fit_calibration(
+    model: QualityRegressor, datamodule: QualityDataModule, max_faces: int
+) -> Calibration:
+    """The best model's 0-100 calibration from its raw scores of (a seeded sample of at most
+    ``max_faces``) training faces, without augmentation (``fiqa.quality.calibration``)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        raw = [model.predict_batch(batch).float().cpu()
+               for batch in datamodule.calibration_dataloader(max_faces)]  # fmt: skip
+    calibration = Calibration.fit(torch.cat(raw).numpy())
+    log.info("calibration: 0-100 = training percentile over %d faces (raw %.4f .. %.4f)",
+             calibration.n_faces, calibration.knots[0], calibration.knots[-1])  # fmt: skip
+    return calibration
+
+
+def store_calibration(checkpoint: Path, calibration: dict[str, Any]) -> None:
+    """Add the calibration to a written checkpoint (atomically)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state[CALIBRATION_KEY] = calibration
+    with atomic_path(checkpoint) as tmp:
+        torch.save(state, tmp)
 
 
 def against_constant(model: QualityRegressor, datamodule: QualityDataModule) -> dict[str, float]:

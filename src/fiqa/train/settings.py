@@ -30,6 +30,8 @@ class TrainSettings:
         early_stopping_patience: Validation epochs without a better ``val/spearman`` before
             stopping; None = off.
         val_edc: Log ``val/pauc@<limit>`` on the validation pairs (first ``label.fr_models``).
+        calibration_faces: Training faces (a seeded sample) the best model scores to fit its
+            0-100 calibration (``fiqa.quality.calibration``).
     """
 
     batch_size: int
@@ -43,6 +45,7 @@ class TrainSettings:
     checkpoint_every_n_steps: int | None
     early_stopping_patience: int | None
     val_edc: bool
+    calibration_faces: int
 
 
 @dataclass
