@@ -78,7 +78,7 @@ class QualityScorer:
         self.check_scale(scale)
         if self.calibration is None:
             return table
-        calibrated = self.calibration(table["quality"].to_numpy())
+        calibrated = pd.array(self.calibration(table["quality"].to_numpy()), dtype="Int64")
         if scale == "raw":
             return table.assign(quality_0_100=calibrated)
         return table.rename(columns={"quality": "quality_raw"}).assign(quality=calibrated)
