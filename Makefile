@@ -60,6 +60,7 @@ bench: setup  ## print the benchmark figures
 	$(RUN) python benchmarks/recordio_read.py
 	$(RUN) python benchmarks/prepare_throughput.py
 	$(RUN) python benchmarks/prepare_memory.py
+	$(RUN) OMP_NUM_THREADS=1 python benchmarks/ijb_scale.py
 
 lint: setup  ## ruff check + format check, the layer contracts (import-linter), dvc.yaml fresh
 	$(RUN) ruff check src tests benchmarks train.py

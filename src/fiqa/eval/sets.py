@@ -65,7 +65,8 @@ class EvalSet:
     label_qualities: dict[str, np.ndarray] = field(default_factory=dict)
     n_dropped: int = 0  # faces that could not be loaded or aligned
     # YuNet's confidence on each face's source photo where it was detected there (NaN where
-    # the face came aligned or with given landmarks): the detector-confidence baseline.
+    # the face came aligned or with given landmarks; an IJB release's own detector score):
+    # the detector-confidence baseline.
     det_scores: np.ndarray | None = None
     templates: TemplateSetup | None = None
 
