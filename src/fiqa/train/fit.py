@@ -42,7 +42,7 @@ from fiqa.core.artifacts import (
     QUALITY_ONNX,
     STUDENT,
 )
-from fiqa.core.atomic import atomic_path, write_text_atomic
+from fiqa.core.atomic import write_text_atomic
 from fiqa.core.containers import differences
 from fiqa.core.lineage import check_lineage
 from fiqa.core.pairs import PairSampling
@@ -319,13 +319,13 @@ def fit_calibration(
 
 
 def store_calibration(checkpoint: Path, calibration: dict[str, Any]) -> None:
-    """Add the calibration to a written checkpoint (atomically)."""
+    """Add the calibration to a written checkpoint, saved as Lightning saves it (atomically,
+    the same bytes for the same content)."""
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state[CALIBRATION_KEY] = calibration
-    with atomic_path(checkpoint) as tmp:
-        torch.save(state, tmp)
+    AtomicCheckpointIO().save_checkpoint(state, checkpoint)
 
 
 def against_constant(model: QualityRegressor, datamodule: QualityDataModule) -> dict[str, float]:
