@@ -9,7 +9,7 @@ face DDPM's training throughput, measured in one run on this machine.
   once the labels have been distilled into it;
 - DDPM training: optimiser steps of the preset's U-Net, images/s.
 
-The seed's anchor (RTX 3090): DifFIQA 1,074 ms vs DifFIQA(R) 1.24 ms per image, ~870x.
+The DifFIQA / eDifFIQA papers' anchor (RTX 3090): DifFIQA 1,074 ms vs DifFIQA(R) 1.24 ms per image, ~870x.
 
     python benchmarks/diffiqa_cost.py [--faces 32] [--repeats 10] [--t 5] [--preset cpu]
 """

@@ -65,7 +65,7 @@ SIZES = {"regressor": ("model=regressor", "SFace regressor"),
          "m": ("experiment=ediffiqa_m", "eDifFIQA(M)"),
          "l": ("experiment=ediffiqa_l", "eDifFIQA(L)")}  # fmt: skip
 CHEAP_ON_CPU = ("regressor", "s")  # sizes whose CPU baseline takes seconds, not minutes
-ONNX_SIZE = "s"  # the seed's anchor: eDifFIQA(S) 0.36 ms/image on an RTX 3090
+ONNX_SIZE = "s"  # the eDifFIQA paper's anchor: eDifFIQA(S) 0.36 ms/image on an RTX 3090
 WIDTH = 72  # of the figure names
 
 

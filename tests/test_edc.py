@@ -127,7 +127,7 @@ def test_permutation_invariance_with_ties() -> None:
 
 
 def test_threshold_is_the_smallest_one_meeting_the_target_fmr() -> None:
-    # DESIGN 6.3's example: 996 impostors at 0.1 plus 0.5, 0.6, 0.7, 0.8 at FMR 1e-3 allow one
+    # the threshold rule's worked example: 996 impostors at 0.1 plus 0.5, 0.6, 0.7, 0.8 at FMR 1e-3 allow one
     # false match; every t in (0.7, 0.8] gives FMR 0.001, and the smallest is just above 0.7
     # (not 0.8, the smallest impostor score that qualifies, which raises the FNMR).
     imp = np.concatenate([np.full(996, 0.1), [0.5, 0.6, 0.7, 0.8]])

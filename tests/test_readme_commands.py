@@ -74,7 +74,7 @@ def inline_spans(text: str) -> list[str]:
 def command_lines(line: str) -> list[list[str]]:
     """Our commands in one shell line (comments dropped, split at ``&&``, ``;``, ``|``)."""
     if not re.search(r"\bfiqa [<a-z]|\btrain\.py\b|\bdvc exp run\b", line):
-        return []  # prose such as "the seed's" is no shell line
+        return []  # prose such as "the paper's" is no shell line
     words = shlex.split(line, comments=True)
     commands, current = [], []
     for word in words:

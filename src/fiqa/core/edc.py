@@ -1,6 +1,6 @@
 """Error-versus-discard characteristic (EDC) and its partial area under the curve (pAUC).
 
-Follows ISO/IEC 29794-1 and Schlett et al. (DESIGN section 6): pair quality = min of the sample
+Follows ISO/IEC 29794-1 and Schlett et al. (IEEE TBIOM 2024): pair quality = min of the sample
 qualities; match iff similarity ``s >= t``; ``t`` fixed once from ALL impostor scores; only genuine
 comparisons are discarded, lowest quality first, equal qualities together; EDC value = FNMR of the
 remaining genuine comparisons; pAUC = area on ``[0, limit]``, normalised by ``FNMR(0) * limit``.
@@ -130,7 +130,7 @@ def _max_false_matches(n_impostor: int, fmr: float) -> int:
 
 
 def fmr_threshold(impostor_scores: ArrayLike, fmr: float) -> float:
-    """Decision threshold at a target FMR, from all impostor scores (DESIGN section 6.3).
+    """Decision threshold at a target FMR, from all impostor scores (ISO/IEC 29794-1).
 
     The smallest ``t`` with ``#{s_imp >= t} / N_imp <= fmr``: with ``c`` the largest number of
     false matches allowed (``c / N_imp <= fmr``), every ``t`` up to the ``(c+1)``-th largest

@@ -1,7 +1,7 @@
 """EDC with the threshold RECOMPUTED after each discard step: for comparison only, not the standard.
 
 CR-FIQA's (``ERC/erc.py``) and MagFace's (``eval/eval_quality/eval_quality.py``) public code
-compute their error-versus-reject curves differently from ISO/IEC 29794-1 and DESIGN section 6:
+compute their error-versus-reject curves differently from ISO/IEC 29794-1 and Schlett et al.:
 
 1. Genuine AND impostor pairs are ranked together by pair quality (min of the two) and the
    lowest fraction of ALL pairs is dropped; the x axis is that fraction of all pairs.

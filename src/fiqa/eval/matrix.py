@@ -1,4 +1,5 @@
-"""The cross-model EDC matrix: benchmarks x FR models x quality methods (DESIGN section 6).
+"""The cross-model EDC matrix: benchmarks x FR models x quality methods (ISO/IEC 29794-1
+EDC, as the eDifFIQA paper's tables).
 
 For every evaluation set and FR model: cosine comparison scores of the set's pairs, the EDC of
 every quality method and of the random and oracle baselines at each FMR (the threshold fixed

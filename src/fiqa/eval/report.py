@@ -1,4 +1,5 @@
-"""Markdown/HTML evaluation tables in the seed's eDifFIQA layout (DESIGN section 6).
+"""Markdown/HTML evaluation tables in the layout of the eDifFIQA paper's tables
+(Babnik et al., TBIOM 2024).
 
 One table per FR model: rows = quality methods, columns = benchmarks plus ``mean`` (the mean
 over benchmarks), one section per discard limit and FMR. Rows come in three groups: the blind

@@ -1,4 +1,5 @@
-"""A W&B Report comparing the evaluate runs of one group (DESIGN section 7).
+"""A W&B Report comparing the evaluate runs of one group (the evaluate stage's
+``metrics/eval.json``).
 
 Built with ``wandb_workspaces.reports.v2`` from what the evaluate stage logs:
 
@@ -35,7 +36,8 @@ EDC_CHART = "wandb/lineseries/v0"  # the vega spec wandb.plot.line_series logs
 EDC_FIELDS = {"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"}
 _METRIC = re.compile(r"^eval/(?P<bench>[^/]+)/(?P<fr>[^/]+)/(?P<method>[^/]+)/pauc(_raw)?@[^/]+")
 PROTOCOL = """\
-**Protocol** (ISO/IEC 29794-1, Schlett et al.; fiqa DESIGN section 6).
+**Protocol** (ISO/IEC 29794-1; Schlett et al., "Considerations on the evaluation of biometric
+quality assessment algorithms", IEEE TBIOM 2024).
 Pair quality = min of the two sample qualities; comparison score = cosine similarity of the FR
 model's embeddings, match iff score >= t. The threshold t is fixed once from ALL impostor
 scores at the target FMR (the smallest t with FMR <= target) and never recomputed. Only

@@ -10,7 +10,7 @@ of the normalised embeddings of identity k, or given centres such as an FR head'
 
 The paper's form has a positive denominator (NNCCS is in [-1, 1]). The public training code
 (``train_cr_fiqa.py``) regresses on CCS / NNCCS instead, which ranks samples differently and
-reaches the seed's values of 1.5-2.1; it is undefined where NNCCS <= 0 (few, well separated
+reaches the CR-FIQA paper's values of 1.5-2.1; it is undefined where NNCCS <= 0 (few, well separated
 identities), where the denominator is held at eps. At MS1M scale (5.8 M x 85 k) the N x K
 similarity matrix is never materialised: rows are processed in chunks of ``chunk_rows`` whose
 chunk x K block stays near 256 MB (float32), and the centres are accumulated chunk by chunk.

@@ -1,4 +1,4 @@
-"""Huo et al. (2022) fused label S = a*S_v + b*S_r + c*S_c (seed 004).
+"""Huo et al. (2022) fused label S = a*S_v + b*S_r + c*S_c (doi 10.3233/ATDE221152).
 
 For sample i of identity y with n_y images:
 

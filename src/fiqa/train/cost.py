@@ -3,10 +3,10 @@
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a single image in eval
 mode. Convention: one multiply-add = 2 FLOPs (``flops = 2 * macs``); only matrix products and
 convolutions count (bias, BatchNorm, activations, residual adds and the input scaling do not,
-about 1% of a CNN). Many papers' "FLOPs" are multiply-adds: the seed's Table 1 is, e.g. its
+about 1% of a CNN). Many papers' "FLOPs" are multiply-adds: Huo et al.'s Table 1 (2022) is, e.g. its
 ResNet-101-sized FaceQNet row (44.5 M params) reads 2.02 G, ResNet-101's ~1.95 G MACs at
 112x112 (7.8 G at 224x224), and its ResNet-34 student (21.8 M) reads 0.97 G (~0.9 G MACs).
-So tables here carry both columns; compare the seed's numbers with ``MACs (G)``.
+So tables here carry both columns; compare a paper's numbers with ``MACs (G)``.
 """
 
 from __future__ import annotations

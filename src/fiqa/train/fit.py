@@ -433,7 +433,7 @@ def cost_report(
     job: TrainJob, model: QualityRegressor, distilled: DistillationModule | None,
     extractor: Extractor,
 ) -> dict[str, float]:  # fmt: skip
-    """Params and FLOPs of the FR teacher, the student and the quality model (seed 004, Table 1):
+    """Params and FLOPs of the FR teacher, the student and the quality model (as Huo et al. 2022, Table 1):
     models/cost.md, and ``cost/<role>/params_m`` / ``gflops`` metrics."""
     if distilled is not None:
         t, s = distilled.teacher_info, distilled.student_info
