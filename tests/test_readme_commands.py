@@ -1,10 +1,13 @@
-"""The README's command lines and config references against the code and ``conf/``.
+"""The documentation's command lines, config references and links against the code, ``conf/``
+and the repository's files.
 
-Every ``fiqa ...``, ``python train.py ...`` and ``dvc exp run -S ...`` line of README.md (code
-blocks and inline code) is checked without running anything: Hydra commands (the stages,
+The documentation is README.md and docs/*.md, read as one text. Every ``fiqa ...``,
+``python train.py ...`` and ``dvc exp run -S ...`` line (code blocks and inline code) is checked
+without running anything: Hydra commands (the stages,
 ``fiqa study``, ``train.py``, DVC's ``-S`` overrides) compose their overrides and pass
 ``load_settings``; the tools (``fiqa score``, ``report``, ...) get their flags checked against
-their own argparse parser. Every config file, group option and table row the README names exists.
+their own argparse parser. Every config file, group option and table row named exists, and
+every relative link of a page points at a file.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from fiqa.label import METHODS
 from fiqa.stages import STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+DOC_FILES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+README = "\n\n".join(path.read_text(encoding="utf-8") for path in DOC_FILES)  # all pages
 CONF = REPO_ROOT / "conf"
 GROUPS = sorted(str(d.relative_to(CONF)) for d in CONF.rglob("*") if any(d.glob("*.yaml")))
 
@@ -173,6 +177,8 @@ def test_hydra_command_of_the_readme_composes_and_validates(command: Command):
     for override in [o for o in overrides if o in HYDRA_ONLY]:
         group, option = override.split("=")
         assert (CONF / group / f"{option}.yaml").is_file(), override
+    if any(o in HYDRA_ONLY for o in overrides):  # that launcher's own keys go with it
+        overrides = [o for o in overrides if not o.startswith("hydra.launcher.")]
     overrides = [o for o in overrides if o not in HYDRA_ONLY]
     for job in override_sets([o for o in overrides if o != ELIDED], multirun):
         cfg = compose_config(job)
@@ -328,3 +334,25 @@ def test_the_configuration_section_lists_exactly_the_options():
             p.stem for p in (CONF / group).glob("*.yaml")
         )  # fmt: skip
         assert sorted(listed) == present, f"README Configuration, `{group}`"
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def broken_links(page: Path, text: str) -> list[str]:
+    """The relative link targets of ``text`` (a markdown page at ``page``) that name no file
+    or folder; web links and in-page anchors are not checked."""
+    prose = re.sub(r"^```\w*\n.*?^```", "", text, flags=re.M | re.S)
+    targets = [t for t in LINK.findall(prose) if not re.match(r"[a-z]+:|#", t)]
+    return [t for t in targets if not (page.parent / t.split("#", 1)[0]).exists()]
+
+
+def test_a_broken_link_is_caught(tmp_path: Path):
+    (tmp_path / "there.md").write_text("x")
+    text = "[ok](there.md) [web](https://example.org) [anchor](#top) [gone](missing.md#part)"
+    assert broken_links(tmp_path / "page.md", text) == ["missing.md#part"]
+
+
+@pytest.mark.parametrize("page", DOC_FILES, ids=[p.name for p in DOC_FILES])
+def test_relative_links_point_at_files(page: Path):
+    assert not broken_links(page, page.read_text(encoding="utf-8")), page.name

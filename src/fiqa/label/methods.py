@@ -2,7 +2,7 @@
 
 Adding a method: write its module (the formula, its settings dataclass, a
 ``score(ctx, params, outputs)`` function and, if it needs one, a ``BatchProduct``), register it
-here, and give its settings values in ``conf/label/common.yaml`` (README, "Recipes").
+here, and give its settings values in ``conf/label/common.yaml`` (docs/architecture.md, "Recipes").
 """
 
 from __future__ import annotations
