@@ -302,3 +302,27 @@ def test_an_edc_figure_file_is_the_same_bytes_every_time(tmp_path: Path):
             plot_edc({"model": curve}, {"model": 0.25}, 0.3, "demo_val x sface", path)
         assert a.read_bytes() == b.read_bytes(), suffix
     assert b"<dc:date>" not in a.with_suffix(".svg").read_bytes()
+
+
+def test_a_column_of_few_genuine_errors_is_flagged_and_left_out_of_mean_and_best(
+    tmp_path: Path,
+) -> None:
+    """big: 50 genuine errors behind FNMR(0); tiny: 10 (< 25). Over both columns `b` would have
+    the best mean (0.45 vs 0.70); without the flagged column `a` has (0.50 vs 0.70)."""
+
+    def cell(a: float, b: float, errors: int) -> dict:
+        return {m: {"pauc@0.3": v, "fnmr@0": errors / 100, "n_genuine": 100, "n_errors": errors}
+                for m, v in (("a", a), ("b", b))}  # fmt: skip
+
+    data = {"big": {"sface": cell(0.5, 0.7, 50)}, "tiny": {"sface": cell(0.9, 0.2, 10)}}
+    text = eval_markdown(data, "pauc@0.3")
+    assert text.splitlines()[2:6] == [
+        "| method | big | tiny ⚑ | mean |",
+        "|---|---|---|---|",
+        "| a | **0.5000** | 0.9000 | **0.5000** |",
+        "| b | 0.7000 | 0.2000 | 0.7000 |",
+    ]
+    md, _ = write_eval_report(data, tmp_path / "eval", [0.3])
+    assert "fewer than 25 genuine errors" in md.read_text()
+    del data["tiny"]["sface"]["a"]["n_errors"]  # older files: FNMR(0) x genuine pairs
+    assert "tiny ⚑" in eval_markdown(data, "pauc@0.3")

@@ -217,8 +217,9 @@ def cell_curves(
 def curve_metrics(
     curves: Mapping[float, EDCCurve], limits: Sequence[float], primary: float
 ) -> dict:
-    """pAUC (normalised and raw), FNMR(0), threshold and pair counts at every FMR; keys of the
-    primary FMR plain, others suffixed ``/fmr=<fmr>`` (``fiqa.eval.report.metric_key``)."""
+    """pAUC (normalised and raw), FNMR(0) and the genuine errors it rests on (``n_errors``),
+    threshold and pair counts at every FMR; keys of the primary FMR plain, others suffixed
+    ``/fmr=<fmr>`` (``fiqa.eval.report.metric_key``)."""
     out: dict[str, float] = {"fmr": primary}
     for fmr, curve in curves.items():
         at = None if fmr == primary else fmr
@@ -226,6 +227,7 @@ def curve_metrics(
             out[metric_key(f"pauc@{lim:g}", at)] = pauc(curve, lim)
             out[metric_key(f"pauc_raw@{lim:g}", at)] = pauc(curve, lim, normalise=False)
         out[metric_key("fnmr@0", at)] = float(curve.fnmr[0])
+        out[metric_key("n_errors", at)] = round(float(curve.fnmr[0]) * curve.n_genuine)
         out[metric_key("threshold", at)] = curve.threshold
     first = curves[primary]
     return out | {"n_genuine": first.n_genuine, "n_impostor": first.n_impostor}

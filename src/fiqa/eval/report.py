@@ -63,6 +63,14 @@ LEGEND = (
     f"{DAGGER} same-model: the method was trained on labels produced with this FR model; "
     "unmarked cells are cross-model."
 )
+# A column whose FNMR(0) rests on fewer genuine errors than this (at its FMR, with this FR
+# model) is decided by a handful of pairs: shown, flagged, left out of the mean and of "best".
+MIN_ERRORS = 25
+FEW = "⚑"
+FEW_NOTE = (
+    f"{FEW} the column's FNMR(0) rests on fewer than {MIN_ERRORS} genuine errors at this FMR: its "
+    "values are shown but left out of the mean and of the best."
+)
 _NUMBER = r"\d*\.?\d+(?:[eE][+-]?\d+)?"
 _PAUC_KEY = re.compile(rf"^pauc@(?P<limit>{_NUMBER})(?:/fmr=(?P<fmr>{_NUMBER}))?$")
 
@@ -113,11 +121,29 @@ def _text(value: float | None) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
+def genuine_errors(entry: dict | None, metric: str) -> int | None:
+    """The genuine errors at FNMR(0) behind ``metric`` (``pauc@0.3`` or ``.../fmr=<x>``) of a
+    cell entry: ``n_errors`` (or FNMR(0) x genuine pairs in files written before it), None
+    when the entry does not say."""
+    suffix = metric.partition("/")[2]
+    key = "/".join(filter(None, ["n_errors", suffix]))
+    if entry is None:
+        return None
+    if key in entry:
+        return int(entry[key])
+    fnmr = entry.get("/".join(filter(None, ["fnmr@0", suffix])))
+    if fnmr is None or "n_genuine" not in entry or math.isnan(float(fnmr)):
+        return None
+    return round(float(fnmr) * int(entry["n_genuine"]))
+
+
 def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> Table:
     """The table of ``metric`` for one FR model from one or more (run label, results) pairs.
 
     A single source with an empty label gives one row per method. Best is decided on the
-    printed (4-decimal) value so that equal-looking cells are marked alike.
+    printed (4-decimal) value so that equal-looking cells are marked alike. A benchmark whose
+    FNMR(0) rests on fewer than ``MIN_ERRORS`` genuine errors (in any source) is flagged
+    (``FEW``) and left out of the mean and of the best.
     """
     benchmarks: list[str] = []
     methods: list[str] = []
@@ -127,6 +153,12 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
                 benchmarks += [bench] if bench not in benchmarks else []
                 methods += [m for m in per_fr[fr_model] if m not in methods]
     methods = [m for m in methods if m not in BASELINES] + [m for m in BASELINES if m in methods]
+    few = []
+    for bench in benchmarks:
+        counts = [genuine_errors(entry, metric) for _, results in sources
+                  for entry in results.get(bench, {}).get(fr_model, {}).values()]  # fmt: skip
+        known = [c for c in counts if c is not None]
+        few.append(bool(known) and min(known) < MIN_ERRORS)
 
     raw: list[tuple[str, str, list[float | None], list[bool]]] = []
     for method in methods:
@@ -136,8 +168,9 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
             present = [v for v in values if v is not None]
             if not present:  # no such method here, or not evaluated at this FMR
                 continue
-            finite = [v for v in present if not math.isnan(v)]
-            if len(present) < len(values):
+            counted = [v for v, flagged in zip(values, few, strict=True) if not flagged]
+            finite = [v for v in counted if v is not None and not math.isnan(v)]
+            if any(v is None for v in counted):
                 mean = None
             else:
                 mean = sum(finite) / len(finite) if finite else math.nan
@@ -163,13 +196,15 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
             text = _text(value) + (DAGGER if same[col] and value is not None else "")
             is_best = (
                 kind == BLIND
+                and not (col < len(few) and few[col])
                 and value is not None
                 and not math.isnan(value)
                 and round(value, 4) == best[col]
             )
             cells.append((text, is_best))
         rows.append(Row(label, kind, cells))
-    return Table(fr_model, [*benchmarks, "mean"], rows)
+    columns = [f"{b} {FEW}" if flagged else b for b, flagged in zip(benchmarks, few, strict=True)]
+    return Table(fr_model, [*columns, "mean"], rows)
 
 
 def best_blind(table: Table) -> tuple[str, str] | None:
@@ -327,13 +362,16 @@ def _documents(
     """The markdown and HTML documents, built from the same tables (one run: with its
     operating points and template TARs)."""
     notes = [INTRO] + ([LEGEND] if _has_same_model(sources) else [])
+    sections = _sections(sources, limits)
+    flagged = any(FEW in c for _, m in sections for t in _tables(sources, m) for c in t.columns)
+    notes += [FEW_NOTE] if flagged else []
     md = [f"# {title}", "", *[line for note in notes for line in (note, "")]]
     page = [
         f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         *[f"<p>{_inline_markdown_to_html(note)}</p>" for note in notes],
     ]
-    for heading, metric in _sections(sources, limits):
+    for heading, metric in sections:
         md += [f"## {heading}", ""]
         page.append(f"<h2>{html.escape(heading)}</h2>")
         for table in _tables(sources, metric):
