@@ -34,6 +34,10 @@ Everything must fit this machine's memory and grow at most linearly.
         --out benchmarks/results/scale.json
     python benchmarks/scale.py --rows 20000 --identities 2000      # a quick look (~2 min)
     python benchmarks/scale.py growth a.json b.json   # growth across runs of one machine
+    python benchmarks/scale.py --rows 5800000 --work /data/scale --keep --resume   # continue one
+
+Each size's ``figures.json`` records every step as it ends; ``--resume`` continues an
+interrupted size after its last recorded step (kept with ``--keep``, or left by the failure).
 
 Disk: about 2 x 4.4 KB per face (RecordIO + prepared shards) plus 1 KB of embeddings, per size.
 """
@@ -186,20 +190,33 @@ def loader_epoch(root: Path, workers: int, limit: int | None) -> None:
 def measure(rows: int, args: argparse.Namespace, pool: list[np.ndarray]) -> dict[str, dict]:
     """Build the set of ``rows`` faces and run every stage on it; return their figures."""
     root = args.work / str(rows)
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "logs").mkdir(parents=True)
-    figures: dict[str, dict] = {}
-    start = time.perf_counter()
-    write_ms1m(root / "raw", face_records(rows, args.identities, pool, args.seed))
-    rec_gb = (root / "raw" / "train.rec").stat().st_size / 1e9
-    figures["build"] = {"seconds": time.perf_counter() - start, "rss_mb": None}  # in-process
-    print(f"  build     {rows:,} faces, {rec_gb:.2f} GB RecordIO in "
-          f"{figures['build']['seconds']:.0f} s", flush=True)  # fmt: skip
+    record = root / "figures.json"  # each step's figures as soon as it ends (--resume)
+    if args.resume and record.is_file():
+        figures: dict[str, dict] = json.loads(record.read_text())
+        print(f"  resumed after {', '.join(figures)} ({record})", flush=True)
+    else:
+        if root.exists():
+            shutil.rmtree(root)
+        (root / "logs").mkdir(parents=True)
+        figures = {}
+    if "build" not in figures:
+        start = time.perf_counter()
+        write_ms1m(root / "raw", face_records(rows, args.identities, pool, args.seed))
+        rec_gb = (root / "raw" / "train.rec").stat().st_size / 1e9
+        figures["build"] = {"seconds": time.perf_counter() - start, "rss_mb": None}  # in-process
+        write_json_atomic(record, figures)
+        print(f"  build     {rows:,} faces, {rec_gb:.2f} GB RecordIO in "
+              f"{figures['build']['seconds']:.0f} s", flush=True)  # fmt: skip
 
     def child(name: str, command: list[str]) -> None:
+        if name in figures:
+            return
         wall, rss = run_child(command, root / "logs" / f"{name}.log")
         figures[name] = {"seconds": wall, "rss_mb": rss}
+        if name == "loader":  # the epoch's own count and time, after start-up (its last line)
+            epoch = json.loads((root / "logs" / "loader.log").read_text().strip().splitlines()[-1])
+            figures[name].update(epoch_faces=epoch["faces"], epoch_seconds=epoch["seconds"])
+        write_json_atomic(record, figures)
         print(f"  {name:<9} {wall:8.1f} s  peak RSS {rss:8.1f} MB  {rows / wall:9.0f} faces/s",
               flush=True)  # fmt: skip
 
@@ -208,10 +225,10 @@ def measure(rows: int, args: argparse.Namespace, pool: list[np.ndarray]) -> dict
     child("label", stage("label", root, *LABEL))
     loader = [sys.executable, __file__, "loader", str(root), str(args.workers)]
     child("loader", loader + ([str(args.loader_faces)] if args.loader_faces else []))
-    epoch = json.loads((root / "logs" / "loader.log").read_text().strip().splitlines()[-1])
-    figures["loader"].update(epoch_faces=epoch["faces"], epoch_seconds=epoch["seconds"])
-    print(f"{'':12}{epoch['faces']:,} training faces in {epoch['seconds']:.1f} s after start-up: "
-          f"{epoch['faces'] / epoch['seconds']:.0f} faces/s", flush=True)  # fmt: skip
+    epoch = figures["loader"]
+    print(f"{'':12}{epoch['epoch_faces']:,} training faces in {epoch['epoch_seconds']:.1f} s "
+          f"after start-up: {epoch['epoch_faces'] / epoch['epoch_seconds']:.0f} faces/s",
+          flush=True)  # fmt: skip
     child("evaluate", stage("evaluate", root, *LABEL, "eval.fr_models=[sface]",
                             "eval.methods=[faceqnet,crfiqa,sddfiqa,sharpness]"))  # fmt: skip
     summary = json.loads((root / "data" / "prepared" / "summary.json").read_text())
@@ -265,6 +282,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=400, help="distinct real base faces")
     parser.add_argument("--work", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep each size's folder")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a size's interrupted run: the steps its figures.json "
+                        "records are not run again (their figures are kept)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the figures (JSON)")
     args = parser.parse_args()
