@@ -326,3 +326,19 @@ def test_a_column_of_few_genuine_errors_is_flagged_and_left_out_of_mean_and_best
     assert "fewer than 25 genuine errors" in md.read_text()
     del data["tiny"]["sface"]["a"]["n_errors"]  # older files: FNMR(0) x genuine pairs
     assert "tiny ⚑" in eval_markdown(data, "pauc@0.3")
+
+
+def test_values_inside_the_best_interval_are_tied() -> None:
+    """a is best (0.50, interval up to 0.60): b (0.55) is inside it, tied; c (0.70) is not."""
+    data = {"big": {"sface": {
+        "a": {"pauc@0.3": 0.50, "pauc@0.3/lo": 0.42, "pauc@0.3/hi": 0.60},
+        "b": {"pauc@0.3": 0.55, "pauc@0.3/lo": 0.47, "pauc@0.3/hi": 0.66},
+        "c": {"pauc@0.3": 0.70, "pauc@0.3/lo": 0.61, "pauc@0.3/hi": 0.80},
+    }}}  # fmt: skip
+    assert eval_markdown(data, "pauc@0.3").splitlines()[4:7] == [
+        "| a | **0.5000** | **0.5000** |",
+        "| b | **0.5500** | **0.5500** |",
+        "| c | 0.7000 | 0.7000 |",
+    ]
+    text = write_eval_report(data, Path("/tmp") / "fiqa-tied-report", [0.3])[0].read_text()
+    assert "Tied for the best mean (inside the best's bootstrap interval): `a`, `b`." in text

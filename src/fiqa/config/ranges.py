@@ -119,6 +119,8 @@ RANGES: dict[str, Range] = {
     "model.max_epochs": AT_LEAST_1,
     "eval.fmr": UNIT_OPEN,
     "eval.target_fnmr": UNIT_OPEN,
+    "eval.bootstrap.resamples": AT_LEAST_0,
+    "eval.bootstrap.level": UNIT_OPEN,
 }
 ELEMENT_RANGES: dict[str, Range] = {
     "label.methods.huo.weights": AT_LEAST_0,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, make_dataclass
 from typing import Any
 
+from fiqa.core.intervals import Bootstrap
 from fiqa.core.pairs import PairSampling
 from fiqa.data.preparation import PrepareSettings
 from fiqa.data.sources import DataSettings
@@ -75,6 +76,7 @@ class EvalSettings:
     discard_limits: list[float]
     pair_quality: str
     pairs: PairSampling  # pairs of a prepared split (and of train's validation EDC)
+    bootstrap: Bootstrap  # pAUC intervals: genuine pairs resampled by identity
     discard_shares: list[float]  # operating points: the quality threshold discarding each share
     target_fnmr: float  # ... and the lowest quality threshold reaching this FNMR
     # eval=insightface only: the folder of the .bin files (required there: `???`). A value

@@ -218,6 +218,19 @@ def _curve_at(
     return EDCCurve(discarded / n, fnmr, threshold, float(fmr), n, n_impostor)
 
 
+def edc_at_threshold(
+    genuine_scores: ArrayLike,
+    genuine_pair_quality: ArrayLike,
+    threshold: float,
+    fmr: float,
+    n_impostor: int,
+) -> EDCCurve:
+    """The EDC of genuine comparisons at a threshold already fixed from ``n_impostor`` impostor
+    scores at ``fmr`` (e.g. a bootstrap draw of a benchmark's genuine pairs)."""
+    sorted_gen, discarded = _genuine_order(genuine_scores, genuine_pair_quality)
+    return _curve_at(sorted_gen, discarded, threshold, fmr, n_impostor)
+
+
 def edc_curve(
     genuine_scores: ArrayLike,
     genuine_pair_quality: ArrayLike,

@@ -21,6 +21,7 @@ from fiqa.core.edc import (
     quality_curves,
     random_baseline,
 )
+from fiqa.core.intervals import Bootstrap, bootstrap_pauc
 from fiqa.core.operating import operating_points
 from fiqa.core.pairs import pair_scores
 from fiqa.core.templates import (
@@ -92,6 +93,7 @@ def evaluate_matrix(
     how: str = "min",
     discard_shares: Sequence[float] = (0.05, 0.1, 0.2),
     target_fnmr: float = 0.01,
+    bootstrap: Bootstrap | None = None,
 ) -> Matrix:
     """The matrix of ``sets`` x ``fr_models`` x the methods of ``sources`` (+ baselines), with
     each method's operating points (``fiqa.core.operating``) at the primary FMR.
@@ -132,6 +134,10 @@ def evaluate_matrix(
                     metrics[method] |= method_operating_points(
                         pair_q[method].values, data, scores, per_fmr[fmrs[0]].threshold, how,
                         discard_shares, target_fnmr)  # fmt: skip
+                    if bootstrap is not None and bootstrap.resamples > 0:
+                        metrics[method] |= pauc_intervals(pair_q[method].values, data, scores,
+                                                          per_fmr[fmrs[0]], how, limits,
+                                                          bootstrap)  # fmt: skip
                 else:
                     metrics[method]["kind"] = BASELINE
             if setup is not None:
@@ -165,6 +171,33 @@ def method_operating_points(
     a, b = data.pairs.a[genuine], data.pairs.b[genuine]
     pq = pair_quality(values[a], values[b], how)
     return operating_points(values, scores[genuine], pq, threshold, shares, target_fnmr)
+
+
+def pauc_intervals(
+    values: np.ndarray,
+    data: EvalSet,
+    scores: np.ndarray,
+    curve: EDCCurve,
+    how: str,
+    limits: Sequence[float],
+    bootstrap: Bootstrap,
+) -> dict[str, float]:
+    """``pauc@<limit>/lo`` and ``/hi``: the bootstrap interval of one method's pAUC on one cell,
+    the genuine pairs resampled by the identity of their first face (by pair where the set
+    records no identities; by first template on IJB), the same draws for every method."""
+    genuine = data.pairs.genuine
+    a, b = data.pairs.a[genuine], data.pairs.b[genuine]
+    if data.templates is not None:
+        clusters = a  # the first template: pairs sharing it share its images
+    elif data.identities is not None:
+        clusters = np.asarray(data.identities)[a]
+    else:
+        clusters = np.arange(len(a))  # e.g. a .bin: no identities recorded
+    intervals = bootstrap_pauc(scores[genuine], pair_quality(values[a], values[b], how), clusters,
+                               curve, limits, bootstrap.resamples, bootstrap.seed,
+                               bootstrap.level)  # fmt: skip
+    return {f"pauc@{lim:g}/{side}": bound for lim, (lo, hi) in intervals.items()
+            for side, bound in (("lo", lo), ("hi", hi))}  # fmt: skip
 
 
 def template_qualities(

@@ -137,13 +137,25 @@ def genuine_errors(entry: dict | None, metric: str) -> int | None:
     return round(float(fnmr) * int(entry["n_genuine"]))
 
 
+def _mean(values: list[float | None], few: list[bool]) -> float | None:
+    """Mean over the columns not flagged: None when one of them is missing, NaN when none is
+    finite."""
+    counted = [v for v, flagged in zip(values, few, strict=True) if not flagged]
+    if any(v is None for v in counted):
+        return None
+    finite = [v for v in counted if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> Table:
     """The table of ``metric`` for one FR model from one or more (run label, results) pairs.
 
-    A single source with an empty label gives one row per method. Best is decided on the
-    printed (4-decimal) value so that equal-looking cells are marked alike. A benchmark whose
-    FNMR(0) rests on fewer than ``MIN_ERRORS`` genuine errors (in any source) is flagged
-    (``FEW``) and left out of the mean and of the best.
+    A single source with an empty label gives one row per method. A benchmark whose FNMR(0)
+    rests on fewer than ``MIN_ERRORS`` genuine errors (in any source) is flagged (``FEW``) and
+    left out of the mean and of the best. Bold marks the best blind value of a column and every
+    blind value inside its bootstrap interval (``<metric>/hi``, ``fiqa.core.intervals``; the
+    mean's bound is the mean of the columns' bounds): two bold cells in a column are a tie.
+    Without intervals only the best (on the printed 4 decimals) is bold.
     """
     benchmarks: list[str] = []
     methods: list[str] = []
@@ -160,46 +172,42 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
         known = [c for c in counts if c is not None]
         few.append(bool(known) and min(known) < MIN_ERRORS)
 
-    raw: list[tuple[str, str, list[float | None], list[bool]]] = []
+    raw: list[tuple[str, str, list[float | None], list[float | None], list[bool]]] = []
     for method in methods:
         for run, results in sources:
             entries = [results.get(b, {}).get(fr_model, {}).get(method) for b in benchmarks]
             values = [_value(e, metric) for e in entries]
-            present = [v for v in values if v is not None]
-            if not present:  # no such method here, or not evaluated at this FMR
+            if all(v is None for v in values):  # no such method here, or not at this FMR
                 continue
-            counted = [v for v, flagged in zip(values, few, strict=True) if not flagged]
-            finite = [v for v in counted if v is not None and not math.isnan(v)]
-            if any(v is None for v in counted):
-                mean = None
-            else:
-                mean = sum(finite) / len(finite) if finite else math.nan
+            highs = [_value(e, f"{metric}/hi") for e in entries]
             same = [bool(e and e.get("same_model")) for e in entries] + [False]
             kind = row_kind(method, next(e for e in entries if e is not None))
             label = f"{method} (label)" if kind == LABEL else method
-            raw.append((f"{label} ({run})" if run else label, kind, [*values, mean], same))
+            raw.append((f"{label} ({run})" if run else label, kind,
+                        [*values, _mean(values, few)], [*highs, _mean(highs, few)],
+                        same))  # fmt: skip
     raw.sort(key=lambda row: KIND_ORDER.index(row[1]) if row[1] in KIND_ORDER else 0)
 
-    n_cols = len(benchmarks) + 1
-    best = []
-    for col in range(n_cols):
-        candidates = [
-            round(vals[col], 4)
-            for _, kind, vals, _ in raw
-            if kind == BLIND and vals[col] is not None and not math.isnan(vals[col])
-        ]
-        best.append(min(candidates) if candidates else None)
+    bound: list[float | None] = []  # per column: blind values up to it are bold
+    for col in range(len(benchmarks) + 1):
+        blind = [(round(vals[col], 4), highs[col]) for _, kind, vals, highs, _ in raw
+                 if kind == BLIND and vals[col] is not None and not math.isnan(vals[col])]  # fmt: skip
+        if not blind or (col < len(few) and few[col]):
+            bound.append(None)
+            continue
+        value, high = min(blind, key=lambda pair: pair[0])
+        bound.append(value if high is None or math.isnan(high) else max(value, round(high, 4)))
     rows = []
-    for label, kind, values, same in raw:
+    for label, kind, values, _, same in raw:
         cells = []
         for col, value in enumerate(values):
             text = _text(value) + (DAGGER if same[col] and value is not None else "")
             is_best = (
                 kind == BLIND
-                and not (col < len(few) and few[col])
+                and bound[col] is not None
                 and value is not None
                 and not math.isnan(value)
-                and round(value, 4) == best[col]
+                and round(value, 4) <= bound[col]
             )
             cells.append((text, is_best))
         rows.append(Row(label, kind, cells))
@@ -208,10 +216,17 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
 
 
 def best_blind(table: Table) -> tuple[str, str] | None:
-    """The blind row with the best ``mean`` and its value as printed, or None."""
+    """The blind row with the best ``mean`` and its value as printed, or None (also when the
+    mean is a tie: ``tied_blind``)."""
     marked = [(row.label, row.cells[-1][0]) for row in table.rows
               if row.kind == BLIND and row.cells[-1][1]]  # fmt: skip
-    return marked[0] if marked else None
+    return marked[0] if len(marked) == 1 else None
+
+
+def tied_blind(table: Table) -> list[str]:
+    """The blind rows tied for the best ``mean`` (inside the best's interval), when several."""
+    marked = [row.label for row in table.rows if row.kind == BLIND and row.cells[-1][1]]
+    return marked if len(marked) > 1 else []
 
 
 def _tables(sources: Sequence[tuple[str, dict]], metric: str) -> list[Table]:
@@ -377,8 +392,13 @@ def _documents(
         for table in _tables(sources, metric):
             md += [f"### {table.fr_model}", "", table_markdown(table), ""]
             page.append(f"<h3>{html.escape(table.fr_model)}</h3>{table_html(table)}")
+            line = None
             if best := best_blind(table):
                 line = f"Best blind method (mean): `{best[0]}` {best[1]}."
+            elif tied := tied_blind(table):
+                line = ("Tied for the best mean (inside the best's bootstrap interval): "
+                        + ", ".join(f"`{name}`" for name in tied) + ".")  # fmt: skip
+            if line:
                 md += [line, ""]
                 page.append(f"<p>{_inline_markdown_to_html(line)}</p>")
     for heading, note, prefix in CELL_SECTIONS if len(sources) == 1 else ():

@@ -69,6 +69,7 @@ class EvalSet:
     # the detector-confidence baseline.
     det_scores: np.ndarray | None = None
     templates: TemplateSetup | None = None
+    identities: np.ndarray | None = None  # per face, where the set records them (intervals)
 
     def faces(self, rows: np.ndarray) -> np.ndarray:
         """uint8 aligned RGB faces of rows ``rows`` of this set."""
@@ -190,6 +191,7 @@ def prepared_split(
         rows=rows,
         label_qualities=qualities,
         det_scores=np.where(detected, manifest["det_score"].to_numpy(np.float64)[rows], np.nan),
+        identities=manifest["identity"].to_numpy()[rows],
     )
 
 
@@ -230,8 +232,9 @@ def external_set(spec: Mapping[str, Any], aligner: Aligner) -> EvalSet:
         fingerprint=hashlib.sha256(faces.data).hexdigest(),
         faces=faces.__getitem__,
     )
+    identities = None if bench.identities is None else np.asarray(bench.identities)
     return EvalSet(bench.name, n, pairs, source, np.arange(n), n_dropped=int((~ok).sum()),
-                   det_scores=det_scores)  # fmt: skip
+                   det_scores=det_scores, identities=identities)  # fmt: skip
 
 
 def ijb_set(spec: Mapping[str, Any], aligner: Aligner, cache_dir: str | Path) -> EvalSet:

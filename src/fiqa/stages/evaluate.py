@@ -59,7 +59,7 @@ def run(settings: Settings) -> dict[str, float]:
         try:
             matrix = evaluate_matrix(sets, frs, quality_sources(settings, runner), runner,
                                      e.fmrs, e.discard_limits, e.pair_quality, e.discard_shares,
-                                     e.target_fnmr)  # fmt: skip
+                                     e.target_fnmr, e.bootstrap)  # fmt: skip
         except ValueError as err:
             raise StageError(str(err)) from err
         write_matrix(matrix, paths.metrics, paths.plots, paths.reports, tracking.wandb)
