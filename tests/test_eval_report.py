@@ -133,9 +133,9 @@ def test_label_rows_are_shown_apart_and_never_ranked() -> None:
         bench["sface"]["model"]["kind"] = "blind"
     text = eval_markdown(data, "pauc@0.3").split("### arcface")[0]
     assert text.startswith(f"### sface\n\n{SFACE_PAUC_03_LABEL}")
-    from fiqa.eval.report import _tables, best_blind
+    from fiqa.eval.report import best_blind, metric_tables
 
-    (sface, _) = _tables([("", data)], "pauc@0.3")
+    (sface, _) = metric_tables([("", data)], "pauc@0.3")
     assert [r.kind for r in sface.rows] == ["blind", "blind", "label", "baseline", "baseline"]
     assert best_blind(sface) == ("model", "0.8000")  # crfiqa's lfw 0.70 is not a winner
 

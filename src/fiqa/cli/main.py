@@ -6,6 +6,7 @@ fiqa study [hydra overrides...]     every label method's regressor, evaluated bl
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--scale 0-100]
 fiqa report metrics/eval.json [other/eval.json ...] --out outputs/compare   (or --dvc, --wandb)
 fiqa thresholds metrics/eval.json [--method model]       a method's quality thresholds (operating points)
+fiqa study-tables studies/<name>/study.json --write docs/study.md   (or --check) the study's tables
 fiqa demo-data --out data/raw
 fiqa dvc-yaml [--check]                                  write dvc.yaml from the stages' code
 """
@@ -241,6 +242,36 @@ def _thresholds(argv: list[str]) -> int:
     return 0
 
 
+def _study_tables(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fiqa study-tables",
+        description="Put a study's tables (its study.json, written by fiqa study) into a "
+        "markdown page, between its study-table marker lines; --check only compares.",
+    )
+    parser.add_argument("summary", type=Path, help="studies/<name>/study.json")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", type=Path, metavar="PAGE", help="update the page's tables")
+    action.add_argument("--check", type=Path, metavar="PAGE", help="fail if they differ")
+    args = parser.parse_args(argv)
+    from fiqa.eval.study_summary import refresh_page
+
+    page = args.write or args.check
+    for path in (args.summary, page):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+    try:
+        current = refresh_page(args.summary, page, check=args.check is not None)
+    except ValueError as err:
+        sys.stderr.write(f"fiqa study-tables: {page}: {err}\n")
+        return 1
+    if args.check and not current:
+        sys.stderr.write(f"fiqa study-tables: {page} differs from {args.summary}; refresh it: "
+                         f"fiqa study-tables {args.summary} --write {page}\n")  # fmt: skip
+        return 1
+    logging.getLogger("fiqa").info("%s: %s", page, "current" if current else "tables updated")
+    return 0
+
+
 def _demo_data(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="fiqa demo-data", description="Build the embedded demo dataset (no network)."
@@ -271,8 +302,8 @@ def _dvc_yaml(argv: list[str]) -> int:
     return dvc_yaml(argv)
 
 
-TOOLS = {"score": _score, "report": _report, "thresholds": _thresholds, "demo-data": _demo_data,
-         "dvc-yaml": _dvc_yaml}  # fmt: skip
+TOOLS = {"score": _score, "report": _report, "thresholds": _thresholds,
+         "study-tables": _study_tables, "demo-data": _demo_data, "dvc-yaml": _dvc_yaml}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

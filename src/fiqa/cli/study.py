@@ -11,7 +11,8 @@ and run it on the engines users already have.
    inputs are unchanged and records each one when it finishes; DVC runs stages of one
    repository side by side. Each job writes ``study_job.json`` (stage, host, pid, start, end)
    into its Hydra job folder.
-4. ``dvc repro`` of the rest: the evaluation.
+4. ``dvc repro`` of the rest: the evaluation; then ``study.json``, the small record of the
+   result that the documentation's tables are made from (``fiqa.eval.study_summary``).
 
 A killed study continues where it stopped when run again (DVC reruns what ``dvc.lock`` does
 not record as done); ``dvc repro <study>/dvc.yaml`` runs it without fiqa's help.
@@ -20,6 +21,7 @@ not record as done); ``dvc repro <study>/dvc.yaml`` runs it without fiqa's help.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import sys
@@ -35,6 +37,7 @@ from fiqa.cli.errors import reported_errors, verbose_errors
 from fiqa.config import config_dir
 from fiqa.config.typed import ConfigError
 from fiqa.core.atomic import write_json_atomic
+from fiqa.eval.study_summary import write_study_summary
 from fiqa.pipeline.study import Study, reproduce, study_pipeline, write_study
 from fiqa.stages.runner import stage_lock, start_up
 
@@ -72,6 +75,10 @@ def run_study_app(argv: list[str]) -> None:
         launch_trainings(study, launcher)
         with reported_errors(PROG, "study"):
             reproduce(study)
+            summary = write_study_summary(study.directory)
+        logging.getLogger("fiqa").info(
+            "%s: the study's result. Its tables in a page: fiqa study-tables %s --write "
+            "docs/study.md (commit both)", summary, summary)  # fmt: skip
 
 
 def launch_trainings(study: Study, launcher: list[str]) -> None:

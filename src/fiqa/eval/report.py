@@ -223,13 +223,23 @@ def best_blind(table: Table) -> tuple[str, str] | None:
     return marked[0] if len(marked) == 1 else None
 
 
+def best_line(table: Table) -> str | None:
+    """The sentence under a table: its best blind method by mean, or the ones tied for it."""
+    if best := best_blind(table):
+        return f"Best blind method (mean): `{best[0]}` {best[1]}."
+    if tied := tied_blind(table):
+        names = ", ".join(f"`{name}`" for name in tied)
+        return f"Tied for the best mean (inside the best's bootstrap interval): {names}."
+    return None
+
+
 def tied_blind(table: Table) -> list[str]:
     """The blind rows tied for the best ``mean`` (inside the best's interval), when several."""
     marked = [row.label for row in table.rows if row.kind == BLIND and row.cells[-1][1]]
     return marked if len(marked) > 1 else []
 
 
-def _tables(sources: Sequence[tuple[str, dict]], metric: str) -> list[Table]:
+def metric_tables(sources: Sequence[tuple[str, dict]], metric: str) -> list[Table]:
     """The non-empty tables of ``metric``, one per FR model in order of first appearance."""
     fr_models: list[str] = []
     for _, results in sources:
@@ -285,13 +295,13 @@ def table_html(table: Table) -> str:
 
 def eval_markdown(results: dict, metric: str) -> str:
     """Markdown tables of ``metric``, one per FR model (``### <fr model>`` headings)."""
-    tables = _tables([("", results)], metric)
+    tables = metric_tables([("", results)], metric)
     return "\n\n".join(f"### {t.fr_model}\n\n{table_markdown(t)}" for t in tables)
 
 
 def eval_html(results: dict, metric: str) -> str:
     """The same tables as ``eval_markdown``, as HTML."""
-    tables = _tables([("", results)], metric)
+    tables = metric_tables([("", results)], metric)
     return "".join(f"<h3>{html.escape(t.fr_model)}</h3>{table_html(t)}" for t in tables)
 
 
@@ -378,7 +388,9 @@ def _documents(
     operating points and template TARs)."""
     notes = [INTRO] + ([LEGEND] if _has_same_model(sources) else [])
     sections = _sections(sources, limits)
-    flagged = any(FEW in c for _, m in sections for t in _tables(sources, m) for c in t.columns)
+    flagged = any(
+        FEW in c for _, m in sections for t in metric_tables(sources, m) for c in t.columns
+    )
     notes += [FEW_NOTE] if flagged else []
     md = [f"# {title}", "", *[line for note in notes for line in (note, "")]]
     page = [
@@ -389,16 +401,10 @@ def _documents(
     for heading, metric in sections:
         md += [f"## {heading}", ""]
         page.append(f"<h2>{html.escape(heading)}</h2>")
-        for table in _tables(sources, metric):
+        for table in metric_tables(sources, metric):
             md += [f"### {table.fr_model}", "", table_markdown(table), ""]
             page.append(f"<h3>{html.escape(table.fr_model)}</h3>{table_html(table)}")
-            line = None
-            if best := best_blind(table):
-                line = f"Best blind method (mean): `{best[0]}` {best[1]}."
-            elif tied := tied_blind(table):
-                line = ("Tied for the best mean (inside the best's bootstrap interval): "
-                        + ", ".join(f"`{name}`" for name in tied) + ".")  # fmt: skip
-            if line:
+            if line := best_line(table):
                 md += [line, ""]
                 page.append(f"<p>{_inline_markdown_to_html(line)}</p>")
     for heading, note, prefix in CELL_SECTIONS if len(sources) == 1 else ():

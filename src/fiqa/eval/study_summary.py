@@ -1,0 +1,110 @@
+"""A study's result as a small committed file, and the documentation tables made from it.
+
+``fiqa study`` ends by writing ``<study>/study.json``: for every FR model, benchmark and row of
+the study's evaluation, the pAUCs with their bootstrap intervals and the genuine errors behind
+them (``metrics/eval.json`` cut down to what the tables show), and every regressor's validation
+metrics (``metrics/<method>/train.json``). ``fiqa study-tables study.json --write docs/study.md``
+renders it into the page between two marker lines, with the evaluation reports' rules: a column
+of fewer than ``MIN_ERRORS`` genuine errors flagged and left out of the mean, bold for the best
+and for every value inside its interval. ``--check`` fails when the page and the file disagree,
+so the tables cannot go stale (a test runs it on the committed study).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fiqa.core.artifacts import EVAL_METRICS, TRAIN_METRICS
+from fiqa.core.atomic import write_json_atomic, write_text_atomic
+from fiqa.eval.report import FEW, FEW_NOTE, best_line, metric_tables, table_markdown
+
+STUDY_SUMMARY = "study.json"
+METRIC = "pauc@0.3"
+KEPT = ("pauc@0.2", "pauc@0.3", "pauc@0.2/lo", "pauc@0.2/hi", "pauc@0.3/lo", "pauc@0.3/hi",
+        "fnmr@0", "n_errors", "n_genuine", "n_impostor", "same_model", "kind", "fmr")  # fmt: skip
+TRAINING = ("val/spearman", "train/best_val_spearman", "train/beats_constant")
+BEGIN = "<!-- study tables: made by fiqa study-tables from the study's study.json; do not edit -->"
+END = "<!-- end of the study tables -->"
+
+
+def study_summary(directory: str | Path) -> dict[str, Any]:
+    """The small record of the study in ``directory`` (``metrics/eval.json`` and each
+    regressor's ``metrics/<method>/train.json``).
+
+    Raises:
+        FileNotFoundError: When the study has no evaluation yet.
+    """
+    metrics = Path(directory) / "metrics"
+    if not (metrics / EVAL_METRICS).is_file():
+        raise FileNotFoundError(f"{metrics / EVAL_METRICS} not found: the study has not been "
+                                "evaluated yet (run fiqa study)")  # fmt: skip
+    results = json.loads((metrics / EVAL_METRICS).read_text())
+    slim = {bench: {fr: {method: {k: v for k, v in entry.items() if k in KEPT}
+                         for method, entry in per_method.items()}
+                    for fr, per_method in per_fr.items()}
+            for bench, per_fr in results.items()}  # fmt: skip
+    regressors = {}
+    for record in sorted(metrics.glob(f"*/{TRAIN_METRICS}")):
+        train = json.loads(record.read_text())
+        regressors[record.parent.name] = {k: train[k] for k in TRAINING if k in train}
+    return {"study": Path(directory).name, "metric": METRIC, "results": slim,
+            "regressors": regressors}  # fmt: skip
+
+
+def write_study_summary(directory: str | Path) -> Path:
+    """``<directory>/study.json`` from the study's metrics; returns its path."""
+    path = Path(directory) / STUDY_SUMMARY
+    write_json_atomic(path, study_summary(directory))
+    return path
+
+
+def study_tables(summary: dict[str, Any]) -> str:
+    """The markdown of a study summary: one table of its metric per FR model (the evaluation
+    reports' rules), then each regressor's validation Spearman."""
+    metric = summary["metric"]
+    lines = [f"{metric} at FMR {_fmr(summary)}, normalised (1.0 = random quality, lower is "
+             "better); † = the FR model of the labels (same-model)."]  # fmt: skip
+    tables = metric_tables([("", summary["results"])], metric)
+    if any(FEW in column for table in tables for column in table.columns):
+        lines.append(FEW_NOTE)
+    for table in tables:
+        lines += ["", f"**{table.fr_model}**", "", table_markdown(table)]
+        if line := best_line(table):
+            lines += ["", line]
+    if summary["regressors"]:
+        lines += ["", "| regressor | validation Spearman | beats the constant |", "|---|---|---|"]
+        for name, train in summary["regressors"].items():
+            beats = {1.0: "yes", 0.0: "no"}.get(train.get("train/beats_constant"), "")
+            lines.append(f"| {name} | {train.get('val/spearman', float('nan')):.2f} | {beats} |")
+    return "\n".join(lines)
+
+
+def _fmr(summary: dict[str, Any]) -> str:
+    fmrs = {entry.get("fmr") for per_fr in summary["results"].values()
+            for per_method in per_fr.values() for entry in per_method.values()}  # fmt: skip
+    return ", ".join(f"{f:g}" for f in sorted(f for f in fmrs if f is not None)) or "?"
+
+
+def page_with_tables(page: str, summary: dict[str, Any]) -> str:
+    """``page`` with the block between its study-table markers replaced by the tables.
+
+    Raises:
+        ValueError: When the page has no such block.
+    """
+    start, end = page.find(BEGIN), page.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no block between {BEGIN!r} and {END!r} to put the tables in")
+    return page[:start] + BEGIN + "\n\n" + study_tables(summary) + "\n\n" + page[end:]
+
+
+def refresh_page(summary_path: str | Path, page_path: str | Path, check: bool) -> bool:
+    """Write (or, with ``check``, compare) the tables of ``summary_path`` into ``page_path``;
+    True when the page was already current."""
+    summary = json.loads(Path(summary_path).read_text())
+    page = Path(page_path).read_text()
+    updated = page_with_tables(page, summary)
+    if updated != page and not check:
+        write_text_atomic(page_path, updated)
+    return updated == page

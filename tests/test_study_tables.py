@@ -1,0 +1,63 @@
+"""The study's tables in docs/ are made from its committed study.json and cannot go stale."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fiqa.cli.main import main
+from fiqa.eval.study_summary import (
+    BEGIN,
+    END,
+    page_with_tables,
+    refresh_page,
+    study_summary,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_docs_tables_are_those_of_the_committed_study():
+    summary, page = REPO / "studies" / "lfw_dev" / "study.json", REPO / "docs" / "study.md"
+    assert refresh_page(summary, page, check=True), (
+        "docs/study.md differs from studies/lfw_dev/study.json: run "
+        "fiqa study-tables studies/lfw_dev/study.json --write docs/study.md"
+    )
+
+
+def tiny_study(root: Path) -> Path:
+    """A study folder with one benchmark, two rows and one regressor's train.json."""
+    entry = {"pauc@0.3": 0.4, "pauc@0.3/lo": 0.3, "pauc@0.3/hi": 0.5, "n_errors": 40,
+             "fmr": 0.001, "threshold": 0.3, "op@discard=0.1/fnmr": 0.1}  # fmt: skip
+    results = {"val": {"sface": {"a(R)": entry, "random": entry | {"pauc@0.3": 1.0}}}}
+    (root / "metrics" / "a").mkdir(parents=True)
+    (root / "metrics" / "eval.json").write_text(json.dumps(results))
+    (root / "metrics" / "a" / "train.json").write_text(json.dumps({"val/spearman": 0.5}))
+    return root
+
+
+def test_the_summary_keeps_what_the_tables_show(tmp_path: Path):
+    summary = study_summary(tiny_study(tmp_path / "mine"))
+    assert summary["study"] == "mine" and summary["regressors"] == {"a": {"val/spearman": 0.5}}
+    kept = summary["results"]["val"]["sface"]["a(R)"]
+    assert "threshold" not in kept and "op@discard=0.1/fnmr" not in kept
+    assert kept["pauc@0.3/hi"] == 0.5 and kept["n_errors"] == 40
+    with pytest.raises(FileNotFoundError, match="has not been evaluated yet"):
+        study_summary(tmp_path / "none")
+
+
+def test_study_tables_writes_checks_and_names_a_stale_page(tmp_path: Path, capsys):
+    root = tiny_study(tmp_path / "mine")
+    (root / "study.json").write_text(json.dumps(study_summary(root)))
+    page = tmp_path / "page.md"
+    page.write_text(f"# Mine\n\n{BEGIN}\n{END}\n\ntext after\n")
+    assert main(["study-tables", str(root / "study.json"), "--check", str(page)]) == 1
+    assert "differs from" in capsys.readouterr().err
+    assert main(["study-tables", str(root / "study.json"), "--write", str(page)]) == 0
+    text = page.read_text()
+    assert "| a(R) | **0.4000** | **0.4000** |" in text and text.endswith("text after\n")
+    assert main(["study-tables", str(root / "study.json"), "--check", str(page)]) == 0
+    with pytest.raises(ValueError, match="no block between"):
+        page_with_tables("no markers here", study_summary(root))
