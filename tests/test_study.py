@@ -33,7 +33,7 @@ def study_args(small_demo: Path, *overrides: str, methods: list[str] = METHODS) 
     return [f"paths.root={Path.cwd()}", f"data.root={small_demo / 'raw'}", "logger=none",
             "debug=smoke", "trainer.max_epochs=1", "study.name=small",
             f"study.methods=[{','.join(methods)}]", f"study.blind=[{','.join(BLIND)}]",
-            "study.benchmarks=[{format: prepared, split: all}]",
+            "study.benchmarks=[{format: prepared, split: all}]", "study.seeds=1",
             f"hydra.run.dir={Path.cwd() / 'outputs'}", *overrides]  # fmt: skip
 
 
@@ -145,7 +145,8 @@ def test_each_study_stage_depends_on_the_settings_its_method_reads(tmp_path: Pat
     other = "{format: folder, root: '${paths.root}/faces'}"  # interpolated in the study's config
     (tmp_path / "faces").mkdir()
     cfg = demo_config(tmp_path, small_demo, "study.methods=[huo,fused,crfiqa+ediffiqa,diffiqa]",
-                      "study.blind=[serfiq]", f"study.benchmarks=[{{format: prepared, split: val}},{other}]")  # fmt: skip
+                      "study.blind=[serfiq]", "study.seeds=1",
+                      f"study.benchmarks=[{{format: prepared, split: val}},{other}]")  # fmt: skip
     study = study_pipeline(cfg, tmp_path)
     stages = {s.name: s for s in study.stages}
     assert list(stages) == ["prepare", "ddpm", "label-huo", "train-huo", "label-fused",
@@ -181,6 +182,25 @@ def test_each_study_stage_depends_on_the_settings_its_method_reads(tmp_path: Pat
     assert config["eval"]["methods"] == ["huo(R)", "fused(R)", "crfiqa+ediffiqa(R)",
                                          "diffiqa(R)", "serfiq"]  # fmt: skip
     assert config["label"]["methods"]["diffiqa"]["ddpm"] == str(tmp_path / "studies/demo/ddpm")
+
+
+def test_several_seeds_train_each_method_once_per_seed(tmp_path: Path, small_demo: Path):
+    (tmp_path / ".dvc").mkdir()
+    cfg = demo_config(tmp_path, small_demo, "study.methods=[faceqnet,crfiqa]", "study.seeds=2",
+                      "train.seed=5", "study.blind=[sharpness]")  # fmt: skip
+    study = study_pipeline(cfg, tmp_path)
+    stages = {s.name: s for s in study.stages}
+    assert study.stage_names("train") == ["train-faceqnet-s5", "train-faceqnet-s6",
+                                          "train-crfiqa-s5", "train-crfiqa-s6"]  # fmt: skip
+    assert study.stage_names("label") == ["label-faceqnet", "label-crfiqa"]  # labelled once
+    train = stages["train-crfiqa-s6"]
+    assert "train.seed=6" in train.cmd and "models/crfiqa/s6" in train.cmd
+    assert train.outs == [f"{study.directory.as_posix()}/models/crfiqa/s6"]
+    assert f"{study.directory.as_posix()}/models/faceqnet/s5" in stages["evaluate"].deps
+    assert study.config["eval"]["methods"] == ["faceqnet(R)-s5", "faceqnet(R)-s6",
+                                               "crfiqa(R)-s5", "crfiqa(R)-s6", "sharpness"]  # fmt: skip
+    model = study.config["eval"]["quality_models"]["crfiqa(R)-s6"]["path"]
+    assert model.endswith("models/crfiqa/s6/quality.ckpt")
 
 
 def test_study_errors_name_the_method_and_the_missing_repository(tmp_path: Path,

@@ -11,9 +11,11 @@ from fiqa.cli.main import main
 from fiqa.eval.study_summary import (
     BEGIN,
     END,
+    over_seeds,
     page_with_tables,
     refresh_page,
     study_summary,
+    study_tables,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +63,20 @@ def test_study_tables_writes_checks_and_names_a_stale_page(tmp_path: Path, capsy
     assert main(["study-tables", str(root / "study.json"), "--check", str(page)]) == 0
     with pytest.raises(ValueError, match="no block between"):
         page_with_tables("no markers here", study_summary(root))
+
+
+def test_seeds_merge_into_mean_sd_and_an_interval_holding_both():
+    rows = over_seeds({
+        "a(R)-s0": {"pauc@0.3": 0.4, "pauc@0.3/lo": 0.3, "pauc@0.3/hi": 0.5, "n_errors": 40},
+        "a(R)-s1": {"pauc@0.3": 0.6, "pauc@0.3/lo": 0.5, "pauc@0.3/hi": 0.7, "n_errors": 40},
+        "sharpness": {"pauc@0.3": 0.9},
+    })  # fmt: skip
+    merged = rows["a(R)"]
+    sd = 0.2 / 2**0.5  # the sample sd of 0.4 and 0.6
+    assert merged["pauc@0.3"] == pytest.approx(0.5) and merged["pauc@0.3/sd"] == pytest.approx(sd)
+    assert merged["pauc@0.3/lo"] == pytest.approx(0.5 - sd)  # below the mean bound 0.4
+    assert merged["pauc@0.3/hi"] == pytest.approx(0.5 + sd)  # above the mean bound 0.6
+    assert merged["seeds"] == 2 and rows["sharpness"] == {"pauc@0.3": 0.9}
+    summary = {"metric": "pauc@0.3", "regressors": {},
+               "results": {"val": {"sface": rows | {"random": {"pauc@0.3": 1.0}}}}}  # fmt: skip
+    assert "| a(R) | **0.5000 ± 0.141** |" in study_tables(summary)

@@ -119,6 +119,7 @@ RANGES: dict[str, Range] = {
     "model.max_epochs": AT_LEAST_1,
     "eval.fmr": UNIT_OPEN,
     "eval.target_fnmr": UNIT_OPEN,
+    "study.seeds": AT_LEAST_1,
     "eval.bootstrap.resamples": AT_LEAST_0,
     "eval.bootstrap.level": UNIT_OPEN,
 }

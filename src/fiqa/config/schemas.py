@@ -96,6 +96,7 @@ class StudySettings:
     blind: list[str]  # per-image methods and baselines beside the models (eval.methods names)
     benchmarks: list[dict[str, Any]]  # conf/eval/benchmark/ entries
     fr_models: list[Any]  # evaluation FR models: names or {name, weights, options}
+    seeds: int  # trainings per method: train.seed, train.seed + 1, ... (1: one, unsuffixed)
 
 
 SCHEMAS: dict[str, type | dict[str, type]] = {

@@ -155,7 +155,8 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
     left out of the mean and of the best. Bold marks the best blind value of a column and every
     blind value inside its bootstrap interval (``<metric>/hi``, ``fiqa.core.intervals``; the
     mean's bound is the mean of the columns' bounds): two bold cells in a column are a tie.
-    Without intervals only the best (on the printed 4 decimals) is bold.
+    Without intervals only the best (on the printed 4 decimals) is bold. A value with a
+    ``<metric>/sd`` (a study's mean over seeds) is shown as ``mean ± sd``.
     """
     benchmarks: list[str] = []
     methods: list[str] = []
@@ -172,7 +173,7 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
         known = [c for c in counts if c is not None]
         few.append(bool(known) and min(known) < MIN_ERRORS)
 
-    raw: list[tuple[str, str, list[float | None], list[float | None], list[bool]]] = []
+    raw: list[tuple[str, str, list[float | None], list[float | None], list, list[bool]]] = []
     for method in methods:
         for run, results in sources:
             entries = [results.get(b, {}).get(fr_model, {}).get(method) for b in benchmarks]
@@ -180,17 +181,18 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
             if all(v is None for v in values):  # no such method here, or not at this FMR
                 continue
             highs = [_value(e, f"{metric}/hi") for e in entries]
+            sds = [_value(e, f"{metric}/sd") for e in entries]  # over seeds (a study's)
             same = [bool(e and e.get("same_model")) for e in entries] + [False]
             kind = row_kind(method, next(e for e in entries if e is not None))
             label = f"{method} (label)" if kind == LABEL else method
             raw.append((f"{label} ({run})" if run else label, kind,
                         [*values, _mean(values, few)], [*highs, _mean(highs, few)],
-                        same))  # fmt: skip
+                        [*sds, None], same))  # fmt: skip
     raw.sort(key=lambda row: KIND_ORDER.index(row[1]) if row[1] in KIND_ORDER else 0)
 
     bound: list[float | None] = []  # per column: blind values up to it are bold
     for col in range(len(benchmarks) + 1):
-        blind = [(round(vals[col], 4), highs[col]) for _, kind, vals, highs, _ in raw
+        blind = [(round(vals[col], 4), highs[col]) for _, kind, vals, highs, _, _ in raw
                  if kind == BLIND and vals[col] is not None and not math.isnan(vals[col])]  # fmt: skip
         if not blind or (col < len(few) and few[col]):
             bound.append(None)
@@ -198,10 +200,12 @@ def _cells(sources: Sequence[tuple[str, dict]], metric: str, fr_model: str) -> T
         value, high = min(blind, key=lambda pair: pair[0])
         bound.append(value if high is None or math.isnan(high) else max(value, round(high, 4)))
     rows = []
-    for label, kind, values, _, same in raw:
+    for label, kind, values, _, sds, same in raw:
         cells = []
         for col, value in enumerate(values):
             text = _text(value) + (DAGGER if same[col] and value is not None else "")
+            if sds[col] is not None and not math.isnan(sds[col]):
+                text += f" ± {sds[col]:.3f}"
             is_best = (
                 kind == BLIND
                 and bound[col] is not None

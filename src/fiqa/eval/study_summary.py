@@ -3,7 +3,10 @@
 ``fiqa study`` ends by writing ``<study>/study.json``: for every FR model, benchmark and row of
 the study's evaluation, the pAUCs with their bootstrap intervals and the genuine errors behind
 them (``metrics/eval.json`` cut down to what the tables show), and every regressor's validation
-metrics (``metrics/<method>/train.json``). ``fiqa study-tables study.json --write docs/study.md``
+metrics (``metrics/<method>/train.json``). A study of several seeds (``study.seeds``) has one
+row ``<m>(R)-s<seed>`` per training: the summary gives ``<m>(R)`` their mean, with the standard
+deviation over seeds (``<metric>/sd``) and an interval that holds both the mean of the seeds'
+bootstrap intervals and mean +- sd. ``fiqa study-tables study.json --write docs/study.md``
 renders it into the page between two marker lines, with the evaluation reports' rules: a column
 of fewer than ``MIN_ERRORS`` genuine errors flagged and left out of the mean, bold for the best
 and for every value inside its interval. ``--check`` fails when the page and the file disagree,
@@ -13,6 +16,9 @@ so the tables cannot go stale (a test runs it on the committed study).
 from __future__ import annotations
 
 import json
+import math
+import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +47,63 @@ def study_summary(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{metrics / EVAL_METRICS} not found: the study has not been "
                                 "evaluated yet (run fiqa study)")  # fmt: skip
     results = json.loads((metrics / EVAL_METRICS).read_text())
-    slim = {bench: {fr: {method: {k: v for k, v in entry.items() if k in KEPT}
-                         for method, entry in per_method.items()}
+    slim = {bench: {fr: over_seeds({method: {k: v for k, v in entry.items() if k in KEPT}
+                                    for method, entry in per_method.items()})
                     for fr, per_method in per_fr.items()}
             for bench, per_fr in results.items()}  # fmt: skip
-    regressors = {}
-    for record in sorted(metrics.glob(f"*/{TRAIN_METRICS}")):
+    runs: dict[str, list[dict[str, float]]] = {}
+    for record in sorted(metrics.glob(f"**/{TRAIN_METRICS}")):
         train = json.loads(record.read_text())
-        regressors[record.parent.name] = {k: train[k] for k in TRAINING if k in train}
+        method = record.parent.relative_to(metrics).parts[0]  # <m> or <m>/s<seed>
+        runs.setdefault(method, []).append({k: train[k] for k in TRAINING if k in train})
+    regressors = {m: _mean_sd(r, TRAINING) for m, r in runs.items()}
     return {"study": Path(directory).name, "metric": METRIC, "results": slim,
             "regressors": regressors}  # fmt: skip
+
+
+SEEDED = re.compile(r"^(?P<row>.+\(R\))-s(?P<seed>\d+)$")
+
+
+def over_seeds(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One cell's rows with each regressor's seeds (``<m>(R)-s<seed>``) merged into ``<m>(R)``
+    (module docstring); other rows as they are."""
+    out: dict[str, dict[str, Any]] = {}
+    seeded: dict[str, list[dict[str, Any]]] = {}
+    for name, entry in rows.items():
+        match = SEEDED.match(name)
+        if match:
+            seeded.setdefault(match["row"], []).append(entry)
+            out.setdefault(match["row"], {})
+        else:
+            out[name] = entry
+    for name, entries in seeded.items():
+        merged = dict(entries[0]) | _mean_sd(entries, ("pauc@0.2", "pauc@0.3"))
+        for key in ("pauc@0.2", "pauc@0.3"):
+            mean, sd = merged.get(key), merged.get(f"{key}/sd", 0.0)
+            for side, sign, pick in (("lo", -1, min), ("hi", 1, max)):
+                bounds = [e.get(f"{key}/{side}") for e in entries]
+                if mean is None or math.isnan(mean):
+                    continue
+                spread = mean + sign * (sd if not math.isnan(sd) else 0.0)
+                known = [b for b in bounds if b is not None and not math.isnan(b)]
+                merged[f"{key}/{side}"] = pick(spread, sum(known) / len(known)) if known \
+                    else spread  # fmt: skip
+        out[name] = merged | {"seeds": len(entries)}
+    return out
+
+
+def _mean_sd(entries: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
+    """``key`` = the mean over ``entries`` and ``key/sd`` their sample standard deviation
+    (only the mean with one entry; NaN values left out)."""
+    out: dict[str, float] = {}
+    for key in keys:
+        values = [float(e[key]) for e in entries if key in e and not math.isnan(float(e[key]))]
+        if not values:
+            continue
+        out[key] = statistics.fmean(values)
+        if len(entries) > 1:
+            out[f"{key}/sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
+    return out
 
 
 def write_study_summary(directory: str | Path) -> Path:
@@ -74,10 +127,14 @@ def study_tables(summary: dict[str, Any]) -> str:
         if line := best_line(table):
             lines += ["", line]
     if summary["regressors"]:
-        lines += ["", "| regressor | validation Spearman | beats the constant |", "|---|---|---|"]
+        lines += ["", "| regressor | validation Spearman | beats the constant (share of seeds) |",
+                  "|---|---|---|"]  # fmt: skip
         for name, train in summary["regressors"].items():
-            beats = {1.0: "yes", 0.0: "no"}.get(train.get("train/beats_constant"), "")
-            lines.append(f"| {name} | {train.get('val/spearman', float('nan')):.2f} | {beats} |")
+            rho = f"{train.get('val/spearman', math.nan):.2f}"
+            if "val/spearman/sd" in train:
+                rho += f" ± {train['val/spearman/sd']:.2f}"
+            beats = train.get("train/beats_constant")
+            lines.append(f"| {name} | {rho} | {'' if beats is None else f'{beats:.0%}'} |")
     return "\n".join(lines)
 
 

@@ -11,6 +11,8 @@ paths and evaluation)::
     ddpm                 DifFIQA's face DDPM (when read)        ddpm/
     label-<m>            the labels of study method m           data/labels/<m>/
     train-<m>            the regressor on them                  models/<m>/, metrics/<m>/train.json
+                         (with study.seeds = n > 1: train-<m>-s<seed>, one per seed, in
+                         models/<m>/s<seed>/ and metrics/<m>/s<seed>/, rows <m>(R)-s<seed>)
     evaluate             the blind matrix of every <m>(R)       metrics/eval.json, plots/, reports/
 
 A study method is a label column: a label method or its eDifFIQA-corrected labels
@@ -91,8 +93,8 @@ class Study:
         return f"{self.dvc_yaml.as_posix()}:{stage}"
 
     def stage_names(self, kind: str) -> list[str]:
-        """Its ``label-*`` or ``train-*`` stages, in method order."""
-        return [f"{kind}-{m}" for m in self.methods]
+        """Its ``label-*`` or ``train-*`` stages, in method order (a method's seeds together)."""
+        return [s.name for s in self.stages if s.name.startswith(f"{kind}-")]
 
 
 def study_config(cfg: DictConfig) -> tuple[Path, DictConfig]:
@@ -119,18 +121,33 @@ def study_config(cfg: DictConfig) -> tuple[Path, DictConfig]:
         cfg.label.compute = []
         cfg.eval.benchmark, cfg.eval.benchmarks = benchmarks[0], benchmarks[1:]
         cfg.eval.fr_models = cfg.study.fr_models
-        cfg.eval.methods = [*(regressor_name(m) for m in methods), *cfg.study.blind]
+        runs = [(m, seed) for m in methods for seed in study_seeds(cfg)]
+        cfg.eval.methods = [*(regressor_name(m, s) for m, s in runs), *cfg.study.blind]
         cfg.eval.quality_models = {
-            regressor_name(m): {"path": str(directory / "models" / m / QUALITY_CHECKPOINT),
-                                "fr_models": label_fr_names}
-            for m in methods
+            regressor_name(m, s): {"path": str(directory / "models" / run_folder(m, s)
+                                               / QUALITY_CHECKPOINT),
+                                   "fr_models": label_fr_names}
+            for m, s in runs
         }  # fmt: skip
     return directory, cfg
 
 
-def regressor_name(method: str) -> str:
-    """The evaluation name of the regressor trained on ``method``'s labels (as DifFIQA(R))."""
-    return f"{method}(R)"
+def study_seeds(cfg: DictConfig) -> list[int | None]:
+    """The training seeds of every method: ``[None]`` (``train.seed`` as configured, one
+    training) when ``study.seeds`` is 1, else ``train.seed``, ``train.seed + 1``, ..."""
+    n = int(cfg.study.seeds)
+    return [None] if n == 1 else [int(cfg.train.seed) + k for k in range(n)]
+
+
+def regressor_name(method: str, seed: int | None = None) -> str:
+    """The evaluation name of the regressor trained on ``method``'s labels (as DifFIQA(R)),
+    ``-s<seed>`` appended for one of several seeds."""
+    return f"{method}(R)" + ("" if seed is None else f"-s{seed}")
+
+
+def run_folder(method: str, seed: int | None) -> str:
+    """A training's folder under the study's ``models/`` and ``metrics/``."""
+    return method if seed is None else f"{method}/s{seed}"
 
 
 def study_methods(cfg: DictConfig) -> list[str]:
@@ -169,7 +186,8 @@ def study_pipeline(cfg: DictConfig, workdir: Path) -> Study:
     assert isinstance(config, dict)
     methods = study_methods(cfg)
     directory = Path(relative(directory, workdir))
-    stages = _stages(directory, workdir, methods, config, label_settings(study_settings))
+    stages = _stages(directory, workdir, methods, study_seeds(cfg), config,
+                     label_settings(study_settings))  # fmt: skip
     return Study(directory, workdir, methods, config, stages)
 
 
@@ -186,8 +204,8 @@ def dvc_root(start: Path) -> Path:
                      "fiqa study from the fiqa repository (or `dvc init` a project folder)")  # fmt: skip
 
 
-def _stages(directory: Path, workdir: Path, methods: list[str], config: Mapping[str, Any],
-            params: Mapping[str, Any]) -> list[DvcStage]:  # fmt: skip
+def _stages(directory: Path, workdir: Path, methods: list[str], seeds: list[int | None],
+            config: Mapping[str, Any], params: Mapping[str, Any]) -> list[DvcStage]:  # fmt: skip
     """The study's stages (module docstring), paths relative to ``workdir``."""
     src = Path(fiqa.__file__).resolve().parent.parent
     d = directory.as_posix()
@@ -211,20 +229,25 @@ def _stages(directory: Path, workdir: Path, methods: list[str], config: Mapping[
         stages.append(stage("ddpm", [DDPM_METHOD], overrides=f"label.target={DDPM_METHOD}",
                             deps=[paths["prepared"]], outs=[paths["ddpm"]]))  # fmt: skip
     for m in methods:
-        labels, models, metrics = (f"{d}/data/labels/{m}", f"{d}/models/{m}", f"{d}/metrics/{m}")
+        labels = f"{d}/data/labels/{m}"
         ddpm = ddpm_deps if reads_ddpm(m, params) else []
         stages.append(stage("label", [m], f"label-{m}", f"label.target={m} paths.labels={labels}",
                             deps=[paths["prepared"], *ddpm], outs=[labels]))  # fmt: skip
-        stages.append(stage("train", [m], f"train-{m}",
-                            f"label.target={m} paths.labels={labels} paths.models={models} "
-                            f"paths.metrics={metrics}",
-                            deps=[paths["prepared"], labels], outs=[models],
-                            metrics=[f"{metrics}/{TRAIN_METRICS}"]))  # fmt: skip
+        for seed in seeds:
+            run = run_folder(m, seed)
+            models, metrics = f"{d}/models/{run}", f"{d}/metrics/{run}"
+            seeded = "" if seed is None else f" train.seed={seed}"
+            stages.append(stage("train", [m], f"train-{m}" + ("" if seed is None else f"-s{seed}"),
+                                f"label.target={m} paths.labels={labels} paths.models={models} "
+                                f"paths.metrics={metrics}{seeded}",
+                                deps=[paths["prepared"], labels], outs=[models],
+                                metrics=[f"{metrics}/{TRAIN_METRICS}"]))  # fmt: skip
     benchmarks = [config["eval"]["benchmark"], *config["eval"]["benchmarks"]]
     inputs = [p for b in benchmarks for p in _inputs(b, BENCHMARK_INPUTS, workdir)]
     stages.append(stage("evaluate", [b for b in blind if split_column(b)[0] in METHODS],
                         deps=[paths["prepared"], *ddpm_deps,
-                              *(f"{d}/models/{m}" for m in methods), *inputs],
+                              *(f"{d}/models/{run_folder(m, s)}" for m in methods for s in seeds),
+                              *inputs],
                         outs=[paths["reports"]], metrics=[f"{paths['metrics']}/{EVAL_METRICS}"],
                         plots=[(f"{paths['plots']}/{EDC_PLOTS}", EDC_PLOTS)]))  # fmt: skip
     return stages
