@@ -82,7 +82,7 @@ def _read_columns(path: Path, n_columns: int, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"IJB metadata {path} not found ({what})")
     try:
-        table = pd.read_csv(path, sep=r"\s+", header=None, dtype={0: str}, comment=None)
+        table = pd.read_csv(path, sep=r"\s+", header=None, dtype={0: str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise ValueError(f"{path}: not a table of '{what}': {err}") from None
     if table.shape[1] != n_columns:
@@ -111,8 +111,8 @@ def load_ijb(root: str | Path, variant: str = "ijbc", name: str | None = None) -
     Raises:
         FileNotFoundError: If ``root`` or a metadata file is absent.
         ValueError: On an unknown variant, a malformed line (file and line named), an image of
-            ``face_tid_mid`` without landmarks, a pair naming a template no image has, a label
-            other than 0/1, or when no pair is left.
+            ``face_tid_mid`` without landmarks, a pair naming a template no image has, or a
+            label other than 0/1.
     """
     if variant not in IJB_VARIANTS:
         raise ValueError(f"IJB variant {variant!r}; choose one of {', '.join(IJB_VARIANTS)}")

@@ -7,13 +7,14 @@ With q_i the base label on [0, 1], e_i the sample's embedding and y_i its identi
     c_y      = normalise( mean_{i in T, y_i = y} e_i / ||e_i|| )
     q'_i     = clip( q_i - eps * (1 - cos(e_i, c_{y_i})), 0, 1 ),   eps = 0.5
 
-Mapping to the eDifFIQA paper (Babnik et al., TBIOM 2024): q^o_x = q_x - eps * cos(e_x, e_bar_C). The public code
-(``loss.ExtendedL1`` with ``torch.nn.CosineEmbeddingLoss(target=1)``) subtracts eps times the
-cosine DISTANCE 1 - cos and clamps to [0, 1]; that is the form used here. It keeps the label of a
-sample at its centre (cos = 1) and removes up to 2 eps from one pointing away (cos = -1); the
-slide's literal form would instead penalise the samples nearest the centre.
+As written in the eDifFIQA presentation (Babnik et al., TBIOM 2024): q^o_x = q_x - eps *
+cos(e_x, e_bar_C). The public code (``loss.ExtendedL1`` with
+``torch.nn.CosineEmbeddingLoss(target=1)``) subtracts eps times the cosine DISTANCE 1 - cos and
+clamps to [0, 1]; that is the form used here. It keeps the label of a sample at its centre
+(cos = 1) and removes up to 2 eps from one pointing away (cos = -1); the literal form would
+instead penalise the samples nearest the centre.
 
-Rules where seed and code are silent or where this module differs from the public code:
+Rules where the paper and the code are silent or where this module differs from the public code:
 
 - Top fraction: the k = max(1, ceil(top * n)) best samples; ties with the k-th value are included
   (q >= threshold). The public code takes q >= the (floor(top * n) + 1)-th best value.

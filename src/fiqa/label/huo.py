@@ -46,8 +46,8 @@ def intra_class_score(
 ) -> np.ndarray:
     """Huo et al. S_c (eq. 4): mean over same-identity j != i of (cos(e_i, e_j) + 1) / 2.
 
-    Seed eq. 4 divides by N but sums over the OTHER images j of the identity ("image i and j are
-    different face images"); the mean over the n_y - 1 others is used here.
+    The paper's eq. 4 divides by N but sums over the OTHER images j of the identity ("image i
+    and j are different face images"); the mean over the n_y - 1 others is used here.
 
     Args:
         embeddings: (n, d) FR features (normalised here; float16 memmaps are fine).
