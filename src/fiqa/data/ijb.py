@@ -22,7 +22,8 @@ and the images' names and sizes and the alignment template; a later run reuses i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ class IJBProtocol:
         template_ids: The release's id of each template index.
         pairs: Template pairs (indices into ``template_ids``), genuine where ``label`` is 1.
         meta: The three metadata files.
-        missing: Images listed but absent from ``loose_crop``.
+        sizes: Each image's file size in bytes, -1 where it is absent from ``loose_crop``.
     """
 
     name: str
@@ -69,7 +70,12 @@ class IJBProtocol:
     template_ids: NDArray[np.int64]
     pairs: Pairs
     meta: list[Path]
-    missing: list[str] = field(default_factory=list)
+    sizes: list[int]
+
+    @property
+    def missing(self) -> list[str]:
+        """Images listed but absent from ``loose_crop``."""
+        return [image for image, size in zip(self.images, self.sizes, strict=True) if size < 0]
 
 
 def _read_columns(path: Path, n_columns: int, what: str) -> pd.DataFrame:
@@ -160,8 +166,9 @@ def load_ijb(root: str | Path, variant: str = "ijbc", name: str | None = None) -
         line = int(np.flatnonzero(~np.isin(labels, (0, 1)))[0])
         raise ValueError(f"{meta[2]}:{line + 1}: label {labels[line]} is not 0 or 1")
 
-    on_disk = np.array([(root / IMAGES / image).is_file() for image in images])
-    missing = [image for image, here in zip(images, on_disk, strict=True) if not here]
+    sizes = [_file_size(root / IMAGES / image) for image in images]
+    on_disk = np.array(sizes) >= 0
+    missing = [image for image, size in zip(images, sizes, strict=True) if size < 0]
     if missing:
         log.warning("%s: %d of %d images missing under %s (left out of their templates): %s",
                     root, len(missing), len(images), root / IMAGES, missing[:5])  # fmt: skip
@@ -173,7 +180,16 @@ def load_ijb(root: str | Path, variant: str = "ijbc", name: str | None = None) -
              len(template_ids), len(pairs), pairs.n_genuine)  # fmt: skip
     return IJBProtocol(name or variant, root, images, coords[:, :10].reshape(-1, 5, 2),
                        coords[:, 10].copy(), templates, template_ids, pairs, meta,
-                       missing)  # fmt: skip
+                       sizes)  # fmt: skip
+
+
+def _file_size(path: Path) -> int:
+    """The size of the file ``path`` in bytes, -1 when there is none."""
+    try:
+        status = path.stat()
+    except OSError:
+        return -1
+    return status.st_size if stat.S_ISREG(status.st_mode) else -1
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,9 +220,7 @@ def aligned_faces(
         The faces, which images could be read and aligned, the key (the faces' fingerprint)
         and the count of each reason an image could not (empty when all could, or cached).
     """
-    absent = set(protocol.missing)
-    sizes = [-1 if image in absent else (protocol.root / IMAGES / image).stat().st_size
-             for image in protocol.images]  # fmt: skip
+    sizes = protocol.sizes
     key = digest([aligner.template, [file_sha256(str(p)) for p in protocol.meta[:2]],
                   protocol.images, sizes], length=24)  # fmt: skip
     target = Path(cache_dir) / "aligned" / key

@@ -117,6 +117,10 @@ def evaluate_matrix(
         matrix.results[data.name] = {}
         setup = data.templates
         pair_q = qualities if setup is None else template_qualities(qualities, setup)
+        genuine = data.pairs.genuine
+        a, b = data.pairs.a[genuine], data.pairs.b[genuine]  # the FR models share them
+        genuine_pq = {m: pair_quality(q.values[a], q.values[b], how) for m, q in pair_q.items()}
+        clusters = genuine_clusters(data)
         for fr_name, fr in fr_models.items():
             embeddings = set_embeddings(data, fr, extractor)
             if setup is None:
@@ -131,12 +135,12 @@ def evaluate_matrix(
                 if method in qualities:
                     metrics[method]["same_model"] = fr_name in qualities[method].fr_models
                     metrics[method]["kind"] = qualities[method].kind
-                    metrics[method] |= method_operating_points(
-                        pair_q[method].values, data, scores, per_fmr[fmrs[0]].threshold, how,
-                        discard_shares, target_fnmr)  # fmt: skip
+                    metrics[method] |= operating_points(
+                        pair_q[method].values, scores[genuine], genuine_pq[method],
+                        per_fmr[fmrs[0]].threshold, discard_shares, target_fnmr)  # fmt: skip
                     if bootstrap is not None and bootstrap.resamples > 0:
-                        metrics[method] |= pauc_intervals(pair_q[method].values, data, scores,
-                                                          per_fmr[fmrs[0]], how, limits,
+                        metrics[method] |= pauc_intervals(scores[genuine], genuine_pq[method],
+                                                          clusters, per_fmr[fmrs[0]], limits,
                                                           bootstrap)  # fmt: skip
                 else:
                     metrics[method]["kind"] = BASELINE
@@ -157,45 +161,29 @@ def set_embeddings(data: EvalSet, fr: FREntry, extractor: Extractor) -> np.ndarr
     return unit_rows(own, np.arange(len(data.rows)))
 
 
-def method_operating_points(
-    values: np.ndarray,
-    data: EvalSet,
-    scores: np.ndarray,
-    threshold: float,
-    how: str,
-    shares: Sequence[float],
-    target_fnmr: float,
-) -> dict[str, float]:
-    """One method's operating points on one cell: ``values`` per face (template on IJB)."""
-    genuine = data.pairs.genuine
-    a, b = data.pairs.a[genuine], data.pairs.b[genuine]
-    pq = pair_quality(values[a], values[b], how)
-    return operating_points(values, scores[genuine], pq, threshold, shares, target_fnmr)
+def genuine_clusters(data: EvalSet) -> np.ndarray:
+    """The cluster of each genuine pair for the bootstrap: the identity of its first face (by
+    pair where the set records no identities, e.g. a ``.bin``; by first template on IJB)."""
+    first = data.pairs.a[data.pairs.genuine]
+    if data.templates is not None:
+        return first  # the first template: pairs sharing it share its images
+    if data.identities is not None:
+        return np.asarray(data.identities)[first]
+    return np.arange(len(first))
 
 
 def pauc_intervals(
-    values: np.ndarray,
-    data: EvalSet,
-    scores: np.ndarray,
+    genuine_scores: np.ndarray,
+    genuine_pair_quality: np.ndarray,
+    clusters: np.ndarray,
     curve: EDCCurve,
-    how: str,
     limits: Sequence[float],
     bootstrap: Bootstrap,
 ) -> dict[str, float]:
-    """``pauc@<limit>/lo`` and ``/hi``: the bootstrap interval of one method's pAUC on one cell,
-    the genuine pairs resampled by the identity of their first face (by pair where the set
-    records no identities; by first template on IJB), the same draws for every method."""
-    genuine = data.pairs.genuine
-    a, b = data.pairs.a[genuine], data.pairs.b[genuine]
-    if data.templates is not None:
-        clusters = a  # the first template: pairs sharing it share its images
-    elif data.identities is not None:
-        clusters = np.asarray(data.identities)[a]
-    else:
-        clusters = np.arange(len(a))  # e.g. a .bin: no identities recorded
-    intervals = bootstrap_pauc(scores[genuine], pair_quality(values[a], values[b], how), clusters,
-                               curve, limits, bootstrap.resamples, bootstrap.seed,
-                               bootstrap.level)  # fmt: skip
+    """``pauc@<limit>/lo`` and ``/hi``: the bootstrap interval of one method's pAUC on one cell
+    (``fiqa.core.intervals``), the same draws for every method."""
+    intervals = bootstrap_pauc(genuine_scores, genuine_pair_quality, clusters, curve, limits,
+                               bootstrap.resamples, bootstrap.seed, bootstrap.level)  # fmt: skip
     return {f"pauc@{lim:g}/{side}": bound for lim, (lo, hi) in intervals.items()
             for side, bound in (("lo", lo), ("hi", hi))}  # fmt: skip
 
