@@ -168,16 +168,23 @@ def test_intra_class_score_by_hand():
 def test_visual_score_by_hand():
     # A: f = [0, 1, 2, 5], mean 2 -> d = [2, 1, 0, 3], d_min 0, d_max 3 -> 1 - d/3 = [1/3, 2/3, 1, 0]
     # B: f = [0, 1, 5, 6], mean 3 -> d = [3, 2, 2, 3], d_min 2, d_max 3 -> 1 - d/1 = [-2, -1, -1, -2]
-    #    (eq. 1 as written goes below 0); subtract_min: 1 - (d - 2)/1 = [0, 1, 1, 0]
+    #    (eq. 1 as written goes below 0); identity: 1 - (d - 2)/1 = [0, 1, 1, 0]
     # C: f = [0, 4] -> d = [2, 2], d_max = d_min -> 1;  D: one image -> 1
+    # global: max d = 3 -> 1 - d/3 = [1/3, 2/3, 1, 0, 0, 1/3, 1/3, 0, 1/3, 1/3, 1]
     f = np.array([0, 1, 2, 5, 0, 1, 5, 6, 0, 4, 9], dtype=np.float64)[:, None]
     ids = list("AAAABBBBCCD")
     expected = [1 / 3, 2 / 3, 1.0, 0.0, -2.0, -1.0, -1.0, -2.0, 1.0, 1.0, 1.0]
     np.testing.assert_allclose(visual_score(f, ids), expected, atol=1e-12)
     np.testing.assert_allclose(visual_score(f, ids, chunk=3), expected, atol=1e-12)
-    shifted = visual_score(f, ids, subtract_min=True)
+    shifted = visual_score(f, ids, form="identity")
     np.testing.assert_allclose(shifted[4:8], [0.0, 1.0, 1.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(shifted[:4], expected[:4], atol=1e-12)  # d_min = 0: same
+    third = 1 / 3
+    np.testing.assert_allclose(visual_score(f, ids, form="global"),
+                               [third, 2 * third, 1, 0, 0, third, third, 0, third, third, 1],
+                               atol=1e-12)  # fmt: skip
+    with pytest.raises(ValueError, match="visual must be one of"):
+        visual_score(f, ids, form="sideways")
 
 
 def test_huo_fused_default_weights():

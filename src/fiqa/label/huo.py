@@ -10,8 +10,12 @@ For sample i of identity y with n_y images:
 f are LOW-level FR features (any (n, k) array, e.g. pooled early-block activations); d_min and
 d_max are taken over identity y. Eq. 1 divides by the range but does not subtract d_min, so S_v
 lies in [-d_min / (d_max - d_min), 1 - d_min / (d_max - d_min)] and is negative wherever d_min
-> 0 and d_i > d_max - d_min; it is implemented as written (no clipping), ``subtract_min=True``
-gives the [0, 1] form 1 - (d_i - d_min) / (d_max - d_min). S_c uses, for unit vectors,
+> 0 and d_i > d_max - d_min; it is implemented as written (no clipping) as ``visual="paper"``.
+Two normalised forms are offered. ``identity``: 1 - (d_i - d_min) / (d_max - d_min), in [0, 1];
+still relative to the identity, so an identity of two images (d equal for both) gets 1 twice.
+``global``: 1 - d_i / max_k d_k over the whole set, in [0, 1]: comparable across identities, so
+a rank fusion (``how="rank"``) ranks a face far from its identity's mean below one close to it
+whatever the identity. S_c uses, for unit vectors,
 sum_{j != i} cos(e_i, e_j) = e_i . (sum_{j in y} e_j) - e_i . e_i, so no pairwise matrix is formed.
 """
 
@@ -74,10 +78,13 @@ def intra_class_score(
     return out
 
 
+VISUAL_FORMS = ("paper", "identity", "global")
+
+
 def visual_score(
     features: np.ndarray,
     identities: IdentityLabels,
-    subtract_min: bool = False,
+    form: str = "paper",
     chunk: int = DEFAULT_CHUNK,
 ) -> np.ndarray:
     """Huo et al. S_v (eq. 1, 2): 1 - d_i / (d_max - d_min) over the identity's images.
@@ -85,14 +92,18 @@ def visual_score(
     Args:
         features: (n, k) LOW-level features (used as given, not normalised).
         identities: (n,) identity label per sample.
-        subtract_min: use 1 - (d_i - d_min) / (d_max - d_min) (in [0, 1]) instead of eq. 1 as
-            written (which is not clipped and can go below 0, see the module docstring).
+        form: ``paper`` (eq. 1 as written: not clipped, can go below 0), ``identity``
+            (1 - (d_i - d_min) / (d_max - d_min), in [0, 1]) or ``global`` (1 - d_i / max d
+            over all samples, in [0, 1]); see the module docstring.
         chunk: rows read at a time.
 
     Returns:
-        (n,) float64 scores; an identity whose distances are all equal (one image included)
-        has d_max = d_min and gets S_v = 1 for every image.
+        (n,) float64 scores. With ``paper`` or ``identity``, an identity whose distances are
+        all equal (one image included) has d_max = d_min and gets S_v = 1 for every image;
+        with ``global``, every d = 0 gives 1.
     """
+    if form not in VISUAL_FORMS:
+        raise ValueError(f"visual must be one of {VISUAL_FORMS}, got {form!r}")
     if features.ndim != 2:
         raise ValueError(f"features must be (n, k), got shape {features.shape}")
     n = features.shape[0]
@@ -102,12 +113,15 @@ def visual_score(
     d = np.empty(n, dtype=np.float64)
     for sl, block in iter_row_chunks(features, chunk, unit=False):
         d[sl] = np.linalg.norm(block - means[codes[sl]], axis=1)
+    if form == "global":
+        top = d.max(initial=0.0)
+        return 1.0 - d / top if top > 0 else np.ones(n)
     d_min = np.full(n_ids, np.inf)
     d_max = np.full(n_ids, -np.inf)
     np.minimum.at(d_min, codes, d)
     np.maximum.at(d_max, codes, d)
     span = (d_max - d_min)[codes]
-    num = d - d_min[codes] if subtract_min else d
+    num = d - d_min[codes] if form == "identity" else d
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(span > 0, 1.0 - num / span, 1.0)
 
@@ -136,12 +150,17 @@ class HuoSettings:
     Attributes:
         weights: a, b, c of S = a S_v + b S_r + c S_c (eq. 5: 0.2, 0.4, 0.4).
         how: Normalisation of each term first (``fiqa.label.fusion.normalise``).
-        subtract_min: S_v = 1 - (d - d_min) / (d_max - d_min), in [0, 1].
+        visual: The form of S_v: ``paper`` (eq. 1), ``identity`` or ``global``
+            (``visual_score``).
     """
 
     weights: list[float]
     how: str
-    subtract_min: bool
+    visual: str
+
+    def __post_init__(self) -> None:
+        if self.visual not in VISUAL_FORMS:
+            raise ValueError(f"visual must be one of {VISUAL_FORMS}, got {self.visual!r}")
 
 
 @dataclass(frozen=True)
@@ -163,6 +182,6 @@ def huo_label(
     """S of one FR model's outputs: S_v from its low-level features, S_r its SER-FIQ scores,
     S_c from its embeddings."""
     ids = ctx.require_identities("huo")
-    s_v = visual_score(outputs["low_level"], ids, subtract_min=params.subtract_min)
+    s_v = visual_score(outputs["low_level"], ids, form=params.visual)
     s_c = intra_class_score(outputs["embedding"], ids)
     return huo_fused(s_v, outputs["serfiq"], s_c, weights=tuple(params.weights), how=params.how)
