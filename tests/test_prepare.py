@@ -206,3 +206,17 @@ def test_val_split_is_identity_disjoint_seeded_and_capped_in_faces():
     # a cap below the smallest identity still holds one out
     one = assign_splits(ids, 0.3, seed=0, max_faces=0)
     assert ids[one == "val"].nunique() == 1
+
+
+def test_single_image_identities_train_and_leave_the_val_split_as_it_was():
+    ids = pd.Series(np.repeat([f"id{k:02d}" for k in range(10)], np.arange(2, 12)))
+    before = assign_splits(ids, 0.3, seed=0, min_images=2)
+    assert before.tolist() == assign_splits(ids, 0.3, seed=0).tolist()  # none below 2: the same
+    singles = pd.Series([f"solo{k}" for k in range(7)])
+    both = pd.concat([ids, singles], ignore_index=True)
+    after = assign_splits(both, 0.3, seed=0, min_images=2)
+    assert after[: len(ids)].tolist() == before.tolist()
+    assert (after[len(ids) :] == "train").all()
+    assert (
+        assign_splits(both, 0.3, seed=0)[len(ids) :] == "val"
+    ).any()  # min_images=1: may hold out

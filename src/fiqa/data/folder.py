@@ -108,23 +108,30 @@ def list_identity_folder(root: str | Path) -> pd.DataFrame:
 
 
 def assign_splits(
-    identities: pd.Series, val_fraction: float, seed: int, max_faces: int | None = None
+    identities: pd.Series,
+    val_fraction: float,
+    seed: int,
+    max_faces: int | None = None,
+    min_images: int = 1,
 ) -> pd.Series:
     """Identity-disjoint train/val split, deterministic from ``seed``.
 
-    ``round(val_fraction * n_identities)`` identities (at least one when there are two or more)
-    go to validation, taken in a seeded order of the sorted identity names; with ``max_faces``,
-    that order stops before the held-out faces would exceed ``max_faces`` (still at least one
-    identity), so a dataset of millions holds out a validation split of bounded size.
+    ``round(val_fraction * n)`` of the ``n`` identities with at least ``min_images`` faces (at
+    least one when there are two or more) go to validation, taken in a seeded order of their
+    sorted names; with ``max_faces``, that order stops before the held-out faces would exceed
+    ``max_faces`` (still at least one identity), so a dataset of millions holds out a validation
+    split of bounded size. Identities with fewer faces always train: adding single-image
+    identities with ``min_images=2`` leaves the validation split as it was without them.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"prepare.val_fraction must be in [0, 1), got {val_fraction}")
     unique, codes, counts = np.unique(identities.to_numpy(), return_inverse=True,
                                       return_counts=True)  # fmt: skip
-    n_val = round(val_fraction * len(unique))
-    if val_fraction > 0 and len(unique) >= 2:
-        n_val = min(max(n_val, 1), len(unique) - 1)
-    chosen = np.random.default_rng(seed).permutation(len(unique))[:n_val]
+    eligible = np.flatnonzero(counts >= min_images)
+    n_val = round(val_fraction * len(eligible))
+    if val_fraction > 0 and len(eligible) >= 2:
+        n_val = min(max(n_val, 1), len(eligible) - 1)
+    chosen = eligible[np.random.default_rng(seed).permutation(len(eligible))[:n_val]]
     if max_faces is not None and n_val:
         fits = int(np.searchsorted(np.cumsum(counts[chosen]), max_faces, side="right"))
         chosen = chosen[: max(fits, 1)]

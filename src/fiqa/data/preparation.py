@@ -16,7 +16,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tqdm import tqdm
 import fiqa
 from fiqa.core.artifacts import FAILURES, MANIFEST, PREPARE_SUMMARY
 from fiqa.core.atomic import replace_dir, write_json_atomic, write_text_atomic
+from fiqa.data.copies import CopySettings, add_degraded_copies
 from fiqa.data.face_pipeline import DETECTORS, FaceAligner, FaceResult, PrepareDataset, worker_init
 from fiqa.data.face_store import (
     FAILURE_COLUMNS,
@@ -64,11 +65,13 @@ class PrepareSettings:
         val_fraction: Share of identities held out for validation (identity-disjoint).
         val_max_faces: The held-out identities stop before their faces exceed this many (at
             least one identity; None: no cap).
+        val_min_images: Identities with fewer faces are never held out (they train).
         shard_size: Aligned faces per shard file.
         max_image_pixels: Larger input images (width x height) fail as ``too_large``, refused
             from the header before decoding (decompression bombs).
         max_failure_rate: The preparation fails when more inputs than this fail.
         seed: Seed of the split.
+        copies: Degraded copies of the training faces (``fiqa.data.copies``).
     """
 
     detector: str
@@ -84,6 +87,8 @@ class PrepareSettings:
     max_image_pixels: int
     max_failure_rate: float
     seed: int
+    val_min_images: int = 1
+    copies: CopySettings = field(default_factory=CopySettings)
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -165,9 +170,12 @@ def prepare_faces(
     seconds = time.perf_counter() - start
     manifest, failures = assemble(work, n_shards, source.damaged)
     counts = _check(manifest, failures, len(table) + len(source.damaged or []), settings, work)
-    manifest["split"] = assign_splits(
-        manifest["identity"], settings.val_fraction, settings.seed, settings.val_max_faces
-    )
+    manifest["split"] = assign_splits(manifest["identity"], settings.val_fraction, settings.seed,
+                                      settings.val_max_faces, settings.val_min_images)  # fmt: skip
+    if settings.copies.per_face:
+        write_table(work / MANIFEST, manifest)  # read back by the copies (rewritten by finish)
+        manifest = add_degraded_copies(work, manifest, settings.copies, n_shards, size)
+        counts["prepare/degraded_copies"] = float((manifest["source_id"] >= 0).sum())
     finish(work, n_shards, manifest, failures, counts)  # no timings: the same bytes every run
     replace_dir(work, out_dir)
     return counts | {
