@@ -71,6 +71,7 @@ RANGES: dict[str, Range] = {
     "prepare.num_workers": AT_LEAST_0,
     "prepare.val_fraction": FRACTION,
     "prepare.val_max_faces": AT_LEAST_1,
+    "prepare.val_min_images": AT_LEAST_1,
     "prepare.shard_size": AT_LEAST_1,
     "prepare.max_image_pixels": AT_LEAST_1,
     "prepare.max_failure_rate": UNIT,
