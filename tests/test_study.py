@@ -210,3 +210,61 @@ def test_study_errors_name_the_method_and_the_missing_repository(tmp_path: Path,
         study_pipeline(cfg, tmp_path)
     with pytest.raises(StageError, match="not inside a DVC repository"):
         study_pipeline(demo_config(tmp_path, small_demo), tmp_path)
+
+
+def test_variants_train_a_column_again_with_their_settings_in_the_same_table(tmp_path: Path,
+                                                                            small_demo: Path):  # fmt: skip
+    (tmp_path / ".dvc").mkdir()
+    variants = ["+study.variants.copies={prepare.copies.per_face: 1}",
+                "+study.variants.slow={model.lr: 0.0005}",
+                "+study.variants.wide={label.methods.serfiq.passes: 7}"]  # fmt: skip
+    cfg = demo_config(tmp_path, small_demo, "study.methods=[serfiq,serfiq.copies,serfiq.slow,"
+                      "crfiqa.wide]", "study.seeds=1", "study.blind=[sharpness]", *variants)  # fmt: skip
+    study = study_pipeline(cfg, tmp_path)
+    stages = {s.name: s for s in study.stages}
+    d = study.directory.as_posix()
+    assert list(stages) == ["prepare", "prepare-copies", "label-serfiq", "train-serfiq",
+                            "label-serfiq.copies", "train-serfiq.copies", "train-serfiq.slow",
+                            "label-crfiqa.wide", "train-crfiqa.wide", "evaluate"]  # fmt: skip
+    # copies: its own prepared set and labels, on its own config file
+    assert stages["prepare-copies"].outs == [f"{d}/data/prepared.copies"]
+    assert stages["label-serfiq.copies"].deps[-1] == f"{d}/data/prepared.copies"
+    assert "--config-name params-copies" in stages["train-serfiq.copies"].cmd
+    assert stages["train-serfiq.copies"].params_file == f"{d}/params-copies.yaml"
+    assert study.variants["copies"]["prepare"]["copies"]["per_face"] == 1
+    assert study.config["prepare"]["copies"]["per_face"] == 0
+    # slow changes training only: it trains on the plain row's labels
+    assert f"{d}/data/labels/serfiq" in stages["train-serfiq.slow"].deps
+    assert study.variants["slow"]["model"]["lr"] == 0.0005
+    # a variant of a column without a plain row labels it itself
+    assert "label.target=crfiqa " in stages["label-crfiqa.wide"].cmd
+    assert study.variants["wide"]["label"]["methods"]["serfiq"]["passes"] == 7
+    # one table: every row evaluated on the plain prepared set's validation split
+    assert study.config["eval"]["methods"] == ["serfiq(R)", "serfiq.copies(R)", "serfiq.slow(R)",
+                                               "crfiqa.wide(R)", "sharpness"]  # fmt: skip
+    assert f"{d}/data/prepared" in stages["evaluate"].deps
+    assert f"{d}/data/prepared.copies" not in stages["evaluate"].deps
+    assert f"{d}/models/serfiq.copies" in stages["evaluate"].deps
+
+
+def test_a_variant_may_not_move_a_validation_identity(tmp_path: Path, small_demo: Path):
+    (tmp_path / ".dvc").mkdir()
+
+    def study_of(settings: str):
+        cfg = demo_config(tmp_path, small_demo, "data=table", "data.table=faces.csv",
+                          "data.min_images=2", "prepare.val_min_images=2",
+                          "study.methods=[serfiq.v]", f"+study.variants.v={settings}")  # fmt: skip
+        return study_pipeline(cfg, tmp_path)
+
+    with pytest.raises(ConfigError, match=r"study.variants.v: \['prepare.val_fraction'\] would"):
+        study_of("{prepare.val_fraction: 0.5}")
+    with pytest.raises(ConfigError, match=r"\['data.min_images'\] would change the validation"):
+        study_of("{data.min_images: 3}")  # above prepare.val_min_images (2): drops val identities
+    with pytest.raises(ConfigError, match=r"study\.variants\.v: train\.typo is no config key"):
+        study_of("{train.typo: 1}")
+    with pytest.raises(ConfigError, match=r"\['serfiq.nope'\] name a variant"):
+        study_pipeline(demo_config(tmp_path, small_demo, "study.methods=[serfiq.nope]"), tmp_path)
+    # single-image identities added for training only: allowed, on a prepared set of its own
+    ok = study_of("{data.min_images: 1}")
+    assert "prepare-v" in [s.name for s in ok.stages]
+    assert ok.variants["v"]["data"]["min_images"] == 1

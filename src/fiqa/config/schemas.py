@@ -97,6 +97,7 @@ class StudySettings:
     benchmarks: list[dict[str, Any]]  # conf/eval/benchmark/ entries
     fr_models: list[Any]  # evaluation FR models: names or {name, weights, options}
     seeds: int  # trainings per method: train.seed, train.seed + 1, ... (1: one, unsuffixed)
+    variants: dict[str, dict[str, Any]]  # name -> {dotted key: value}: methods <column>.<name>
 
 
 SCHEMAS: dict[str, type | dict[str, type]] = {
