@@ -63,6 +63,7 @@ _REGRESSOR = {  # model=regressor, and model=distill's regressor.*
     "weight_decay": AT_LEAST_0,
     "unfreeze_at_epoch": AT_LEAST_0,
     "consistency_weight": FRACTION,  # QualityRegressor: [0, 1)
+    "train_blocks": AT_LEAST_0,  # and <= the backbone's trunk blocks (QualityRegressor)
 }
 
 RANGES: dict[str, Range] = {

@@ -20,7 +20,7 @@ from torch import nn
 
 from fiqa.fr.checkpoint import load_upstream_checkpoint
 from fiqa.fr.iresnet import EMBEDDING_SIZE, FEATURE_SIZE, STAGE_CHANNELS
-from fiqa.fr.layers import InputNorm, check_dropout, pool_low_level
+from fiqa.fr.layers import BlockTrunk, InputNorm, check_dropout, pool_low_level
 from fiqa.fr.model import FRModel
 from fiqa.fr.registry import FRSpec, register_fr_model
 
@@ -58,12 +58,13 @@ class BasicBlockIR(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
-class AdaFaceIR(nn.Module):
+class AdaFaceIR(BlockTrunk):
     """AdaFace IR backbone (112x112 BGR-trained, 512-D embedding).
 
     Input: float ``(N, 3, 112, 112)`` RGB in 0..255; ``input_norm`` reverses the channels and
     maps to [-1, 1]. ``forward_low_level`` pools the output of the first stage (``body.0`` ..
-    ``body.2``, 64 x 56 x 56 -> 1024 values).
+    ``body.2``, 64 x 56 x 56 -> 1024 values). Its trunk blocks (``trunk_blocks``) are
+    ``input_layer`` and each unit of ``body``, the last with ``output_layer.0`` (BN2d).
 
     Args:
         depth: 50 or 101.
@@ -103,6 +104,11 @@ class AdaFaceIR(nn.Module):
         """``(N, 3, 112, 112)`` 0..255 RGB -> ``(N, 25088)`` flattened ``output_layer.0`` output."""
         x = self.body(self.input_layer(self.input_norm(x)))
         return torch.flatten(self.output_layer[OUT_BN](x), 1)
+
+    def trunk_blocks(self) -> list[nn.Module]:
+        """``input_layer``, then the ``body`` units, the last one with ``output_layer.0``."""
+        last = nn.Sequential(self.body[-1], self.output_layer[OUT_BN])
+        return [self.input_layer, *self.body[:-1], last]
 
     def forward_low_level(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled activations of the first stage: ``(N, 64 * 16)``."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fiqa.fr.checkpoint import load_upstream_checkpoint
-from fiqa.fr.layers import InputNorm, check_dropout, cuda_autocast, pool_low_level
+from fiqa.fr.layers import BlockTrunk, InputNorm, check_dropout, cuda_autocast, pool_low_level
 from fiqa.fr.model import FRModel
 from fiqa.fr.registry import FRSpec, register_fr_model
 
@@ -62,12 +62,14 @@ class IBasicBlock(nn.Module):
         return out + (x if self.downsample is None else self.downsample(x))
 
 
-class IResNet(nn.Module):
+class IResNet(BlockTrunk):
     """iResNet face-recognition network (112x112 input, 512-D embedding by default).
 
     Input: float ``(N, 3, 112, 112)`` RGB in 0..255; ``input_norm`` maps it to what the
     weights were trained on. ``forward_low_level`` pools the output of ``layer1``
-    (64 x 56 x 56 -> 1024 values).
+    (64 x 56 x 56 -> 1024 values). Its trunk blocks (``trunk_blocks``) are the stem (``conv1``,
+    ``bn1``, ``prelu``) and each residual unit of ``layer1`` .. ``layer4``, the last with
+    ``bn2``: 1 + sum(units) blocks, e.g. 25 for iResNet-50.
 
     Args:
         depth: 18, 34, 50, 100 or 200.
@@ -119,6 +121,22 @@ class IResNet(nn.Module):
             x = self.layer4(self.layer3(self.layer2(self.layer1(self._stem(x)))))
             x = torch.flatten(self.bn2(x), 1)
         return x.float()
+
+    def trunk_blocks(self) -> list[nn.Module]:
+        """The stem, then the residual units in forward order, the last one with ``bn2``."""
+        units = [*self.layer1, *self.layer2, *self.layer3, *self.layer4]
+        stem = nn.Sequential(self.conv1, self.bn1, self.prelu)
+        return [stem, *units[:-1], nn.Sequential(units[-1], self.bn2)]
+
+    def forward_to(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        """``BlockTrunk.forward_to`` under the ``fp16`` autocast of ``forward_features``."""
+        with cuda_autocast(x, self.fp16):
+            return super().forward_to(x, cut).float()
+
+    def forward_from(self, h: torch.Tensor, cut: int) -> torch.Tensor:
+        """``BlockTrunk.forward_from`` under the ``fp16`` autocast of ``forward_features``."""
+        with cuda_autocast(h, self.fp16):
+            return super().forward_from(h, cut).float()
 
     def forward_low_level(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled ``layer1`` activations: ``(N, 64 * 16)``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,3 +59,34 @@ def check_dropout(dropout: float) -> float:
 def cuda_autocast(x: torch.Tensor, enabled: bool) -> torch.autocast:
     """arcface_torch's ``fp16`` trunk: float16 autocast on CUDA input, a no-op elsewhere."""
     return torch.autocast("cuda", dtype=torch.float16, enabled=enabled and x.is_cuda)
+
+
+class BlockTrunk(nn.Module, ABC):
+    """A network whose trunk (``forward_features``) is a sequence of blocks, so that training
+    can start part-way up it (``model.train_blocks``, ``fiqa.quality.backbone``).
+
+    Subclasses define ``input_norm`` and ``trunk_blocks``; for every ``cut`` in
+    ``[0, len(trunk_blocks())]``, ``forward_from(forward_to(x, cut), cut)`` equals
+    ``forward_features(x)``.
+    """
+
+    input_norm: InputNorm
+
+    @abstractmethod
+    def trunk_blocks(self) -> list[nn.Module]:
+        """The trunk's blocks in forward order (the net's own modules, never copies)."""
+
+    def forward_to(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        """Normalise the 0..255 input and run blocks ``[0, cut)``: the ``(N, C, H, W)``
+        activation at ``cut``."""
+        x = self.input_norm(x)
+        for block in self.trunk_blocks()[:cut]:
+            x = block(x)
+        return x
+
+    def forward_from(self, h: torch.Tensor, cut: int) -> torch.Tensor:
+        """Run blocks ``[cut, end)`` on the activation at ``cut``; flattened as
+        ``forward_features`` returns it."""
+        for block in self.trunk_blocks()[cut:]:
+            h = block(h)
+        return torch.flatten(h, 1)

@@ -22,7 +22,7 @@ from torch import nn
 
 from fiqa.core.provenance import file_sha256
 from fiqa.fr.checkpoint import fit_state_dict, read_state_dict
-from fiqa.fr.layers import InputNorm, check_dropout, pool_low_level
+from fiqa.fr.layers import BlockTrunk, InputNorm, check_dropout, pool_low_level
 from fiqa.fr.model import FRModel, FRModelInfo
 from fiqa.fr.registry import FRSpec, register_fr_model
 
@@ -79,11 +79,14 @@ class DepthwiseSeparable(nn.Sequential):
         )
 
 
-class SFaceNet(nn.Module):
+class SFaceNet(BlockTrunk):
     """SFace recognition network (9.6 M parameters, 128-D embedding).
 
     Input: float ``(N, 3, 112, 112)`` RGB in 0..255, aligned to the ArcFace template; the
     module normalises internally with ``(x - 127.5) / 128`` as the ONNX graph does.
+
+    Its 14 trunk blocks (``trunk_blocks``) are the stem, ``block1`` .. ``block12`` and
+    ``block13`` with the final ``bn``: a lone BatchNorm is no block worth training by itself.
 
     Attributes:
         trunk: ``stem``, ``block1`` .. ``block13`` and the final ``bn`` (BatchNorm2d, eps 2e-5).
@@ -119,6 +122,10 @@ class SFaceNet(nn.Module):
             ``(N, 50176)`` flattened output of the final BatchNorm2d.
         """
         return torch.flatten(self.trunk(self.input_norm(x)), 1)
+
+    def trunk_blocks(self) -> list[nn.Module]:
+        """``stem``, ``block1`` .. ``block12`` and ``block13`` + ``bn`` (one block)."""
+        return [*self.trunk[:-2], nn.Sequential(*self.trunk[-2:])]
 
     def forward_low_level(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled activations of the first ``LOW_LEVEL_BLOCK`` blocks: ``(N, 128 * 16)``."""

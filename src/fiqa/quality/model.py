@@ -10,13 +10,19 @@ eDifFIQA's representation-consistency term keeps the backbone's embedding close 
 FR model's: with ``consistency_weight`` = theta > 0 the loss is, as in the public eDifFIQA code,
 ``(1 - theta) * L_quality + theta * (1 - cos(backbone(x), FR(x)))`` (theta = 0.5 there); the original
 model is rebuilt from the registry for training only and is not part of the checkpoint.
+
+With ``freeze=trunk`` and ``train_blocks`` = k > 0 the top k blocks of the trunk train too
+(``fiqa.quality.backbone``); training on cached activations then feeds ``embed`` the
+activation at the cut, which runs the top blocks, the embedding layers and the head.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -24,7 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fiqa.core.containers import plain_container
-from fiqa.fr import FRModelInfo, load_fr_model
+from fiqa.fr import load_fr_model
+from fiqa.quality.backbone import (
+    FREEZE,
+    activation_shape,
+    build_backbone,
+    head_parameter_names,
+    top_block_parameter_names,
+    trunk_cut,
+)
 from fiqa.quality.calibration import CHECKPOINT_KEY as CALIBRATION_KEY
 from fiqa.quality.metrics import mean_absolute_error, pearson, spearman
 from fiqa.quality.optim import SCHEDULERS, param_groups, with_schedule
@@ -37,9 +51,6 @@ LOSSES: dict[str, Callable[[], nn.Module]] = {
     "smooth_l1": nn.SmoothL1Loss,
     "mse": nn.MSELoss,
 }
-# What stays fixed: nothing, the trunk (everything but the embedding layers of forward_head), or
-# the whole backbone.
-FREEZE = ("none", "trunk", "backbone")
 TARGET_SCALING_KEY = "fiqa_target_scaling"  # checkpoint entry of QualityRegressor.target_scaling
 
 
@@ -48,51 +59,15 @@ def check_choice(key: str, value: str, choices: Any) -> None:
         raise ValueError(f"unknown model.{key} {value!r}; choose one of {sorted(choices)}")
 
 
-def build_backbone(
-    name: str,
-    pretrained: bool = True,
-    weights: str | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> tuple[nn.Module, FRModelInfo]:
-    """A PyTorch FR network of the zoo as a trainable backbone (quality model, student).
-
-    Args:
-        name: FR registry name.
-        pretrained: Load the FR weights (False: random initialisation).
-        weights: Weights file; None = the model's bundled weights (sface only).
-        options: Architecture options (e.g. MobileFaceNet ``blocks``).
-
-    Returns:
-        The network (float NCHW RGB 0..255 -> (N, D) raw embedding) and the model's info
-        (embedding size, input size, template).
-    """
-    config = {"name": name, "weights": weights, "options": dict(options or {})}
-    model = load_fr_model(config, pretrained=pretrained)
-    model.require_white_box(f"a trainable backbone ({name})")
-    return model.net, model.info
-
-
-def head_parameter_names(net: nn.Module, input_size: tuple[int, int]) -> set[str]:
-    """Names of the parameters ``net.forward_head`` uses (its embedding layers), found by which
-    parameters receive a gradient from the head on a dummy input: no per-architecture list."""
-    was_training = net.training
-    named = list(net.named_parameters())
-    flags = [p.requires_grad for _, p in named]
-    net.eval()
+def checkpoint_hyper_parameters(checkpoint: Path) -> Mapping[str, Any] | None:
+    """A checkpoint's ``hyper_parameters``, read without loading its tensors (memory-mapped,
+    ``weights_only`` as Lightning loads it), or None for a file that is no such checkpoint."""
     try:
-        with torch.no_grad():
-            features = net.forward_features(torch.zeros(2, 3, *input_size))
-        features.requires_grad_(True)
-        for _, p in named:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            out = net.forward_head(features).sum()
-            grads = torch.autograd.grad(out, [p for _, p in named], allow_unused=True)
-    finally:
-        for (_, p), flag in zip(named, flags, strict=True):
-            p.requires_grad_(flag)
-        net.train(was_training)
-    return {n for (n, _), g in zip(named, grads, strict=True) if g is not None}
+        loaded = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        return None
+    hparams = loaded.get("hyper_parameters") if isinstance(loaded, dict) else None
+    return hparams if isinstance(hparams, Mapping) else None
 
 
 def build_head(name: str, in_dim: int, hidden: int) -> nn.Module:
@@ -126,7 +101,13 @@ class QualityRegressor(pl.LightningModule):
             training at ``backbone_lr`` (``fiqa.train.callbacks.UnfreezeBackbone``); None = never.
         consistency_weight: theta of eDifFIQA's representation-consistency term, in [0, 1): the
             loss is (1 - theta) L_quality + theta (1 - cos(backbone(x), FR(x))) (0 = off).
+        train_blocks: With ``freeze`` = "trunk": the last that many blocks of the trunk train
+            too (``fiqa.quality.backbone``; 0 = the whole trunk frozen).
     """
+
+    # Hyper-parameters added after checkpoints were first written, with the value that gives
+    # an older checkpoint its behaviour (``load_from_checkpoint`` fills them in).
+    ADDED_HPARAMS: ClassVar[dict[str, Any]] = {"train_blocks": 0}
 
     def __init__(
         self,
@@ -144,6 +125,7 @@ class QualityRegressor(pl.LightningModule):
         freeze: str,
         unfreeze_at_epoch: int | None,
         consistency_weight: float,
+        train_blocks: int,
     ) -> None:
         super().__init__()
         for key, value, choices in (("head", head, HEADS), ("loss", loss, LOSSES),
@@ -154,12 +136,23 @@ class QualityRegressor(pl.LightningModule):
             raise ValueError(
                 f"model.consistency_weight must be in [0, 1), got {consistency_weight}"
             )
+        if train_blocks and freeze != "trunk":
+            raise ValueError(
+                f"model.train_blocks={train_blocks} needs model.freeze=trunk (got {freeze!r}): "
+                "it trains the top blocks of a frozen trunk"
+            )
         backbone_options = plain_container(backbone_options)  # stored as plain values
         self.save_hyperparameters()
         self.backbone, self.backbone_info = build_backbone(
             backbone, pretrained, backbone_weights, backbone_options
         )
         self.head = build_head(head, self.backbone_info.embedding_size, head_hidden)
+        # the first trunk block that trains, and the activation shape there (None: no cut)
+        self.cut = trunk_cut(self.backbone, backbone, train_blocks)
+        self.cut_shape = (
+            None if self.cut is None
+            else activation_shape(self.backbone, self.cut, self.input_size)
+        )  # fmt: skip
         self.loss_fn = LOSSES[loss]()
         self._frozen_names = self._names_to_freeze()
         for param in self.frozen_parameters():
@@ -193,7 +186,10 @@ class QualityRegressor(pl.LightningModule):
         if self.hparams.freeze == "backbone":
             return names
         if self.hparams.freeze == "trunk":
-            return names - head_parameter_names(self.backbone, self.input_size)
+            names -= head_parameter_names(self.backbone, self.input_size)
+            if self.cut is not None:
+                names -= top_block_parameter_names(self.backbone, self.cut)
+            return names
         return set()
 
     def frozen_parameters(self) -> list[nn.Parameter]:
@@ -226,13 +222,19 @@ class QualityRegressor(pl.LightningModule):
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The backbone's embedding of a batch of ``image`` s, or of cached frozen-part
-        ``features`` (``fiqa.train.frozen``: the trunk's output for ``freeze=trunk``, the
-        backbone's embedding for ``freeze=backbone``)."""
+        ``features`` (``fiqa.train.frozen``: the trunk's output for ``freeze=trunk``, its
+        flattened activation at the cut with ``train_blocks``, the backbone's embedding for
+        ``freeze=backbone``)."""
         if "features" not in batch:
             return self.backbone(batch["image"])
+        features = batch["features"]
         if self.hparams.freeze == "backbone":
-            return batch["features"]
-        return self.backbone.forward_head(batch["features"])
+            return features
+        if self.cut_shape is not None:  # channels-last: the layout the convolutions run fastest
+            activation = features.view(len(features), *self.cut_shape)
+            activation = activation.contiguous(memory_format=torch.channels_last)
+            features = self.backbone.forward_from(activation, self.cut)
+        return self.backbone.forward_head(features)
 
     def predict_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Quality of a batch of images or cached features, ``(N,)``."""
@@ -290,6 +292,17 @@ class QualityRegressor(pl.LightningModule):
             "val/mae": mean_absolute_error(preds, target),
         }
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(preds))
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any
+    ) -> QualityRegressor:
+        """Lightning's ``load_from_checkpoint``; an ``ADDED_HPARAMS`` entry a checkpoint from
+        before it lacks (and ``kwargs`` does not give) takes the value of that time."""
+        stored = checkpoint_hyper_parameters(Path(checkpoint_path))
+        added = {k: v for k, v in cls.ADDED_HPARAMS.items() if stored is not None
+                 and k not in stored}  # fmt: skip
+        return super().load_from_checkpoint(checkpoint_path, *args, **(added | kwargs))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the target scaling and the calibration with the weights."""

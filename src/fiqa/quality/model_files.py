@@ -41,10 +41,11 @@ def check_checkpoint(path: Path, model_class: type) -> None:
             f"{path} is not a fiqa quality checkpoint: it is a torch file but no Lightning "
             f"checkpoint ({held}; a checkpoint has {', '.join(lightning_keys)})"
         )
+    added = getattr(model_class, "ADDED_HPARAMS", {})  # absent from older checkpoints
     required = [
         name
         for name, p in inspect.signature(model_class.__init__).parameters.items()
-        if name != "self" and p.default is p.empty
+        if name != "self" and p.default is p.empty and name not in added
     ]
     missing = [name for name in required if name not in checkpoint["hyper_parameters"]]
     if missing:

@@ -1,14 +1,15 @@
 """Quality regressors that share a frozen FR trunk, scored from one pass of the FR network.
 
 A regressor trained with ``freeze=trunk`` (or ``backbone``) on pretrained weights, never
-unfrozen and without the consistency term, keeps its frozen part exactly as the pretrained FR
-model has it: its score of a face is ``head(forward_head(forward_features(x)))`` with the FR
-network's own ``forward_features`` (``trunk``), or ``head(FR(x))`` (``backbone``). Scoring k such
-regressors through their own files runs the same trunk k times per face. ``QualityScore``
-makes a regressor's score an extraction product (``fiqa.extract``): the extraction engine runs
-the FR network once per batch and every requested product reads its ``Batch.features`` /
-``Batch.raw``, so k regressors cost one trunk pass plus k small heads, cached per model in the
-FR model's cache entry.
+unfrozen, without the consistency term and without ``train_blocks`` (whose top trunk blocks
+train), keeps its frozen part exactly as the pretrained FR model has it: its score of a face is
+``head(forward_head(forward_features(x)))`` with the FR network's own ``forward_features``
+(``trunk``), or ``head(FR(x))`` (``backbone``); any other regressor is scored from its own
+file. Scoring k such regressors through their own files runs the same trunk k times per face.
+``QualityScore`` makes a regressor's score an extraction product (``fiqa.extract``): the
+extraction engine runs the FR network once per batch and every requested product reads its
+``Batch.features`` / ``Batch.raw``, so k regressors cost one trunk pass plus k small heads,
+cached per model in the FR model's cache entry.
 
 Nothing is trusted on the hyper-parameters alone: ``quality_score`` compares every frozen
 tensor of the checkpoint with the FR network the extractor runs and refuses (``None``, logged)
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,8 @@ from torch import nn
 
 from fiqa.core.provenance import file_sha256
 from fiqa.extract import Batch, BatchProduct, FREntry
-from fiqa.quality.model import QualityRegressor, head_parameter_names
+from fiqa.quality.backbone import head_parameter_names
+from fiqa.quality.model import QualityRegressor, checkpoint_hyper_parameters
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,23 @@ class TrunkSpec:
         return FREntry(self.backbone, self.weights, batch_size, False, dict(self.options))
 
 
-def shares_frozen_part(hparams: Mapping[str, Any]) -> bool:
-    """Whether a regressor's frozen part is exactly its pretrained FR model's: ``freeze`` trunk
-    or backbone, pretrained, no ``unfreeze_at_epoch``, no consistency term."""
+def pretrained_frozen_part(hparams: Mapping[str, Any]) -> bool:
+    """Whether a regressor's frozen part stays exactly its pretrained FR model's: ``freeze``
+    trunk or backbone, pretrained, no ``unfreeze_at_epoch``, no consistency term (training may
+    then cache its outputs: ``fiqa.train.frozen``)."""
     return (
         hparams.get("freeze") in PARTS
         and bool(hparams.get("pretrained"))
         and hparams.get("unfreeze_at_epoch") is None
         and not hparams.get("consistency_weight")
     )
+
+
+def shares_frozen_part(hparams: Mapping[str, Any]) -> bool:
+    """Whether a regressor may be scored from its FR network's pass: its frozen part is the
+    pretrained FR model's and it is all of the trunk (no ``train_blocks``, whose top blocks
+    changed; absent from older checkpoints: 0)."""
+    return pretrained_frozen_part(hparams) and not hparams.get("train_blocks")
 
 
 def shared_trunk(checkpoint: Path) -> TrunkSpec | None:
@@ -86,7 +95,7 @@ def shared_trunk(checkpoint: Path) -> TrunkSpec | None:
         The spec, or None when the frozen part is not the pretrained FR model's (or the file
         is no readable quality checkpoint: its scorer then names the problem).
     """
-    hparams = _hyper_parameters(Path(checkpoint))
+    hparams = checkpoint_hyper_parameters(Path(checkpoint))
     if hparams is None or not shares_frozen_part(hparams) or "backbone" not in hparams:
         return None
     weights = hparams.get("backbone_weights")
@@ -96,17 +105,6 @@ def shared_trunk(checkpoint: Path) -> TrunkSpec | None:
         options=dict(hparams.get("backbone_options") or {}),
         part=str(hparams["freeze"]),
     )
-
-
-def _hyper_parameters(checkpoint: Path) -> Mapping[str, Any] | None:
-    """A checkpoint's ``hyper_parameters``, read without loading its tensors (memory-mapped,
-    ``weights_only`` as Lightning loads it), or None for a file that is no such checkpoint."""
-    try:
-        loaded = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
-        return None
-    hparams = loaded.get("hyper_parameters") if isinstance(loaded, dict) else None
-    return hparams if isinstance(hparams, Mapping) else None
 
 
 @dataclass(frozen=True)

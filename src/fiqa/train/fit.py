@@ -52,7 +52,7 @@ from fiqa.quality.calibration import CHECKPOINT_KEY as CALIBRATION_KEY
 from fiqa.quality.calibration import Calibration
 from fiqa.quality.export import export_onnx
 from fiqa.quality.model import QualityRegressor
-from fiqa.quality.trunk import shares_frozen_part
+from fiqa.quality.trunk import pretrained_frozen_part
 from fiqa.train.callbacks import UnfreezeBackbone, ValidationEDC
 from fiqa.train.cost import cost_markdown, cost_table
 from fiqa.train.datamodule import QualityDataModule
@@ -255,11 +255,13 @@ def _fit(job: TrainJob, extractor: Extractor, logger: Logger | bool,
     model.target_scaling = datamodule.scaling.as_dict()
     if resume is not None:
         datamodule.start_at(*train_position(resume))
-    if s.cache_frozen and shares_frozen_part(hparams):
+    if s.cache_frozen and pretrained_frozen_part(hparams):
         source = FaceSource.from_prepared(PreparedFaces(job.prepared_dir))
-        datamodule.use_features(frozen_features(hparams, source, extractor, s.batch_size))
-        log.info("training on cached %s outputs (the frozen part runs once per face)",
-                 hparams["freeze"])  # fmt: skip
+        features = frozen_features(hparams, source, extractor, s.batch_size, model.cut)
+        datamodule.use_features(features)
+        log.info("training on cached %s (the frozen part runs once per face)",
+                 f"{hparams['freeze']} outputs" if model.cut is None
+                 else f"activations at trunk block {model.cut}")  # fmt: skip
     best, callbacks = _callbacks(job, model, datamodule, extractor)
     # no sanity check on resume: Lightning would average its metrics into the resumed epoch's
     trainer = _trainer(job, callbacks, logger, **({"num_sanity_val_steps": 0} if resume else {}))

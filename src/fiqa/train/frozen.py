@@ -9,10 +9,18 @@ trainable part (the backbone's embedding layers and the head, or the head alone)
 them. The predictions equal the image path's to float16 rounding of the stored features.
 Shift and scale augmentation need the images, so a cached run augments by flipping only.
 
+With ``model.train_blocks`` = k > 0 (``fiqa.quality.backbone``) the top k trunk blocks train, so
+the cached output is ``TrunkActivation``: the activation at the cut below them, stored flattened
+``(n, C * H * W)`` float16 (one cache file per cut), which the regressor reshapes and runs
+through the top blocks. A face (and again its mirror) takes 2 C H W bytes, more than the
+trunk's output for a cut below the last downsampling; for SFace 100,352 at k = 1
+(1024 x 7 x 7, as its trunk output), 200,704 at k = 2 .. 7 (512 x 14 x 14), 401,408 at k = 8, 9
+(256 x 28 x 28).
+
 Used when ``train.cache_frozen`` and the frozen part is exactly the pretrained FR model's: a
 pretrained backbone, ``freeze`` trunk or backbone, no ``unfreeze_at_epoch`` and no consistency
-term (``fiqa.quality.trunk.shares_frozen_part``, the condition under which evaluation scores the
-trained model from the FR network's pass too).
+term (``fiqa.quality.trunk.pretrained_frozen_part``; without ``train_blocks`` it is also the
+condition under which evaluation scores the trained model from the FR network's pass).
 """
 
 from __future__ import annotations
@@ -52,14 +60,44 @@ class FrozenOutput(BatchProduct):
         return out.half()
 
 
+@dataclass(frozen=True)
+class TrunkActivation(BatchProduct):
+    """The activation of a face (or of its mirror) at trunk block ``cut``, flattened:
+    ``net.forward_to(x, cut)`` (``fiqa.fr.layers.BlockTrunk``) as ``(n, C * H * W)``."""
+
+    cut: int
+    mirror: bool
+
+    dtype: ClassVar[type] = np.float16
+    ndim: ClassVar[int] = 2
+    white_box: ClassVar[str | None] = "cached training activations"
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"trunk_cut{self.cut}" + ("_mirror" if self.mirror else "")
+
+    def compute(self, batch: Batch) -> torch.Tensor:
+        x = batch.x.flip(3) if self.mirror else batch.x
+        return batch.net.forward_to(x, self.cut).flatten(1).half()
+
+
 def frozen_features(
-    model: Mapping[str, Any], source: FaceSource, extractor: Extractor, batch_size: int
+    model: Mapping[str, Any],
+    source: FaceSource,
+    extractor: Extractor,
+    batch_size: int,
+    cut: int | None = None,
 ) -> dict[str, np.ndarray]:
     """``{"direct": (n, F), "mirror": (n, F)}`` float16 frozen outputs of every face of
-    ``source`` (memory-mapped from the extraction cache)."""
-    part = str(model["freeze"])
+    ``source`` (memory-mapped from the extraction cache): the frozen part's, or with ``cut``
+    (``QualityRegressor.cut``) the flattened trunk activation there."""
     fr = FREntry(str(model["backbone"]), model.get("backbone_weights"), batch_size, False,
                  dict(model.get("backbone_options") or {}))  # fmt: skip
-    out = extractor.outputs(fr, source, Request((FrozenOutput(part, False),
-                                                 FrozenOutput(part, True))))  # fmt: skip
-    return {"direct": out[part], "mirror": out[f"{part}_mirror"]}
+    if cut is None:
+        part = str(model["freeze"])
+        products: tuple[BatchProduct, ...] = (FrozenOutput(part, False), FrozenOutput(part, True))
+    else:
+        products = (TrunkActivation(cut, False), TrunkActivation(cut, True))
+    direct, mirror = products
+    out = extractor.outputs(fr, source, Request(products))
+    return {"direct": out[direct.name], "mirror": out[mirror.name]}

@@ -63,6 +63,7 @@ class RegressorHeadSettings:
     freeze: str
     unfreeze_at_epoch: int | None
     consistency_weight: float
+    train_blocks: int
 
 
 @dataclass
