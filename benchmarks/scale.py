@@ -33,7 +33,7 @@ Everything must fit this machine's memory and grow at most linearly.
     python benchmarks/scale.py --rows 100000 1000000 --identities 85742 --work /data/scale \
         --out benchmarks/results/scale.json
     python benchmarks/scale.py --rows 20000 --identities 2000      # a quick look (~2 min)
-    python benchmarks/scale.py growth a.json b.json   # growth across runs of one machine
+    python benchmarks/scale.py growth a.json b.json [--from ROWS]  # across runs of one machine
     python benchmarks/scale.py --rows 5800000 --work /data/scale --keep --resume   # continue one
 
 Each size's ``figures.json`` records every step as it ends; ``--resume`` continues an
@@ -262,8 +262,13 @@ def main() -> None:
         simulate_embeddings(Path(sys.argv[2]), int(sys.argv[3]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "growth":  # growth across earlier --out files
-        sizes = (json.loads(Path(f).read_text())["sizes"] for f in sys.argv[2:])
-        print_growth({int(rows): v for files in sizes for rows, v in files.items()})
+        files, low = sys.argv[2:], 0
+        if "--from" in files:  # growth from this size up (e.g. 1 M -> 5.8 M)
+            at = files.index("--from")
+            low, files = int(files[at + 1]), files[:at] + files[at + 2 :]
+        sizes = (json.loads(Path(f).read_text())["sizes"] for f in files)
+        print_growth({int(rows): v for file in sizes for rows, v in file.items()
+                      if int(rows) >= low})  # fmt: skip
         return
     if len(sys.argv) > 1 and sys.argv[1] == "loader":
         limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
