@@ -199,9 +199,8 @@ def test_a_cached_partial_fit_is_scored_from_its_own_file(
     """The train stage with ``train.cache_frozen`` and ``train_blocks=1`` trains on SFace's
     cached block-13 activations and writes a checkpoint that evaluation scores from its file
     (its top block changed: no shared FR pass), as its ONNX export does."""
-    from fiqa.eval import qualities as qualities_mod
     from fiqa.eval.qualities import method_qualities
-    from test_shared_trunk import evaluation, face_images, onnx_scores
+    from test_shared_trunk import evaluation, face_images, onnx_scores, record_file_scoring
     from test_train_outputs import labelled_root, train
 
     root = labelled_root(tmp_path / "run")
@@ -220,14 +219,7 @@ def test_a_cached_partial_fit_is_scored_from_its_own_file(
 
     faces = face_images(10, 7)
     data, sources = evaluation(faces, tmp_path / "eval", {"partial": {"path": str(ckpt)}})
-    from_file: list[Path] = []
-    cached_scores = qualities_mod.cached_scores
-
-    def recorded(data, path, options, cache_dir):
-        from_file.append(Path(path))
-        return cached_scores(data, path, options, cache_dir)
-
-    monkeypatch.setattr(qualities_mod, "cached_scores", recorded)
+    from_file = record_file_scoring(monkeypatch)
     out = method_qualities(data, sources)
     assert from_file == [ckpt]
     expected = onnx_scores(root / "models" / "quality.onnx", faces)

@@ -105,6 +105,19 @@ def count_trunk_passes(extractor: Extractor, monkeypatch: pytest.MonkeyPatch) ->
     return calls
 
 
+def record_file_scoring(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The checkpoint paths evaluation scores from their own files, as they are scored."""
+    from_file: list[Path] = []
+    cached_scores = qualities_mod.cached_scores
+
+    def recorded(data, path, options, cache_dir):
+        from_file.append(Path(path))
+        return cached_scores(data, path, options, cache_dir)
+
+    monkeypatch.setattr(qualities_mod, "cached_scores", recorded)
+    return from_file
+
+
 def onnx_scores(path: Path, faces: np.ndarray) -> np.ndarray:
     return QualityScorer.from_path(path).score(faces[ROWS], batch_size=4)
 
@@ -161,14 +174,7 @@ def test_a_changed_trunk_falls_back_to_scoring_its_own_file(
     data, sources = evaluation(faces, tmp_path, {"linear": {"path": str(linear)},
                                                  "changed": {"path": str(changed)}})  # fmt: skip
     calls = count_trunk_passes(sources.extractor, monkeypatch)
-    from_file: list[Path] = []
-    cached_scores = qualities_mod.cached_scores
-
-    def recorded(data, path, options, cache_dir):
-        from_file.append(Path(path))
-        return cached_scores(data, path, options, cache_dir)
-
-    monkeypatch.setattr(qualities_mod, "cached_scores", recorded)
+    from_file = record_file_scoring(monkeypatch)
 
     with caplog.at_level(logging.WARNING, logger="fiqa.quality.trunk"):
         out = method_qualities(data, sources)
