@@ -3,10 +3,15 @@
 Each stage's code ``deps`` are the static import closure of ``fiqa.stages.<stage>`` (every
 ``fiqa`` module reachable by an ``import``, module-level or inside a function, and the packages'
 own ``__init__``; imports for type checking only are not run and do not count), followed by its
-input paths. The entry points around a stage (``fiqa.cli``,
-``fiqa.stages.runner``: validation and dispatch) can stop a stage but not change its outputs,
-and are left out, so a stage re-runs only when its own code changes. Editing any module a stage
-can run makes ``dvc status`` report that stage as changed.
+input paths. Every value a stage reads passes through the config's typing first
+(``fiqa.config.validate`` builds the settings from the classes of ``fiqa.config.schemas``, some
+with derived values), so those two files are code deps of every stage; their own imports are not
+followed (the settings classes they gather live in the modules that use them, already in the
+closure of each stage that does). The entry points around a stage (``fiqa.cli``,
+``fiqa.stages.runner``: dispatch and locks, ``fiqa.config.ranges``: range checks) can stop a
+stage but not change its outputs, and are left out, so a stage re-runs only when code that can
+change its outputs changes. Editing any module a stage can run makes ``dvc status`` report that
+stage as changed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from fiqa.core.artifacts import EDC_PLOTS
 from fiqa.stages import STAGES
 
 TYPE_CHECKING_TESTS = ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+# What every stage's settings pass through (the files, not their imports).
+SETTINGS_CODE = ("fiqa.config.validate", "fiqa.config.schemas")
 # How `dvc plots show / diff` draws each plots directory: the EDC files hold one record per
 # method and discard fraction (fiqa.eval.figures.sampled_curves), drawn by the repository's
 # template .dvc/plots/edc.json, one figure per benchmark x FR model file, a colour per method
@@ -147,8 +154,15 @@ def import_closure(roots: list[str], src: Path) -> list[Path]:
 
 
 def code_deps(stage: str, src: Path, relative_to: Path) -> list[str]:
-    """The code ``deps`` of ``stage``: its import closure, relative to ``relative_to``."""
-    return [relative(p, relative_to) for p in import_closure([f"fiqa.stages.{stage}"], src)]
+    """The code ``deps`` of ``stage``: its import closure and the ``SETTINGS_CODE`` files,
+    relative to ``relative_to``, sorted."""
+    files = set(import_closure([f"fiqa.stages.{stage}"], src))
+    for name in SETTINGS_CODE:
+        path = module_file(src, name)
+        if path is None:
+            raise FileNotFoundError(f"no module {name} under {src}")
+        files.add(path)
+    return [relative(p, relative_to) for p in sorted(files)]
 
 
 def relative(path: str | Path, start: Path) -> str:
