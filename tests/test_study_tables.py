@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,12 @@ from fiqa.cli.main import main
 from fiqa.eval.study_summary import (
     BEGIN,
     END,
+    HEADLINE_BEGIN,
+    HEADLINE_END,
     over_seeds,
     page_with_tables,
     refresh_page,
+    study_headline,
     study_summary,
     study_tables,
 )
@@ -21,12 +25,24 @@ from fiqa.eval.study_summary import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_docs_tables_are_those_of_the_committed_study():
-    summary, page = REPO / "studies" / "lfw_dev" / "study.json", REPO / "docs" / "study.md"
-    assert refresh_page(summary, page, check=True), (
-        "docs/study.md differs from studies/lfw_dev/study.json: run "
-        "fiqa study-tables studies/lfw_dev/study.json --write docs/study.md"
+@pytest.mark.parametrize("page", ["docs/study.md", "README.md"])
+def test_the_docs_tables_are_those_of_the_committed_study(page: str):
+    summary = REPO / "studies" / "lfw_dev" / "study.json"
+    assert refresh_page(summary, REPO / page, check=True), (
+        f"{page} differs from studies/lfw_dev/study.json: run "
+        f"fiqa study-tables studies/lfw_dev/study.json --write {page}"
     )
+
+
+def test_the_readme_headline_fails_on_a_changed_digit(tmp_path: Path):
+    readme = (REPO / "README.md").read_text()
+    block = readme.index(HEADLINE_BEGIN)
+    value = re.compile(r"^\| \S+ \| \**(\d\.\d{4})", re.M).search(readme, block)  # a mean
+    assert value is not None and value.start() < readme.index(HEADLINE_END)
+    last = value.end(1) - 1
+    changed = tmp_path / "README.md"
+    changed.write_text(readme[:last] + str((int(readme[last]) + 1) % 10) + readme[last + 1 :])
+    assert not refresh_page(REPO / "studies" / "lfw_dev" / "study.json", changed, check=True)
 
 
 def tiny_study(root: Path) -> Path:
@@ -61,6 +77,12 @@ def test_study_tables_writes_checks_and_names_a_stale_page(tmp_path: Path, capsy
     text = page.read_text()
     assert "| a(R) | **0.4000** | **0.4000** |" in text and text.endswith("text after\n")
     assert main(["study-tables", str(root / "study.json"), "--check", str(page)]) == 0
+    readme = tmp_path / "README.md"  # the headline block, refreshed with the tables' page
+    readme.write_text(f"# Mine\n\n{HEADLINE_BEGIN}\n{HEADLINE_END}\n")
+    assert main(["study-tables", str(root / "study.json"), "--check", str(page), str(readme)]) == 1
+    assert f"{readme} differs from" in capsys.readouterr().err
+    assert main(["study-tables", str(root / "study.json"), "--write", str(page), str(readme)]) == 0
+    assert "| a(R) | **0.4000 [0.300, 0.500]** |" in readme.read_text()
     with pytest.raises(ValueError, match="no block between"):
         page_with_tables("no markers here", study_summary(root))
 
@@ -80,3 +102,20 @@ def test_seeds_merge_into_mean_sd_and_an_interval_holding_both():
     summary = {"metric": "pauc@0.3", "regressors": {},
                "results": {"val": {"sface": rows | {"random": {"pauc@0.3": 1.0}}}}}  # fmt: skip
     assert "| a(R) | **0.5000 ± 0.141** |" in study_tables(summary)
+
+
+def test_the_headline_leaves_out_a_column_of_few_errors_and_gives_the_interval():
+    cell = {"pauc@0.3": 0.4, "pauc@0.3/lo": 0.3, "pauc@0.3/hi": 0.5, "n_errors": 40}
+    results = {
+        "big": {"dlib": {"a(R)": cell, "b": cell | {"pauc@0.3": 0.8, "pauc@0.3/lo": 0.7,
+                                                    "pauc@0.3/hi": 0.9}}},
+        "tiny": {"dlib": {"a(R)": cell | {"pauc@0.3": 1.2, "n_errors": 3},
+                          "b": cell | {"pauc@0.3": 0.1, "n_errors": 3}}},
+    }  # fmt: skip
+    text = study_headline({"metric": "pauc@0.3", "regressors": {}, "results": results})
+    assert "| a(R) | **0.4000 [0.300, 0.500]** |" in text  # the mean of big alone: tiny is out
+    assert "| b | 0.8000 [0.700, 0.900] |" in text  # 0.1 on tiny would have made b the best
+    assert "- dlib: Best blind method (mean): `a(R)` 0.4000. Left out (⚑): tiny." in text
+    page = f"intro\n{HEADLINE_BEGIN}\n{HEADLINE_END}\n"
+    assert text in page_with_tables(page, {"metric": "pauc@0.3", "regressors": {},
+                                           "results": results})  # fmt: skip

@@ -6,7 +6,7 @@ fiqa study [hydra overrides...]     every label method's regressor, evaluated bl
 fiqa score --checkpoint models/quality.onnx faces/ --out scores.csv [--mode raw] [--scale 0-100]
 fiqa report metrics/eval.json [other/eval.json ...] --out outputs/compare   (or --dvc, --wandb)
 fiqa thresholds metrics/eval.json [--method model]       a method's quality thresholds (operating points)
-fiqa study-tables studies/<name>/study.json --write docs/study.md   (or --check) the study's tables
+fiqa study-tables studies/<name>/study.json --write docs/study.md README.md   (or --check) the study's tables
 fiqa demo-data --out data/raw
 fiqa dvc-yaml [--check]                                  write dvc.yaml from the stages' code
 """
@@ -245,30 +245,33 @@ def _thresholds(argv: list[str]) -> int:
 def _study_tables(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="fiqa study-tables",
-        description="Put a study's tables (its study.json, written by fiqa study) into a "
-        "markdown page, between its study-table marker lines; --check only compares.",
+        description="Put a study's tables and headline (its study.json, written by fiqa study) "
+        "into markdown pages, between their marker lines; --check only compares.",
     )
     parser.add_argument("summary", type=Path, help="studies/<name>/study.json")
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", type=Path, metavar="PAGE", help="update the page's tables")
-    action.add_argument("--check", type=Path, metavar="PAGE", help="fail if they differ")
+    action.add_argument("--write", type=Path, nargs="+", metavar="PAGE", help="update the pages")
+    action.add_argument("--check", type=Path, nargs="+", metavar="PAGE", help="fail if they differ")
     args = parser.parse_args(argv)
     from fiqa.eval.study_summary import refresh_page
 
-    page = args.write or args.check
-    for path in (args.summary, page):
+    pages = args.write or args.check
+    for path in (args.summary, *pages):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found")
-    try:
-        current = refresh_page(args.summary, page, check=args.check is not None)
-    except ValueError as err:
-        sys.stderr.write(f"fiqa study-tables: {page}: {err}\n")
+    stale = []
+    for page in pages:
+        try:
+            current = refresh_page(args.summary, page, check=args.check is not None)
+        except ValueError as err:
+            sys.stderr.write(f"fiqa study-tables: {page}: {err}\n")
+            return 1
+        stale += [] if current else [str(page)]
+        logging.getLogger("fiqa").info("%s: %s", page, "current" if current else "updated")
+    if args.check and stale:
+        sys.stderr.write(f"fiqa study-tables: {', '.join(stale)} differs from {args.summary}; "
+                         f"refresh: fiqa study-tables {args.summary} --write {' '.join(stale)}\n")  # fmt: skip
         return 1
-    if args.check and not current:
-        sys.stderr.write(f"fiqa study-tables: {page} differs from {args.summary}; refresh it: "
-                         f"fiqa study-tables {args.summary} --write {page}\n")  # fmt: skip
-        return 1
-    logging.getLogger("fiqa").info("%s: %s", page, "current" if current else "tables updated")
     return 0
 
 

@@ -77,8 +77,9 @@ def run_study_app(argv: list[str]) -> None:
             reproduce(study)
             summary = write_study_summary(study.directory)
         logging.getLogger("fiqa").info(
-            "%s: the study's result. Its tables in a page: fiqa study-tables %s --write "
-            "docs/study.md (commit both)", summary, summary)  # fmt: skip
+            "%s: the study's result. Its tables and headline into pages with their markers "
+            "(docs/study.md, README.md): fiqa study-tables %s --write docs/study.md README.md "
+            "(commit them with it)", summary, summary)  # fmt: skip
 
 
 def launch_trainings(study: Study, launcher: list[str]) -> None:

@@ -6,11 +6,13 @@ them (``metrics/eval.json`` cut down to what the tables show), and every regress
 metrics (``metrics/<method>/train.json``). A study of several seeds (``study.seeds``) has one
 row ``<m>(R)-s<seed>`` per training: the summary gives ``<m>(R)`` their mean, with the standard
 deviation over seeds (``<metric>/sd``) and an interval that holds both the mean of the seeds'
-bootstrap intervals and mean +- sd. ``fiqa study-tables study.json --write docs/study.md``
-renders it into the page between two marker lines, with the evaluation reports' rules: a column
-of fewer than ``MIN_ERRORS`` genuine errors flagged and left out of the mean, bold for the best
-and for every value inside its interval. ``--check`` fails when the page and the file disagree,
-so the tables cannot go stale (a test runs it on the committed study).
+bootstrap intervals and mean +- sd. ``fiqa study-tables study.json --write docs/study.md
+README.md`` renders it into each page between marker lines, with the evaluation reports' rules
+(a column of fewer than ``MIN_ERRORS`` genuine errors flagged and left out of the mean, bold for
+the best and for every value inside its interval): the full tables between ``BEGIN`` and
+``END``, the headline (each method's mean per FR model, with its interval) between
+``HEADLINE_BEGIN`` and ``HEADLINE_END``. ``--check`` fails when a page and the file disagree, so
+the numbers cannot go stale (a test runs it on the committed study).
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from typing import Any
 
 from fiqa.core.artifacts import EVAL_METRICS, TRAIN_METRICS
 from fiqa.core.atomic import write_json_atomic, write_text_atomic
-from fiqa.eval.report import FEW, FEW_NOTE, best_line, metric_tables, table_markdown
+from fiqa.eval.report import (
+    BLIND,
+    FEW,
+    FEW_NOTE,
+    MIN_ERRORS,
+    Table,
+    best_line,
+    metric_tables,
+    table_markdown,
+)
 
 STUDY_SUMMARY = "study.json"
 METRIC = "pauc@0.3"
@@ -33,6 +44,9 @@ KEPT = ("pauc@0.2", "pauc@0.3", "pauc@0.2/lo", "pauc@0.2/hi", "pauc@0.3/lo", "pa
 TRAINING = ("val/spearman", "train/best_val_spearman", "train/beats_constant")
 BEGIN = "<!-- study tables: made by fiqa study-tables from the study's study.json; do not edit -->"
 END = "<!-- end of the study tables -->"
+HEADLINE_BEGIN = ("<!-- study headline: made by fiqa study-tables from the study's study.json; "
+                  "do not edit -->")  # fmt: skip
+HEADLINE_END = "<!-- end of the study headline -->"
 
 
 def study_summary(directory: str | Path) -> dict[str, Any]:
@@ -138,6 +152,56 @@ def study_tables(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def study_headline(summary: dict[str, Any]) -> str:
+    """The markdown of a study's headline: every blind row's mean over the unflagged benchmarks
+    of each FR model (bold: best or tied, as in the full tables), with the mean of the columns'
+    interval bounds, and which columns each mean leaves out."""
+    metric = summary["metric"]
+    tables = metric_tables([("", summary["results"])], metric)
+    names = list(dict.fromkeys(row.label for table in tables for row in table.rows
+                               if row.kind == BLIND))  # fmt: skip
+    heads = [f"{t.fr_model}{' †' if _same_model(summary, t.fr_model) else ''}" for t in tables]
+    lines = [f"Mean {metric} at FMR {_fmr(summary)} over the benchmarks with at least "
+             f"{MIN_ERRORS} genuine errors, normalised (1.0 = random quality, lower is better), "
+             "[mean of the columns' interval bounds]; bold = best, or inside the best's "
+             "interval (a tie); † = the FR model of the labels (same-model).", "",
+             f"| method | {' | '.join(heads)} |", "|---" * (len(tables) + 1) + "|"]  # fmt: skip
+    for name in names:
+        cells = [_headline_cell(summary, table, name) for table in tables]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines.append("")
+    for table in tables:
+        left_out = [c.removesuffix(f" {FEW}") for c in table.columns if c.endswith(FEW)]
+        line = best_line(table) or "No best blind method (mean)."
+        note = f" Left out ({FEW}): {', '.join(left_out)}." if left_out else ""
+        lines.append(f"- {table.fr_model}: {line}{note}")
+    return "\n".join(lines)
+
+
+def _headline_cell(summary: dict[str, Any], table: Table, name: str) -> str:
+    """A row's mean cell of ``table`` with its interval (``[lo, hi]``), bold when best."""
+    row = next((r for r in table.rows if r.label == name), None)
+    if row is None:
+        return ""
+    text, best = row.cells[-1]
+    benchmarks = [c for c in table.columns[:-1] if not c.endswith(FEW)]
+    bounds = []
+    for side in ("lo", "hi"):
+        values = [summary["results"][b][table.fr_model].get(name, {}).get(f"{summary['metric']}"
+                                                                          f"/{side}")
+                  for b in benchmarks]  # fmt: skip
+        finite = [v for v in values if v is not None and not math.isnan(v)]
+        bounds.append(statistics.fmean(finite) if finite and len(finite) == len(values) else None)
+    if None not in bounds:
+        text += f" [{bounds[0]:.3f}, {bounds[1]:.3f}]"
+    return f"**{text}**" if best else text
+
+
+def _same_model(summary: dict[str, Any], fr_model: str) -> bool:
+    return any(entry.get("same_model") for per_fr in summary["results"].values()
+               for entry in per_fr.get(fr_model, {}).values())  # fmt: skip
+
+
 def _fmr(summary: dict[str, Any]) -> str:
     fmrs = {entry.get("fmr") for per_fr in summary["results"].values()
             for per_method in per_fr.values() for entry in per_method.values()}  # fmt: skip
@@ -145,15 +209,23 @@ def _fmr(summary: dict[str, Any]) -> str:
 
 
 def page_with_tables(page: str, summary: dict[str, Any]) -> str:
-    """``page`` with the block between its study-table markers replaced by the tables.
+    """``page`` with each block between study markers (the tables', the headline's) made anew.
 
     Raises:
-        ValueError: When the page has no such block.
+        ValueError: When the page has neither block.
     """
-    start, end = page.find(BEGIN), page.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"no block between {BEGIN!r} and {END!r} to put the tables in")
-    return page[:start] + BEGIN + "\n\n" + study_tables(summary) + "\n\n" + page[end:]
+    found = False
+    for begin, end, render in ((BEGIN, END, study_tables),
+                               (HEADLINE_BEGIN, HEADLINE_END, study_headline)):  # fmt: skip
+        start, stop = page.find(begin), page.find(end)
+        if start < 0 or stop < start:
+            continue
+        found = True
+        page = page[:start] + begin + "\n\n" + render(summary) + "\n\n" + page[stop:]
+    if not found:
+        raise ValueError(f"no block between {BEGIN!r} and {END!r} (or {HEADLINE_BEGIN!r} and "
+                         f"{HEADLINE_END!r}) to put the tables in")  # fmt: skip
+    return page
 
 
 def refresh_page(summary_path: str | Path, page_path: str | Path, check: bool) -> bool:
