@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +47,24 @@ def dvc_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two trainings side by side on 2 cores
     return tmp_path
+
+
+def test_a_study_stage_waits_for_the_dvc_lock_a_parallel_job_holds(dvc_repo: Path):
+    from dvc.repo import Repo
+
+    from fiqa.pipeline.study import Study, reproduce
+
+    study = Study(Path("studies/tiny"), dvc_repo, methods=[], config={}, stages=[])
+    (dvc_repo / study.directory).mkdir(parents=True)
+    (dvc_repo / study.dvc_yaml).write_text("stages:\n  hello:\n    cmd: echo hi > out.txt\n"
+                                           "    outs: [out.txt]\n")  # fmt: skip
+    lock = Repo(str(dvc_repo)).lock  # as a training beside it holds it, hashing its outputs
+    lock.lock()
+    threading.Timer(5.0, lock.unlock).start()  # beyond DVC's default 3 s of retries
+    start = time.monotonic()
+    reproduce(study, ["hello"], single_item=True)
+    assert time.monotonic() - start >= 5.0
+    assert (dvc_repo / study.directory / "out.txt").read_text() == "hi\n"
 
 
 def ran(output: str) -> list[str]:

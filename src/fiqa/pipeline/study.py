@@ -414,21 +414,23 @@ def write_study(study: Study) -> None:
 def reproduce(study: Study, stages: Sequence[str] = (), single_item: bool = False) -> None:
     """``dvc repro`` the study's ``stages`` (and what they depend on, unless ``single_item``;
     all of them when none is named), from its working directory. The stage commands find
-    ``fiqa`` beside this interpreter.
+    ``fiqa`` beside this interpreter. DVC waits for its repository lock (``--wait-for-lock``):
+    trainings side by side take it in turn to hash their inputs and record their outputs,
+    which on a large prepared set lasts longer than DVC's default 3 s of retries.
 
     Raises:
         StageError: DVC failed (a stage failed: its output is above); the finished stages are
             recorded in ``dvc.lock`` and are not run again.
     """
     targets = [study.target(s) for s in stages] or [study.dvc_yaml.as_posix()]
-    cmd = [sys.executable, "-m", "dvc", "repro", *(["--single-item"] if single_item else []),
-           *targets]  # fmt: skip
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro",
+           *(["--single-item"] if single_item else []), *targets]  # fmt: skip
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    log.info("study: %s", shlex.join(["dvc", *cmd[3:]]))
+    log.info("study: %s", shlex.join(["dvc", *cmd[4:]]))
     done = subprocess.run(cmd, cwd=study.workdir, env=env, check=False)
     if done.returncode != 0:
         raise StageError(
-            f"`dvc repro {' '.join(cmd[4:])}` exited {done.returncode} (the failing stage's "
+            f"`dvc repro {' '.join(cmd[5:])}` exited {done.returncode} (the failing stage's "
             "output is above); finished stages are recorded in dvc.lock: fix the cause and run "
             "fiqa study again to continue"
         )
