@@ -57,7 +57,10 @@ def tiny_study(root: Path) -> Path:
 
 
 def test_the_summary_keeps_what_the_tables_show(tmp_path: Path):
-    summary = study_summary(tiny_study(tmp_path / "mine"))
+    root = tiny_study(tmp_path / "mine")
+    (root / "metrics" / "a" / "s0").mkdir()  # an older run's seed, not evaluated: not counted
+    (root / "metrics" / "a" / "s0" / "train.json").write_text(json.dumps({"val/spearman": -1}))
+    summary = study_summary(root)
     assert summary["study"] == "mine" and summary["regressors"] == {"a": {"val/spearman": 0.5}}
     kept = summary["results"]["val"]["sface"]["a(R)"]
     assert "threshold" not in kept and "op@discard=0.1/fnmr" not in kept

@@ -66,16 +66,24 @@ def study_summary(directory: str | Path) -> dict[str, Any]:
                     for fr, per_method in per_fr.items()}
             for bench, per_fr in results.items()}  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {}
-    for record in sorted(metrics.glob(f"**/{TRAIN_METRICS}")):
-        train = json.loads(record.read_text())
-        method = record.parent.relative_to(metrics).parts[0]  # <m> or <m>/s<seed>
-        runs.setdefault(method, []).append({k: train[k] for k in TRAINING if k in train})
+    rows = sorted({row for per_fr in results.values() for per_method in per_fr.values()
+                   for row in per_method})  # fmt: skip
+    for row in rows:  # only the evaluated regressors: a folder may hold an older run's files
+        match = EVALUATED.match(row)
+        record = metrics / match["method"] if match else None
+        if match and match["seed"] is not None:
+            record = record / f"s{match['seed']}"
+        if record is None or not (record / TRAIN_METRICS).is_file():
+            continue
+        train = json.loads((record / TRAIN_METRICS).read_text())
+        runs.setdefault(match["method"], []).append({k: train[k] for k in TRAINING if k in train})
     regressors = {m: _mean_sd(r, TRAINING) for m, r in runs.items()}
     return {"study": Path(directory).name, "metric": METRIC, "results": slim,
             "regressors": regressors}  # fmt: skip
 
 
 SEEDED = re.compile(r"^(?P<row>.+\(R\))-s(?P<seed>\d+)$")
+EVALUATED = re.compile(r"^(?P<method>.+)\(R\)(?:-s(?P<seed>\d+))?$")
 
 
 def over_seeds(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -172,7 +180,9 @@ def study_headline(summary: dict[str, Any]) -> str:
     lines.append("")
     for table in tables:
         left_out = [c.removesuffix(f" {FEW}") for c in table.columns if c.endswith(FEW)]
-        line = best_line(table) or "No best blind method (mean)."
+        tied = sum(1 for row in table.rows if row.kind == BLIND and row.cells[-1][1])
+        line = (f"{tied} methods tied for the best mean (bold: inside the best's interval)."
+                if tied > 1 else best_line(table) or "No best blind method (mean).")  # fmt: skip
         note = f" Left out ({FEW}): {', '.join(left_out)}." if left_out else ""
         lines.append(f"- {table.fr_model}: {line}{note}")
     return "\n".join(lines)
