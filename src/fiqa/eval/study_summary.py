@@ -35,6 +35,7 @@ from fiqa.eval.report import (
     best_line,
     metric_tables,
     table_markdown,
+    tied_blind,
 )
 
 STUDY_SUMMARY = "study.json"
@@ -180,9 +181,9 @@ def study_headline(summary: dict[str, Any]) -> str:
     lines.append("")
     for table in tables:
         left_out = [c.removesuffix(f" {FEW}") for c in table.columns if c.endswith(FEW)]
-        tied = sum(1 for row in table.rows if row.kind == BLIND and row.cells[-1][1])
-        line = (f"{tied} methods tied for the best mean (bold: inside the best's interval)."
-                if tied > 1 else best_line(table) or "No best blind method (mean).")  # fmt: skip
+        tied = tied_blind(table)
+        line = (f"{len(tied)} methods tied for the best mean (bold: inside the best's interval)."
+                if tied else best_line(table) or "No best blind method (mean).")  # fmt: skip
         note = f" Left out ({FEW}): {', '.join(left_out)}." if left_out else ""
         lines.append(f"- {table.fr_model}: {line}{note}")
     return "\n".join(lines)
