@@ -80,12 +80,14 @@ def locked_outs(study: Path) -> dict[str, str]:
 
 def kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and every process under it (DVC and the stage it runs), as a scheduler
-    preempting a job would."""
+    preempting a job would. Each is stopped first, so it cannot start a child (the next
+    training's DVC) between the listing of its children and its end."""
+    os.kill(pid, signal.SIGSTOP)
     children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
                               text=True, check=False).stdout.split()  # fmt: skip
-    os.kill(pid, signal.SIGKILL)
     for child in children:
         kill_tree(int(child))
+    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
