@@ -70,21 +70,21 @@ def study_summary(directory: str | Path) -> dict[str, Any]:
     rows = sorted({row for per_fr in results.values() for per_method in per_fr.values()
                    for row in per_method})  # fmt: skip
     for row in rows:  # only the evaluated regressors: a folder may hold an older run's files
-        match = EVALUATED.match(row)
-        record = metrics / match["method"] if match else None
-        if match and match["seed"] is not None:
-            record = record / f"s{match['seed']}"
-        if record is None or not (record / TRAIN_METRICS).is_file():
+        match = REGRESSOR.match(row)
+        if not match:
             continue
-        train = json.loads((record / TRAIN_METRICS).read_text())
+        seed = f"s{match['seed']}" if match["seed"] is not None else ""
+        record = metrics / match["method"] / seed / TRAIN_METRICS
+        if not record.is_file():
+            continue
+        train = json.loads(record.read_text())
         runs.setdefault(match["method"], []).append({k: train[k] for k in TRAINING if k in train})
     regressors = {m: _mean_sd(r, TRAINING) for m, r in runs.items()}
     return {"study": Path(directory).name, "metric": METRIC, "results": slim,
             "regressors": regressors}  # fmt: skip
 
 
-SEEDED = re.compile(r"^(?P<row>.+\(R\))-s(?P<seed>\d+)$")
-EVALUATED = re.compile(r"^(?P<method>.+)\(R\)(?:-s(?P<seed>\d+))?$")
+REGRESSOR = re.compile(r"^(?P<method>.+)\(R\)(?:-s(?P<seed>\d+))?$")  # <m>(R) or <m>(R)-s<seed>
 
 
 def over_seeds(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -93,10 +93,11 @@ def over_seeds(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     seeded: dict[str, list[dict[str, Any]]] = {}
     for name, entry in rows.items():
-        match = SEEDED.match(name)
-        if match:
-            seeded.setdefault(match["row"], []).append(entry)
-            out.setdefault(match["row"], {})
+        match = REGRESSOR.match(name)
+        if match and match["seed"] is not None:
+            row = f"{match['method']}(R)"
+            seeded.setdefault(row, []).append(entry)
+            out.setdefault(row, {})
         else:
             out[name] = entry
     for name, entries in seeded.items():
